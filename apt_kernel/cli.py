@@ -1,0 +1,215 @@
+"""The ``apt-kernel`` command. Imports stay inside commands so ``--help`` starts fast and torch-free."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+
+import click
+
+from . import KERNEL_API_VERSION, __version__
+
+
+def _user_errors(func: Callable) -> Callable:
+    """Print kernel errors as one clear message: exit 2 for user errors, 1 for plugin failures."""
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        from .errors import KernelError, UserError
+
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+        except KernelError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _plugin_options(func: Callable) -> Callable:
+    func = click.option("--plugins-dir", "plugins_dirs", multiple=True, type=click.Path(file_okay=False),
+                        help="Also load one-file plugins from this folder (repeatable).")(func)
+    func = click.option("--strict", is_flag=True, default=False,
+                        help="A plugin that fails to load is fatal (also APT_STRICT_PLUGINS=1).")(func)
+    return func
+
+
+def _kernel(plugins_dirs, strict):
+    from .kernel import Kernel
+
+    return Kernel(plugins_dirs, strict=strict or None)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, message=f"apt-kernel %(version)s (kernel API {KERNEL_API_VERSION})")
+def main() -> None:
+    """APT Kernel: train transformer models from pipeline.toml, built from plugins."""
+
+
+def _plan(pipeline, overrides, plugins_dirs, strict):
+    from .pipeline import load_pipeline
+    from .runner import plan_pipeline
+
+    config, data, source = load_pipeline(pipeline, list(overrides))
+    kernel = _kernel(plugins_dirs, strict)
+    return kernel, plan_pipeline(kernel, config, data, source)
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a pipeline value, e.g. --set trainer.epochs=3 (repeatable).")
+@click.option("--resume", metavar="latest|PATH", help="Continue from a checkpoint (same as trainer.resume_from).")
+@click.option("--no-progress", is_flag=True, help="Print log lines instead of a progress bar.")
+@_plugin_options
+@_user_errors
+def run(pipeline, overrides, resume, no_progress, plugins_dirs, strict):
+    """Validate PIPELINE, then train it."""
+    from .runner import execute
+
+    overrides = list(overrides) + ([f"trainer.resume_from={resume!r}"] if resume else [])
+    kernel, plan = _plan(pipeline, overrides, plugins_dirs, strict)
+    progress = not no_progress and sys.stderr.isatty()
+    result, _ = execute(kernel, plan, progress=progress)
+    _summary(pipeline, plan, result)
+
+
+def _summary(pipeline: str, plan, result: dict) -> None:
+    run_dir = plan.config.output_dir
+    click.echo("")
+    click.secho(f"Finished {plan.config.pipeline.name!r}", bold=True)
+    for key in ("train_loss", "val_loss", "best_val_loss", "unigram_entropy"):
+        if result.get(key) is not None:
+            click.echo(f"  {key.replace('_', ' '):<16} {result[key]:.4f}")
+    for key in ("steps", "epochs", "tokens", "seconds"):
+        if result.get(key) is not None:
+            click.echo(f"  {key:<16} {result[key]}")
+    click.echo(f"  run dir          {run_dir}")
+    if result.get("checkpoint"):
+        click.echo(f"  last checkpoint  {result['checkpoint']}")
+    if result.get("export_dir"):
+        click.echo(f"  model            {result['export_dir']} (safetensors + config.json + tokenizer/)")
+    click.echo(f"  resume with      apt-kernel run {pipeline} --resume latest --set trainer.epochs=N")
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline value.")
+@_plugin_options
+@_user_errors
+def validate(pipeline, overrides, plugins_dirs, strict):
+    """Check PIPELINE's schema, options and plugin versions without running (imports no plugin)."""
+    _, plan = _plan(pipeline, overrides, plugins_dirs, strict)
+    click.echo(f"{pipeline}: valid")
+    for table, kind, spec in plan.config.components():
+        info = plan.providers[table]
+        click.echo(f"  [{table}] {kind} {spec.use!r} from {info.name} {info.version}")
+
+
+@main.group()
+def plugins() -> None:
+    """Installed plugins: list, info, doctor."""
+
+
+_STATUS_COLOURS = {"installed": "green", "disabled": "yellow", "incompatible": "yellow",
+                   "failed": "red", "crashed": "red"}
+
+
+@plugins.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_plugin_options
+@_user_errors
+def plugins_list(as_json, plugins_dirs, strict):
+    """Every plugin with version, status and what it provides (reads manifests only)."""
+    from .discovery import discover
+
+    infos = discover(plugins_dirs)
+    if as_json:
+        import json
+
+        click.echo(json.dumps([i.to_dict() for i in infos], indent=2))
+        return
+    if not infos:
+        click.echo("no plugins installed")
+        return
+    for info in infos:
+        provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.provides().items()) or "-"
+        status = click.style(info.status, fg=_STATUS_COLOURS.get(info.status))
+        click.echo(f"{info.name:<28} {info.version:<10} {status:<12} {provides}")
+        if info.reason:
+            click.echo(f"{'':<28} {info.reason}")
+
+
+@plugins.command("info")
+@click.argument("name")
+@_plugin_options
+@_user_errors
+def plugins_info(name, plugins_dirs, strict):
+    """Everything the manifest of plugin NAME says, and its options."""
+    from .discovery import discover
+    from .errors import UserError
+    from .registry import closest
+
+    infos = {i.name: i for i in discover(plugins_dirs)}
+    if name not in infos:
+        hint = closest(name, list(infos))
+        raise UserError(f"no plugin named {name!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+    info = infos[name]
+    data = info.to_dict()
+    for key in ("name", "version", "distribution", "module", "path", "status", "reason", "kernel_api",
+                "requires", "capabilities"):
+        if data.get(key) not in (None, {}, []):
+            click.echo(f"{key:<13} {data[key]}")
+    for kind, components in (info.manifest.provides.items() if info.manifest else []):
+        for cname, decl in components.items():
+            click.echo(f"\n{kind} {cname!r}: {decl.summary}")
+            for opt, spec in decl.options.items():
+                default = "required" if spec.required else f"default {spec.default!r}"
+                click.echo(f"    {opt:<22} {spec.type:<6} {default:<24} {spec.help}")
+
+
+@plugins.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_plugin_options
+@_user_errors
+def plugins_doctor(as_json, plugins_dirs, strict):
+    """Import every plugin in a child process and report failures and crashes."""
+    from .discovery import StatusStore, discover, kernel_home
+    from .doctor import run_doctor
+
+    report = run_doctor(discover(plugins_dirs), list(plugins_dirs), StatusStore(kernel_home() / "plugin-status.json"))
+    if as_json:
+        import json
+
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for row in report:
+            status = click.style(row["status"], fg=_STATUS_COLOURS.get(row["status"]))
+            click.echo(f"{row['name']:<28} {row['version']:<10} {status}")
+            if row.get("reason"):
+                click.echo(f"    {row['reason']}")
+    bad = [r for r in report if r["status"] in ("failed", "crashed")]
+    if bad and (strict or os.environ.get("APT_STRICT_PLUGINS")):
+        sys.exit(1)
+
+
+@main.command("new-plugin")
+@click.argument("name")
+@click.option("--dir", "directory", default=".", type=click.Path(file_okay=False), show_default=True,
+              help="Where to create the plugin folder.")
+@_user_errors
+def new_plugin(name, directory):
+    """Create an installable plugin package NAME (a callback, with tests) from the SDK template."""
+    from .scaffold import create_plugin
+
+    path = create_plugin(name, directory)
+    click.echo(f"created {path}\n  pip install -e {path}\n  pytest {path}/tests")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""What a component factory receives besides its options: the run and what was built before it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+@dataclass
+class BuildContext:
+    """The run's shared state. Components are filled in build order: data, encoders, model, loss,
+    callbacks, trainer; a factory may read what was built before it (the model reads ``data``)."""
+
+    pipeline_name: str
+    seed: int
+    run_dir: Path
+    config: dict  # the validated pipeline as plain data, options with defaults filled in
+    data: Any = None
+    encoders: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
+    loss: Any = None
+    callbacks: list[Any] = field(default_factory=list)
+    trainer: Any = None
+    log: Callable[[str], None] = _print
+    progress: bool = True

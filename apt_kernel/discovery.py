@@ -1,0 +1,157 @@
+"""Find installed plugins and read their manifests, without importing any plugin code.
+
+Plugins are entry points in the group ``apt_kernel.plugins`` (name = plugin name, value = module) or
+one-file modules in a ``--plugins-dir``. Environment: ``APT_LOAD_PLUGINS=a,b`` loads only those (empty
+loads none), ``APT_DISABLE_PLUGINS=x,y`` disables some, ``APT_STRICT_PLUGINS=1`` makes load failures
+fatal. The outcome of the last load attempt or doctor run is remembered in ``$APT_KERNEL_HOME``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from . import KERNEL_API_VERSION
+from .manifest import MANIFEST_FILE, Manifest, ManifestError, read_manifest_file, read_module_manifest
+from .versions import satisfies
+
+ENTRY_POINT_GROUP = "apt_kernel.plugins"
+INSTALLED, INCOMPATIBLE, DISABLED, FAILED, CRASHED = "installed", "incompatible", "disabled", "failed", "crashed"
+
+
+@dataclass
+class PluginInfo:
+    """What the kernel knows about one plugin before (or after) importing it. Plain data."""
+
+    name: str
+    module: str
+    version: str
+    distribution: str | None = None
+    path: str | None = None  # set for --plugins-dir files
+    manifest: Manifest | None = field(default=None, repr=False)
+    status: str = INSTALLED
+    reason: str | None = None
+
+    def provides(self) -> dict[str, list[str]]:
+        if self.manifest is None:
+            return {}
+        return {kind: sorted(names) for kind, names in self.manifest.provides.items()}
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("manifest")
+        data["provides"] = self.provides()
+        data["kernel_api"] = self.manifest.kernel_api if self.manifest else None
+        data["requires"] = dict(self.manifest.requires) if self.manifest else {}
+        data["capabilities"] = list(self.manifest.capabilities) if self.manifest else []
+        return data
+
+
+def _names(value: str | None) -> set[str] | None:
+    if value is None:
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def strict_from_env(env: dict | None = None) -> bool:
+    return (env if env is not None else os.environ).get("APT_STRICT_PLUGINS", "") not in ("", "0", "false")
+
+
+def kernel_home(env: dict | None = None) -> Path:
+    env = env if env is not None else os.environ
+    return Path(env.get("APT_KERNEL_HOME") or Path.home() / ".cache" / "apt-kernel")
+
+
+class StatusStore:
+    """Remembers per plugin+version whether its last load (or doctor check) failed, and why."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def record(self, info: PluginInfo, status: str, reason: str | None) -> None:
+        data = self.read()
+        data[info.name] = {"version": info.version, "status": status, "reason": reason, "when": time.time()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
+    def last_failure(self, info: PluginInfo) -> tuple[str, str] | None:
+        entry = self.read().get(info.name)
+        if entry and entry.get("version") == info.version and entry.get("status") in (FAILED, CRASHED):
+            return entry["status"], entry.get("reason") or "unknown reason"
+        return None
+
+
+def _manifest_for_module(module: str) -> Manifest:
+    top = module.split(":")[0].split(".")[0]
+    spec = importlib.util.find_spec(top)  # finds a top-level package without importing it
+    if spec is None:
+        raise ManifestError(f"module {top!r} is not installed")
+    if spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / MANIFEST_FILE
+            if candidate.exists():
+                return read_manifest_file(candidate)
+        raise ManifestError(f"no manifest: package {top!r} has no {MANIFEST_FILE}")
+    if spec.origin and spec.origin.endswith(".py"):
+        return read_module_manifest(Path(spec.origin))
+    raise ManifestError(f"no manifest for module {top!r}")
+
+
+def _apply_status(info: PluginInfo, allow: set[str] | None, deny: set[str], store: StatusStore) -> None:
+    keys = {info.name, info.distribution} - {None}
+    if info.manifest is None:
+        return
+    if keys & deny:
+        info.status, info.reason = DISABLED, "disabled by APT_DISABLE_PLUGINS"
+    elif allow is not None and not keys & allow:
+        info.status, info.reason = DISABLED, "not listed in APT_LOAD_PLUGINS"
+    elif not satisfies(KERNEL_API_VERSION, info.manifest.kernel_api):
+        info.status = INCOMPATIBLE
+        info.reason = f"needs kernel API {info.manifest.kernel_api}; this kernel's API is {KERNEL_API_VERSION}"
+    elif failure := store.last_failure(info):
+        info.status, info.reason = failure
+
+
+def discover(plugins_dirs: tuple[str, ...] | list[str] = (), env: dict | None = None) -> list[PluginInfo]:
+    """Every plugin visible to this process, with its manifest and status; imports no plugin code."""
+    env = env if env is not None else os.environ
+    allow, deny = _names(env.get("APT_LOAD_PLUGINS")), _names(env.get("APT_DISABLE_PLUGINS")) or set()
+    store = StatusStore(kernel_home(env) / "plugin-status.json")
+    found: dict[str, PluginInfo] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in found:  # the same distribution seen twice on sys.path: first one wins, as Python's
+            continue
+        dist = ep.dist
+        info = PluginInfo(ep.name, ep.value, dist.version if dist else "0", dist.name if dist else None)
+        try:
+            info.manifest = _manifest_for_module(ep.value)
+        except ManifestError as exc:
+            info.status, info.reason = FAILED, str(exc)
+        found[ep.name] = info
+    for directory in plugins_dirs:
+        for path in sorted(Path(directory).glob("*.py")):
+            if path.stem.startswith("_") or path.stem in found:
+                continue
+            info = PluginInfo(path.stem, path.stem, "0", None, path=str(path.resolve()))
+            try:
+                info.manifest = read_module_manifest(path)
+                info.version = info.manifest.version or "0"
+            except ManifestError as exc:
+                info.status, info.reason = FAILED, str(exc)
+            found[path.stem] = info
+    for info in found.values():
+        _apply_status(info, allow, deny, store)
+    return sorted(found.values(), key=lambda i: i.name)

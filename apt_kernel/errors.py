@@ -1,0 +1,35 @@
+"""Errors the kernel raises. A ``UserError`` is the user's to fix: the CLI prints it and exits 2."""
+
+from __future__ import annotations
+
+
+class KernelError(Exception):
+    """Base class for errors raised by the kernel."""
+
+
+class UserError(KernelError):
+    """Bad input from the user (pipeline file, overrides, environment). Exit code 2, no traceback."""
+
+    exit_code = 2
+
+
+class PipelineError(UserError):
+    """A pipeline file that cannot be read or does not match its schema."""
+
+    def __init__(self, message: str, *, source: str | None = None, location: str | None = None,
+                 line: int | None = None) -> None:
+        self.source, self.location, self.line, self.detail = source, location, line, message
+        where = [p for p in (source, f"line {line}" if line else None, location) if p]
+        super().__init__(f"{': '.join(where)}: {message}" if where else message)
+
+
+class DuplicateComponentError(UserError):
+    """Two plugins registered the same component name for the same kind."""
+
+
+class PluginLoadError(UserError):
+    """A plugin the pipeline needs could not be imported or registered."""
+
+
+class ResolutionError(UserError):
+    """The plugin versions a pipeline needs cannot be satisfied; the message explains the chain."""

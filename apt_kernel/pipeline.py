@@ -1,0 +1,249 @@
+"""pipeline.toml: read with tomllib, apply ``--set`` overrides, validate with pydantic.
+
+Two stages. The pipeline schema (tables and keys) is checked here; each component's options are
+checked against the schema its plugin declares in its manifest (``options_model``), still without
+importing the plugin. Every problem becomes a ``PipelineError`` naming the file, the table/key and,
+where it can be found, the line.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    create_model,
+)
+
+from .errors import PipelineError
+from .manifest import ComponentDecl, OptionSpec
+from .registry import closest
+
+
+class ComponentSpec(BaseModel):
+    """``use = "<registered name>"`` plus the component's own options (checked later)."""
+
+    model_config = ConfigDict(extra="allow")
+    use: StrictStr
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class PipelineSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: StrictStr
+    seed: StrictInt = 0
+    output_dir: StrictStr | None = None
+    requires: dict[str, StrictStr] = Field(default_factory=dict)
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pipeline: PipelineSection
+    data: ComponentSpec
+    model: ComponentSpec
+    loss: ComponentSpec
+    trainer: ComponentSpec
+    callbacks: list[ComponentSpec] = Field(default_factory=list)
+    encoders: dict[str, ComponentSpec] = Field(default_factory=dict)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.pipeline.output_dir or f"runs/{self.pipeline.name}")
+
+    def components(self) -> list[tuple[str, str, ComponentSpec]]:
+        """(table label, kind, spec) in build order: data, encoders, model, loss, callbacks, trainer."""
+        items = [("data", "data", self.data)]
+        items += [(f"encoders.{key}", "encoder", spec) for key, spec in self.encoders.items()]
+        items += [("model", "model", self.model), ("loss", "loss", self.loss)]
+        items += [(f"callbacks[{i}]", "callback", spec) for i, spec in enumerate(self.callbacks)]
+        items.append(("trainer", "trainer", self.trainer))
+        return items
+
+
+class Source:
+    """The pipeline's text and origin, for error messages that point at lines."""
+
+    def __init__(self, name: str, text: str, overrides: dict[str, str] | None = None) -> None:
+        self.name, self.lines, self.overrides = name, text.splitlines(), overrides or {}
+
+    def line_of(self, table: str, key: str | None = None) -> int | None:
+        header = table.split("[")[0]
+        current, table_line = "", None
+        for number, raw in enumerate(self.lines, 1):
+            line = raw.strip()
+            if line.startswith("["):
+                current = line.strip("[] ")
+                if current == header and table_line is None:
+                    table_line = number
+            elif key and current == header and line.split("=")[0].strip().strip('"') == key:
+                return number
+        return table_line if key is None else None
+
+    def error(self, table: str, key: str | None, message: str) -> PipelineError:
+        dotted = f"{table.split('[')[0]}.{key}" if key else table
+        if dotted in self.overrides:
+            return PipelineError(message, source=self.name,
+                                 location=f"[{table}] {key} (from --set {dotted}={self.overrides[dotted]})")
+        location = f"[{table}]" + (f" {key}" if key else "")
+        return PipelineError(message, source=self.name, location=location, line=self.line_of(table, key))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (["a", "b"], value); the value is read as TOML, else kept as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise PipelineError(f"--set {text!r}: expected KEY=VALUE, e.g. --set trainer.epochs=3")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return [part.strip() for part in key.split(".")], parsed
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict[str, str]:
+    applied = {}
+    for text in overrides:
+        path, value = parse_override(text)
+        target = data
+        for part in path[:-1]:
+            node = target.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise PipelineError(f"--set {text}: {part!r} is not a table")
+            target = node
+        target[path[-1]] = value
+        applied[".".join(path)] = text.partition("=")[2]
+    return applied
+
+
+_TABLES = ("pipeline", "data", "model", "loss", "trainer", "callbacks", "encoders")
+
+
+def _schema_errors(exc: ValidationError, source: Source) -> PipelineError:
+    problems = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        if err["type"] == "extra_forbidden" and len(loc) == 1:
+            hint = closest(loc[0], list(_TABLES))
+            msg = f"unknown table [{loc[0]}]" + (f" (did you mean [{hint}]?)" if hint else "")
+            problems.append(source.error(loc[0], None, msg))
+            continue
+        if err["type"] == "missing" and len(loc) == 1:
+            problems.append(PipelineError(f"missing table [{loc[0]}]", source=source.name))
+            continue
+        table, key = _table_key(loc)
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "missing required key"
+        else:
+            msg = f"{err['msg'].lower()} (got {err.get('input')!r})"
+        problems.append(source.error(table, key, msg))
+    return _combine(problems)
+
+
+def _table_key(loc: list[str]) -> tuple[str, str | None]:
+    if loc[0] == "callbacks" and len(loc) >= 2:
+        return f"callbacks[{loc[1]}]", loc[2] if len(loc) > 2 else None
+    if loc[0] == "encoders" and len(loc) >= 2:
+        return f"encoders.{loc[1]}", loc[2] if len(loc) > 2 else None
+    return loc[0], ".".join(loc[1:]) or None
+
+
+def _combine(problems: list[PipelineError]) -> PipelineError:
+    if len(problems) == 1:
+        return problems[0]
+    return PipelineError("\n  ".join(["several problems:"] + [str(p) for p in problems]))
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple[PipelineConfig, dict, Source]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PipelineError("pipeline file not found", source=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"cannot read pipeline file: {exc}", source=str(path)) from None
+    return parse_pipeline(text, str(path), overrides)
+
+
+def parse_pipeline(text: str, name: str = "<pipeline>", overrides: list[str] | None = None,
+                   ) -> tuple[PipelineConfig, dict, Source]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PipelineError(f"TOML syntax error: {exc}", source=name) from None
+    source = Source(name, text, apply_overrides(data, overrides or []))
+    try:
+        config = PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _schema_errors(exc, source) from None
+    return config, data, source
+
+
+# -- component options, from the manifest's static schema --------------------------------------------
+def _must_exist(value: str | None) -> str | None:
+    if value is not None and not Path(value).exists():
+        raise ValueError(f"file or folder not found: {value}")
+    return value
+
+
+_BASE_TYPES: dict[str, Any] = {
+    "str": StrictStr, "int": StrictInt, "float": StrictInt | StrictFloat, "bool": StrictBool,
+    "path": StrictStr, "list": list, "dict": dict, "any": Any,
+}
+
+
+def _field(spec: OptionSpec) -> tuple[Any, Any]:
+    annotation: Any = _BASE_TYPES[spec.type]
+    if spec.choices:
+        annotation = Literal[tuple(spec.choices)]
+    if spec.type == "path" and spec.must_exist:
+        annotation = Annotated[annotation, AfterValidator(_must_exist)]
+    if spec.optional:
+        annotation = annotation | None
+    limits = {k: v for k, v in (("ge", spec.min), ("le", spec.max)) if v is not None}
+    default = ... if spec.required else spec.default
+    return annotation, Field(default, description=spec.help, **limits)
+
+
+def options_model(kind: str, name: str, decl: ComponentDecl) -> type[BaseModel]:
+    extra = "allow" if decl.allow_extra_options else "forbid"
+    fields = {key: _field(spec) for key, spec in decl.options.items()}
+    return create_model(f"{kind}:{name}", __config__=ConfigDict(extra=extra), **fields)
+
+
+def validate_options(table: str, kind: str, spec: ComponentSpec, decl: ComponentDecl,
+                     source: Source) -> dict[str, Any]:
+    """The component's options with defaults filled in, or a PipelineError per bad key."""
+    try:
+        model = options_model(kind, spec.use, decl).model_validate(spec.options)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                hint = closest(key, list(decl.options))
+                msg = f"unknown option for {kind} {spec.use!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+            elif err["type"] == "missing":
+                msg = f"missing required option of {kind} {spec.use!r}"
+            else:
+                msg = err["msg"].removeprefix("Value error, ")
+                msg = f"{msg} (got {err.get('input')!r})" if "not found" not in msg else msg
+            problems.append(source.error(table, key, msg))
+        raise _combine(problems) from None
+    values = model.model_dump()
+    values.update(model.model_extra or {})
+    return values

@@ -1,0 +1,187 @@
+"""From a validated pipeline to a trained model: plan (no plugin imports), then load, build, fit."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .context import BuildContext
+from .discovery import INSTALLED, PluginInfo
+from .errors import DuplicateComponentError, PipelineError, PluginLoadError
+from .kernel import Kernel, PluginHookError
+from .pipeline import PipelineConfig, Source, validate_options
+from .registry import closest
+from .solver import KERNEL_API, Catalog, solve
+
+
+@dataclass
+class Plan:
+    """Everything decided before any plugin code runs."""
+
+    config: PipelineConfig
+    data: dict  # the pipeline as plain data with every component's options filled in
+    source: Source
+    providers: dict[str, PluginInfo] = field(default_factory=dict)  # table label -> plugin
+    plugins: list[str] = field(default_factory=list)  # to load, dependencies first
+
+
+def _provider(kernel: Kernel, table: str, kind: str, name: str, source: Source) -> PluginInfo:
+    offering = [i for i in kernel.plugins.values() if i.manifest and name in i.manifest.provides.get(kind, {})]
+    if not offering:
+        known = sorted({n for i in kernel.plugins.values() if i.manifest for n in i.manifest.provides.get(kind, {})})
+        hint = closest(name, known)
+        msg = f"unknown {kind} {name!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+        msg += f"; installed {kind} components: {', '.join(known) or 'none'}"
+        raise source.error(table, "use", msg)
+    usable = [i for i in offering if i.status != "disabled"] or offering
+    if len(usable) > 1:
+        owners = " and ".join(i.distribution or i.name for i in usable)
+        raise DuplicateComponentError(f"{kind} {name!r} is provided by two plugins: {owners}; "
+                                      f"disable one with APT_DISABLE_PLUGINS")
+    info = usable[0]
+    if info.status not in (INSTALLED, "incompatible"):
+        raise source.error(table, "use", f"{kind} {name!r} comes from plugin {info.name!r}, which is "
+                                         f"{info.status}: {info.reason}")
+    return info
+
+
+def plan_pipeline(kernel: Kernel, config: PipelineConfig, data: dict, source: Source) -> Plan:
+    """Validate components and options against manifests and solve plugin versions; imports nothing."""
+    plan = Plan(config, json.loads(json.dumps(data)), source)
+    for table, kind, spec in config.components():
+        info = _provider(kernel, table, kind, spec.use, source)
+        options = validate_options(table, kind, spec, info.manifest.provides[kind][spec.use], source)
+        plan.providers[table] = info
+        _section(plan.data, table).update(options)
+    catalog = Catalog()
+    for info in kernel.plugins.values():
+        if info.manifest is not None and info.status != "failed":
+            catalog.add(info.name, info.version, info.manifest.requires, info.manifest.kernel_api)
+            catalog.installed.add(info.name)
+    root = {info.name: "*" for info in plan.providers.values()}
+    root.update(config.pipeline.requires)
+    chosen = solve(catalog, root)
+    order = [n for n in _dependency_order(kernel, list(chosen)) if n != KERNEL_API]
+    for name in order:
+        if kernel.plugins[name].status != INSTALLED:
+            info = kernel.plugins[name]
+            raise PluginLoadError(f"plugin {name!r} is needed but {info.status}: {info.reason}")
+    plan.plugins = order
+    return plan
+
+
+def _section(data: dict, table: str) -> dict:
+    if table.startswith("callbacks["):
+        return data["callbacks"][int(table[10:-1])]
+    if table.startswith("encoders."):
+        return data["encoders"][table[9:]]
+    return data[table]
+
+
+def _dependency_order(kernel: Kernel, names: list[str]) -> list[str]:
+    ordered: list[str] = []
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if name in ordered or name in trail or name not in kernel.plugins:
+            return
+        for dep in kernel.plugins[name].manifest.requires:
+            visit(dep, trail + (name,))
+        ordered.append(name)
+
+    for name in sorted(names):
+        visit(name, ())
+    return ordered
+
+
+def load_components(kernel: Kernel, plan: Plan) -> None:
+    """Import the planned plugins; a failure of one the pipeline needs is the user's error (exit 2)."""
+    kernel.load(plan.plugins)
+    for name in plan.plugins:
+        info = kernel.plugins[name]
+        if name not in kernel.loaded:
+            raise PluginLoadError(f"plugin {name!r} failed to load: {info.reason}")
+    for table, kind, spec in plan.config.components():
+        if kernel.registry.get(kind, spec.use) is None:
+            owner = plan.providers[table].name
+            raise PluginLoadError(f"plugin {owner!r} declares {kind} {spec.use!r} in its manifest "
+                                  f"but did not register it")
+
+
+def _build(kernel: Kernel, kind: str, name: str, options: dict, context: BuildContext) -> Any:
+    registration = kernel.registry.get(kind, name)
+    try:
+        return registration.factory(dict(options), context)
+    except (PipelineError, PluginLoadError):
+        raise
+    except Exception as exc:
+        raise PluginHookError(registration.plugin, f"{kind} factory {name!r}", exc) from exc
+
+
+def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True) -> tuple[dict, BuildContext]:
+    """Load, build and fit. Returns the trainer's result and the context holding every component."""
+    load_components(kernel, plan)
+    config, data = plan.config, plan.data
+    run_dir = config.output_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "pipeline.json").write_text(json.dumps(data, indent=2))
+    context = BuildContext(config.pipeline.name, config.pipeline.seed, run_dir, data, progress=progress)
+    if log is not None:
+        context.log = log
+    kernel.call_hook("seed_everything", seed=config.pipeline.seed)
+    kernel.call_hook("pipeline_start", pipeline=data, run_dir=str(run_dir))
+    try:
+        for table, kind, spec in config.components():
+            built = _build(kernel, kind, spec.use, {k: v for k, v in _section(data, table).items() if k != "use"},
+                           context)
+            if kind == "encoder":
+                context.encoders[table.split(".", 1)[1]] = built
+            elif kind == "callback":
+                context.callbacks.append(built)
+            else:
+                setattr(context, kind, built)
+        result = context.trainer.fit(context)
+    except BaseException as exc:
+        error = {"type": type(exc).__name__, "message": str(exc),
+                 "traceback": traceback.format_exc(),
+                 "plugin": getattr(exc, "plugin", None), "hook": getattr(exc, "hook", None)}
+        try:
+            kernel.call_hook("pipeline_error", pipeline=data, run_dir=str(run_dir), error=error)
+        except PluginHookError as hook_exc:
+            context.log(f"warning: {hook_exc}")
+        raise
+    kernel.call_hook("pipeline_end", pipeline=data, run_dir=str(run_dir), result=result)
+    return result, context
+
+
+def run_pipeline(pipeline: str | Path | dict, overrides: list[str] | None = None, *,
+                 kernel: Kernel | None = None, plugins_dirs: tuple[str, ...] = (), log=None,
+                 progress: bool = False) -> tuple[dict, BuildContext]:
+    """Run a pipeline from a path, TOML text or dict, in this process (the Python API of ``run``)."""
+    from .pipeline import load_pipeline, parse_pipeline
+
+    if isinstance(pipeline, dict):
+        config, data, source = _from_dict(pipeline, overrides)
+    elif isinstance(pipeline, Path) or (isinstance(pipeline, str) and "\n" not in pipeline
+                                         and pipeline.endswith(".toml")):
+        config, data, source = load_pipeline(pipeline, overrides)
+    else:
+        config, data, source = parse_pipeline(pipeline, "<pipeline>", overrides)
+    kernel = kernel or Kernel(plugins_dirs)
+    plan = plan_pipeline(kernel, config, data, source)
+    return execute(kernel, plan, log=log, progress=progress)
+
+
+def _from_dict(data: dict, overrides: list[str] | None):
+    from pydantic import ValidationError
+
+    from .pipeline import PipelineConfig, _schema_errors, apply_overrides
+
+    data = json.loads(json.dumps(data))
+    source = Source("<pipeline dict>", "", apply_overrides(data, overrides or []))
+    try:
+        return PipelineConfig.model_validate(data), data, source
+    except ValidationError as exc:
+        raise _schema_errors(exc, source) from None

@@ -1,0 +1,322 @@
+"""The APT language model: a decoder-only causal transformer with autopoietic attention, plus an
+optional encoder for sequence-to-sequence. One file, read top to bottom.
+
+Autopoietic attention refines attention logits with a learned transform of the logits themselves:
+the head-mean of the scores goes through an elementwise 1->h->1 MLP, is scaled by a learned gate and
+by the normalised entropy of each query's head-mean attention (diffuse rows are refined more), added
+back, and everything is divided by a learnable temperature clamped to [1, 2]. The gate starts at 0 and
+the temperature at 1, so at initialisation it equals standard attention and can only learn to help.
+
+It is batched tensor algebra with no loop over batch or heads: the head-mean of q_h.k_h is a single
+full-width product, the refinement is an additive bias shared by the heads, and the temperature is
+folded into q, so the attention itself still runs in fused scaled_dot_product_attention. The
+refinement runs in float32 so bf16 stays stable; masked positions get -inf after refinement and the
+entropy uses masked probabilities, so no position sees the future.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+@dataclass
+class APTConfig:
+    vocab_size: int = 256
+    d_model: int = 128
+    num_heads: int = 4
+    num_layers: int = 4
+    num_encoder_layers: int = 0  # > 0 adds an encoder and cross-attention (seq2seq with src_tokens)
+    d_ff: int = 512
+    max_seq_len: int = 256
+    dropout: float = 0.0
+    attention: str = "autopoietic"  # or "sdpa"
+    refine_hidden: int = 4  # h of the elementwise 1->h->1 MLP
+    init_tau: float = 1.0
+    tau_min: float = 1.0
+    tau_max: float = 2.0
+    pad_token_id: int = 0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
+        if self.attention not in ("autopoietic", "sdpa"):
+            raise ValueError(f"attention must be 'autopoietic' or 'sdpa', not {self.attention!r}")
+        if not self.tau_min <= self.init_tau <= self.tau_max:
+            raise ValueError(f"init_tau {self.init_tau} outside [{self.tau_min}, {self.tau_max}]")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> APTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown APTConfig keys: {sorted(unknown)}")
+        return cls(**data)
+
+    def save(self, directory: str | Path) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / CONFIG_FILE).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> APTConfig:
+        return cls.from_dict(json.loads((Path(directory) / CONFIG_FILE).read_text()))
+
+
+class ElementwiseMLP(torch.autograd.Function):
+    """f(s) = sum_k w2[k] * gelu(w1[k] * s + b1[k]) on every element of s, a 1 -> h -> 1 MLP.
+
+    Broadcasting s to [..., h] would store h copies of an attention-sized tensor for backward; this
+    keeps only s and recomputes, one hidden unit at a time (h is small), which is 4x faster on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(s, w1, b1, w2)
+        out = torch.zeros_like(s)
+        for k in range(w1.shape[0]):
+            out.add_(F.gelu(torch.addcmul(b1[k], s, w1[k])).mul_(w2[k]))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        s, w1, b1, w2 = ctx.saved_tensors
+        grad_s = torch.zeros_like(s)
+        grad_w1, grad_b1, grad_w2 = torch.empty_like(w1), torch.empty_like(b1), torch.empty_like(w2)
+        for k in range(w1.shape[0]):
+            z = torch.addcmul(b1[k], s, w1[k])
+            grad_w2[k] = (grad * F.gelu(z)).sum()
+            grad_z = torch.ops.aten.gelu_backward(grad * w2[k], z)
+            grad_b1[k] = grad_z.sum()
+            grad_w1[k] = (grad_z * s).sum()
+            grad_s.add_(grad_z.mul_(w1[k]))
+        return grad_s, grad_w1, grad_b1, grad_w2
+
+
+class Attention(nn.Module):
+    """Multi-head attention, plain (SDPA) or autopoietic; self- or cross-attention."""
+
+    def __init__(self, config: APTConfig, causal: bool, cross: bool = False) -> None:
+        super().__init__()
+        self.h, self.dk = config.num_heads, config.d_model // config.num_heads
+        self.causal, self.cross, self.mode = causal, cross, config.attention
+        self.q = nn.Linear(config.d_model, config.d_model)
+        self.kv = nn.Linear(config.d_model, 2 * config.d_model)
+        self.out = nn.Linear(config.d_model, config.d_model)
+        self.dropout = config.dropout
+        if self.mode == "autopoietic":
+            hidden = config.refine_hidden
+            self.refine_in = nn.Parameter(torch.randn(hidden) * 0.5)
+            self.refine_in_bias = nn.Parameter(torch.zeros(hidden))
+            self.refine_out = nn.Parameter(torch.randn(hidden) / hidden)
+            self.gate = nn.Parameter(torch.zeros(()))  # 0: identical to standard attention at init
+            self.tau = nn.Parameter(torch.tensor(float(config.init_tau)))
+            self.tau_min, self.tau_max = config.tau_min, config.tau_max
+        self.last_attention: torch.Tensor | None = None  # set when record_attention is on
+        self.record_attention = False
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None,
+                key_padding: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        source = memory if self.cross else x
+        S = source.shape[1]
+        q_flat = self.q(x)
+        k_flat, v_flat = self.kv(source).split(C, dim=-1)
+        q, k, v = (t.view(B, -1, self.h, self.dk).transpose(1, 2) for t in (q_flat, k_flat, v_flat))
+        mask = self._mask(T, S, key_padding, x.device)  # True = may attend, [B or 1, 1, T, S]
+        bias = mask
+        if self.mode == "autopoietic":
+            tau = self.tau.clamp(self.tau_min, self.tau_max)
+            q = q / tau  # (scores + refinement) / tau == (q / tau) . k + refinement / tau
+            bias = self._refinement(q_flat, k_flat, mask) / tau
+            if mask is not None:  # mask after dividing by tau: d(-inf / tau)/d tau would be NaN
+                bias = bias.masked_fill(~mask, float("-inf"))
+            bias = bias.to(q.dtype)
+        if self.record_attention:
+            scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(self.dk)
+            scores = scores if bias is None or bias.dtype == torch.bool else scores + bias.float()
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            self.last_attention = scores.softmax(-1).detach()
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
+        return self.out(y.transpose(1, 2).reshape(B, T, C))
+
+    def _mask(self, T: int, S: int, key_padding: torch.Tensor | None, device) -> torch.Tensor | None:
+        mask = None
+        if self.causal:
+            mask = torch.ones(T, S, dtype=torch.bool, device=device).tril()[None, None]
+        if key_padding is not None:  # [B, S], True = real token
+            pad = key_padding[:, None, None, :].bool()
+            mask = pad if mask is None else mask & pad
+            if not self.cross:  # a query may always see itself, so no row is empty (padding rows)
+                mask = mask | torch.eye(T, S, dtype=torch.bool, device=device)[None, None]
+        return mask
+
+    def _refinement(self, q_flat: torch.Tensor, k_flat: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Additive logit bias [B, 1, T, S] shared by the heads, in float32 (masking is the caller's)."""
+        # the mean over heads of q_h . k_h / sqrt(dk) is one full-width product: no [B, H, T, S] tensor
+        mean = (q_flat.float() @ k_flat.float().transpose(-2, -1)).unsqueeze(1) / (self.h * math.sqrt(self.dk))
+        refinement = ElementwiseMLP.apply(mean, self.refine_in.float(), self.refine_in_bias.float(),
+                                          self.refine_out.float())
+        with torch.no_grad():  # the entropy only weighs the refinement: no gradient, half the cost
+            masked = mean if mask is None else mean.masked_fill(~mask, float("-inf"))
+            entropy = torch.special.entr(masked.softmax(-1)).sum(-1, keepdim=True)  # [B, 1, T, 1]
+            visible = mask.sum(-1, keepdim=True) if mask is not None else torch.tensor(mean.shape[-1])
+            weight = entropy / torch.log(visible.float().clamp(min=2))  # 0 = focused, 1 = uniform
+        return self.gate * weight * refinement
+
+
+class MLP(nn.Module):
+    def __init__(self, config: APTConfig) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(config.d_model, config.d_ff), nn.Linear(config.d_ff, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; decoder blocks of a seq2seq model add cross-attention."""
+
+    def __init__(self, config: APTConfig, causal: bool, cross: bool) -> None:
+        super().__init__()
+        self.ln1, self.attn = nn.LayerNorm(config.d_model), Attention(config, causal)
+        self.cross = Attention(config, causal=False, cross=True) if cross else None
+        self.ln_cross = nn.LayerNorm(config.d_model) if cross else None
+        self.ln2, self.mlp = nn.LayerNorm(config.d_model), MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, padding=None, memory=None, memory_padding=None):
+        x = x + self.dropout(self.attn(self.ln1(x), key_padding=padding))
+        if self.cross is not None:
+            x = x + self.dropout(self.cross(self.ln_cross(x), memory, key_padding=memory_padding))
+        return x + self.mlp(self.ln2(x))
+
+
+class APTLargeModel(nn.Module):
+    """Decoder-only causal LM; with ``num_encoder_layers > 0`` and ``src_tokens`` an encoder-decoder."""
+
+    def __init__(self, config: APTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos = nn.Embedding(config.max_seq_len, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        seq2seq = config.num_encoder_layers > 0
+        self.encoder = nn.ModuleList(Block(config, causal=False, cross=False)
+                                     for _ in range(config.num_encoder_layers))
+        self.ln_enc = nn.LayerNorm(config.d_model) if seq2seq else None
+        self.decoder = nn.ModuleList(Block(config, causal=True, cross=seq2seq) for _ in range(config.num_layers))
+        self.ln_f = nn.LayerNorm(config.d_model)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(self._init)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok.weight
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.shape[1] > self.config.max_seq_len:
+            raise ValueError(f"sequence length {ids.shape[1]} exceeds max_seq_len {self.config.max_seq_len}")
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        return self.drop(self.tok(ids) + self.pos(positions))
+
+    def encode(self, src_tokens: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.encoder:
+            raise ValueError("this APT model has no encoder (num_encoder_layers = 0); src_tokens cannot be used")
+        x = self._embed(src_tokens)
+        for block in self.encoder:
+            x = block(x, padding=src_mask)
+        return self.ln_enc(x)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                src_tokens: torch.Tensor | None = None, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, V]; position t depends only on tokens <= t (and on all of ``src_tokens``)."""
+        memory = self.encode(src_tokens, src_mask) if src_tokens is not None else None
+        if memory is None and self.encoder:
+            raise ValueError("this APT model is an encoder-decoder: pass src_tokens")
+        x = self._embed(input_ids)
+        for block in self.decoder:
+            x = block(x, padding=attention_mask, memory=memory, memory_padding=src_mask)
+        return self.lm_head(self.ln_f(x))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_length: int = 100, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+                 do_sample: bool = True, eos_token_id: int | None = None,
+                 src_tokens: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Extend ``input_ids`` [B, T] to at most ``max_length`` tokens in total."""
+        was_training = self.training
+        self.eval()
+        ids = input_ids
+        finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        while ids.shape[1] < max_length and not finished.all():
+            logits = self(ids[:, -self.config.max_seq_len:], src_tokens=src_tokens)[:, -1, :].float()
+            if repetition_penalty != 1.0:
+                seen = torch.gather(logits, 1, ids)
+                seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
+                logits.scatter_(1, ids, seen)
+            if do_sample:
+                logits = logits / max(temperature, 1e-6)
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                if top_p is not None and top_p < 1.0:
+                    sorted_logits, order = logits.sort(descending=True)
+                    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+                    drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the first token always
+                    logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+                next_id = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            else:
+                next_id = logits.argmax(-1, keepdim=True)
+            if eos_token_id is not None:
+                next_id = next_id.masked_fill(finished[:, None], eos_token_id)
+                finished |= next_id.squeeze(1) == eos_token_id
+            ids = torch.cat([ids, next_id], dim=1)
+        self.train(was_training)
+        return ids
+
+    def set_record_attention(self, on: bool = True) -> None:
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.record_attention = on
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        from safetensors.torch import save_model
+
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.config.save(directory)
+        save_model(self, str(Path(directory) / WEIGHTS_FILE))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> APTLargeModel:
+        from safetensors.torch import load_model
+
+        model = cls(APTConfig.load(directory))
+        load_model(model, str(Path(directory) / WEIGHTS_FILE), device=map_location)
+        return model

@@ -1,0 +1,41 @@
+"""A callback that shows what the model writes, before and after training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from apt_sdk import Callback
+
+
+class TextSamples(Callback):
+    def __init__(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int,
+                 run_dir: Path) -> None:
+        self.prompt, self.max_new_tokens, self.temperature, self.top_k = prompt, max_new_tokens, temperature, top_k
+        self.seed, self.path = seed, run_dir / "samples.txt"
+        self.samples: dict[str, str] = {}
+
+    def generate(self, trainer) -> str:
+        model, tokenizer = trainer.model, trainer.data.tokenizer
+        device = next(model.parameters()).device
+        prompt_ids = [tokenizer.bos_id, *tokenizer.encode(self.prompt)] if tokenizer.bos_id is not None \
+            else tokenizer.encode(self.prompt)
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+        out = model.generate(ids, max_length=ids.shape[1] + self.max_new_tokens, temperature=self.temperature,
+                             top_k=self.top_k, do_sample=True, eos_token_id=None,
+                             generator=torch.Generator(device=device).manual_seed(self.seed))
+        return tokenizer.decode(out[0].tolist())
+
+    def _show(self, trainer, when: str) -> None:
+        text = self.generate(trainer)
+        self.samples[when] = text
+        trainer.log(f"--- sample {when} training ---\n{text}\n---")
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(f"--- {when} training (step {trainer.global_step}) ---\n{text}\n\n")
+
+    def on_fit_start(self, trainer) -> None:
+        self._show(trainer, "before")
+
+    def on_fit_end(self, trainer, result: dict) -> None:
+        self._show(trainer, "after")
+        result["samples"] = dict(self.samples)

@@ -1,0 +1,162 @@
+"""Checkpoints in the original layout, written atomically, loaded without unpickling code.
+
+    <save_dir>/checkpoints/apt_model_epoch{E}_step{S}.pt
+    <save_dir>/metadata.json     every checkpoint: epoch, step, metrics, is_best, sha256
+
+A save writes a temp file in the same folder, fsyncs it and renames it into place, then rewrites
+metadata.json the same way, so a crash leaves either the old or the new state, never half of one.
+Leftover temp files are removed when a manager opens the folder and are never chosen.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from apt_sdk import UserError
+
+CHECKPOINT_GLOB = "apt_model_epoch*_step*.pt"
+TMP_SUFFIX = ".tmp"
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    with open(tmp, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """Config objects become dicts so the checkpoint loads with weights_only=True."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return value
+
+
+class CheckpointManager:
+    def __init__(self, save_dir: str | Path, keep_last: int = 0) -> None:
+        self.save_dir = Path(save_dir)
+        self.dir = self.save_dir / "checkpoints"
+        self.metadata_path = self.save_dir / "metadata.json"
+        self.keep_last = keep_last
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for leftover in list(self.dir.glob(f".*{TMP_SUFFIX}")) + list(self.save_dir.glob(f".*{TMP_SUFFIX}")):
+            leftover.unlink(missing_ok=True)
+
+    # -- metadata ----------------------------------------------------------------------------------
+    def metadata(self) -> dict:
+        try:
+            return json.loads(self.metadata_path.read_text())
+        except FileNotFoundError:
+            return {"checkpoints": []}
+        except ValueError as exc:
+            raise UserError(f"{self.metadata_path} is not valid JSON ({exc}); remove it to start over") from None
+
+    def _write_metadata(self, data: dict) -> None:
+        _atomic_write(self.metadata_path, lambda fh: fh.write(json.dumps(data, indent=2).encode()))
+
+    def checkpoints(self) -> list[dict]:
+        """Recorded checkpoints whose file exists, oldest first."""
+        return [c for c in self.metadata()["checkpoints"] if (self.dir / c["file"]).exists()]
+
+    # -- save / load -------------------------------------------------------------------------------
+    def save_checkpoint(self, model, optimizer, scheduler, epoch: int, global_step: int, loss_history: list,
+                        metrics: dict | None = None, tokenizer=None, config=None, is_best: bool = False,
+                        extra: dict | None = None) -> Path:
+        state = {
+            "model_state_dict": model.state_dict(),
+            "optimizer_state_dict": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler_state_dict": scheduler.state_dict() if scheduler is not None else None,
+            "epoch": int(epoch),
+            "global_step": int(global_step),
+            "loss_history": [float(x) for x in loss_history],
+            "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+            "config": _plain(config),
+            **(extra or {}),
+        }
+        path = self.dir / f"apt_model_epoch{epoch}_step{global_step}.pt"
+        _atomic_write(path, lambda fh: torch.save(state, fh))
+        if tokenizer is not None:
+            tokenizer.save(self.save_dir / "tokenizer")
+        data = self.metadata()
+        data["checkpoints"] = [c for c in data["checkpoints"] if c["file"] != path.name]
+        if is_best:
+            for entry in data["checkpoints"]:
+                entry["is_best"] = False
+        data["checkpoints"].append({
+            "file": path.name, "epoch": int(epoch), "global_step": int(global_step),
+            "metrics": state["metrics"], "is_best": bool(is_best), "sha256": _sha256(path), "time": time.time(),
+        })
+        self._prune(data)
+        self._write_metadata(data)
+        return path
+
+    def _prune(self, data: dict) -> None:
+        if self.keep_last <= 0:
+            return
+        entries = data["checkpoints"]
+        keep = {c["file"] for c in entries[-self.keep_last:]} | {c["file"] for c in entries if c["is_best"]}
+        for entry in [c for c in entries if c["file"] not in keep]:
+            (self.dir / entry["file"]).unlink(missing_ok=True)
+        data["checkpoints"] = [c for c in entries if c["file"] in keep]
+
+    def resolve(self, spec: str | Path | None = None, latest: bool = False, best: bool = False) -> Path:
+        """A checkpoint path from an explicit path, a glob, ``"latest"`` or ``"best"``."""
+        recorded = self.checkpoints()
+        if best or spec == "best":
+            chosen = [c for c in recorded if c["is_best"]]
+            if not chosen:
+                raise UserError(f"no best checkpoint recorded in {self.metadata_path}")
+            return self.dir / chosen[-1]["file"]
+        if spec is None or latest or spec == "latest":
+            if not recorded:
+                raise UserError(f"no checkpoint to resume from in {self.dir}")
+            return self.dir / max(recorded, key=lambda c: (c["global_step"], c["epoch"]))["file"]
+        matches = sorted(glob.glob(str(spec)))
+        if not matches:
+            raise UserError(f"checkpoint not found: {spec}")
+        return Path(matches[-1])
+
+    def load_checkpoint(self, model, optimizer=None, scheduler=None, checkpoint_path: str | Path | None = None,
+                        latest: bool = False, best: bool = False) -> tuple[int, int, list, dict]:
+        path = self.resolve(checkpoint_path, latest=latest, best=best)
+        state = self.read(path)
+        model.load_state_dict(state["model_state_dict"])
+        if optimizer is not None and state.get("optimizer_state_dict") is not None:
+            optimizer.load_state_dict(state["optimizer_state_dict"])
+        if scheduler is not None and state.get("scheduler_state_dict") is not None:
+            scheduler.load_state_dict(state["scheduler_state_dict"])
+        return state["epoch"], state["global_step"], state["loss_history"], state["metrics"]
+
+    def read(self, path: str | Path) -> dict:
+        """The checkpoint's contents; refuses a file whose hash differs from metadata.json's."""
+        path = Path(path)
+        expected = next((c["sha256"] for c in self.metadata()["checkpoints"] if c["file"] == path.name), None)
+        if expected is not None and path.parent.resolve() == self.dir.resolve() and _sha256(path) != expected:
+            raise UserError(f"checkpoint {path} does not match the hash recorded in {self.metadata_path}: "
+                            "the file is corrupt or was changed")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # weights_only refuses pickled code: report, never execute
+            raise UserError(f"cannot load checkpoint {path}: {type(exc).__name__}: {str(exc)[:300]}") from None
