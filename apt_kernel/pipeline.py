@@ -138,7 +138,7 @@ def _schema_errors(exc: ValidationError, source: Source) -> PipelineError:
         if err["type"] == "extra_forbidden" and len(loc) == 1:
             hint = closest(loc[0], list(_TABLES))
             msg = f"unknown table [{loc[0]}]" + (f" (did you mean [{hint}]?)" if hint else "")
-            problems.append(source.error(loc[0], None, msg))
+            problems.append(PipelineError(msg, source=source.name, line=source.line_of(loc[0])))
             continue
         if err["type"] == "missing" and len(loc) == 1:
             problems.append(PipelineError(f"missing table [{loc[0]}]", source=source.name))

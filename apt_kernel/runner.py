@@ -10,7 +10,7 @@ from typing import Any
 
 from .context import BuildContext
 from .discovery import INSTALLED, PluginInfo
-from .errors import DuplicateComponentError, PipelineError, PluginLoadError
+from .errors import DuplicateComponentError, PluginLoadError, UserError
 from .kernel import Kernel, PluginHookError
 from .pipeline import PipelineConfig, Source, validate_options
 from .registry import closest
@@ -114,7 +114,7 @@ def _build(kernel: Kernel, kind: str, name: str, options: dict, context: BuildCo
     registration = kernel.registry.get(kind, name)
     try:
         return registration.factory(dict(options), context)
-    except (PipelineError, PluginLoadError):
+    except UserError:
         raise
     except Exception as exc:
         raise PluginHookError(registration.plugin, f"{kind} factory {name!r}", exc) from exc
@@ -125,8 +125,6 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True) -> t
     load_components(kernel, plan)
     config, data = plan.config, plan.data
     run_dir = config.output_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "pipeline.json").write_text(json.dumps(data, indent=2))
     context = BuildContext(config.pipeline.name, config.pipeline.seed, run_dir, data, progress=progress)
     if log is not None:
         context.log = log
@@ -142,6 +140,9 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True) -> t
                 context.callbacks.append(built)
             else:
                 setattr(context, kind, built)
+        # only now, with every component built, is the run valid enough to leave files behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "pipeline.json").write_text(json.dumps(data, indent=2))
         result = context.trainer.fit(context)
     except BaseException as exc:
         error = {"type": type(exc).__name__, "message": str(exc),

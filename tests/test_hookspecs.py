@@ -1,0 +1,146 @@
+"""Every hookspec is documented and reaches plugins; registration, seeding and lifecycle hooks work."""
+
+import inspect
+import json
+import types
+
+import pytest
+
+from apt_kernel import hookspecs
+from apt_kernel.errors import DuplicateComponentError, PluginLoadError
+from apt_sdk import Callback, hookimpl
+
+SPECS = [name for name, f in vars(hookspecs).items() if callable(f) and hasattr(f, "apt_kernel_spec")]
+
+
+def test_every_hookspec_has_a_docstring():
+    assert set(SPECS) >= set(hookspecs.REGISTRATION_HOOKS.values()) | {
+        "seed_everything", "pipeline_start", "pipeline_end", "pipeline_error"}
+    for name in SPECS:
+        doc = inspect.getdoc(getattr(hookspecs, name))
+        assert doc and len(doc.splitlines()) <= 3, name
+
+
+def _manifest(**provides):
+    return {"kernel_api": "^1.0", "provides": {k: {n: {"allow_extra_options": True} for n in v}
+                                                  for k, v in provides.items()}}
+
+
+@pytest.mark.parametrize(("kind", "hook"), list(hookspecs.REGISTRATION_HOOKS.items()))
+def test_each_registration_hook_registers_its_kind(apt_kernel, kind, hook):
+    def impl(register):
+        register("thing", lambda options, context: ("built", options), summary="a thing")
+
+    plugin = types.SimpleNamespace(**{hook: hookimpl(impl)})
+    apt_kernel.add(plugin, _manifest(**{kind: ["thing"]}), name="p")
+    registration = apt_kernel.registry.get(kind, "thing")
+    assert registration.plugin == "p" and registration.summary == "a thing"
+    assert registration.factory({"x": 1}, None) == ("built", {"x": 1})
+
+
+def test_registering_an_undeclared_name_is_refused(apt_kernel):
+    class Plugin:
+        @hookimpl
+        def register_models(self, register):
+            register("secret-model", lambda o, c: None)
+
+    with pytest.raises(PluginLoadError, match="does not declare"):
+        apt_kernel.add(Plugin(), _manifest(model=["other"]), name="p")
+    assert apt_kernel.registry.get("model", "secret-model") is None
+
+
+def test_two_plugins_registering_one_name_names_both(apt_kernel):
+    class A:
+        @hookimpl
+        def register_models(self, register):
+            register("gpt", lambda o, c: None)
+
+    apt_kernel.add(A(), _manifest(model=["gpt"]), name="apt-plugin-first")
+    with pytest.raises(DuplicateComponentError) as err:
+        apt_kernel.add(A(), _manifest(model=["gpt"]), name="apt-plugin-second")
+    assert "apt-plugin-first" in str(err.value) and "apt-plugin-second" in str(err.value)
+
+
+class Recorder:
+    """A plugin implementing every lifecycle hook; records calls and checks arguments are plain data."""
+
+    def __init__(self):
+        self.calls = []
+
+    @hookimpl
+    def seed_everything(self, seed):
+        self.calls.append(("seed_everything", seed))
+
+    @hookimpl
+    def pipeline_start(self, pipeline, run_dir):
+        json.dumps([pipeline, run_dir])
+        self.calls.append(("pipeline_start", pipeline["pipeline"]["name"]))
+
+    @hookimpl
+    def pipeline_end(self, pipeline, run_dir, result):
+        self.calls.append(("pipeline_end", result["steps"]))
+
+    @hookimpl
+    def pipeline_error(self, pipeline, run_dir, error):
+        json.dumps(error)
+        self.calls.append(("pipeline_error", error["type"], error["plugin"]))
+
+
+def test_lifecycle_hooks_are_called_in_order(tiny_pipeline, tmp_path):
+    from apt_sdk.testing import IsolatedKernel
+
+    from apt_kernel.runner import run_pipeline
+
+    kernel = IsolatedKernel()
+    recorder = Recorder()
+    kernel.add(recorder, {"kernel_api": "^1.0"}, name="recorder")
+    run_pipeline(tiny_pipeline, kernel=kernel)
+    assert recorder.calls == [("seed_everything", 3), ("pipeline_start", "tiny"), ("pipeline_end", 4)]
+
+
+def test_pipeline_error_hook_gets_the_failing_plugin(tiny_pipeline):
+    from apt_sdk.testing import IsolatedKernel
+
+    from apt_kernel.kernel import PluginHookError
+    from apt_kernel.runner import run_pipeline
+
+    class Boom(Callback):
+        def on_fit_start(self, trainer):
+            raise RuntimeError("boom")
+
+    class BoomPlugin:
+        @hookimpl
+        def register_callbacks(self, register):
+            register("boom", lambda options, context: Boom())
+
+    kernel = IsolatedKernel()
+    recorder = Recorder()
+    kernel.add(recorder, {"kernel_api": "^1.0"}, name="recorder")
+    kernel.add(BoomPlugin(), _manifest(callback=["boom"]), name="boom-plugin")
+    text = tiny_pipeline.read_text() + '\n[[callbacks]]\nuse = "boom"\n'
+    with pytest.raises(RuntimeError, match="boom"):
+        run_pipeline(text, kernel=kernel)
+    assert recorder.calls[-1] == ("pipeline_error", "RuntimeError", None)
+
+    class BadFactory:
+        @hookimpl
+        def register_callbacks(self, register):
+            register("bad", lambda options, context: 1 / 0)
+
+    kernel.add(BadFactory(), _manifest(callback=["bad"]), name="bad-factory")
+    with pytest.raises(PluginHookError, match="plugin 'bad-factory' failed in hook callback factory 'bad'"):
+        run_pipeline(tiny_pipeline.read_text() + '\n[[callbacks]]\nuse = "bad"\n', kernel=kernel)
+    assert recorder.calls[-1] == ("pipeline_error", "PluginHookError", "bad-factory")
+
+
+def test_hook_failure_is_attributed(apt_kernel):
+    class Faulty:
+        @hookimpl
+        def pipeline_start(self, pipeline, run_dir):
+            raise KeyError("oops")
+
+    from apt_kernel.kernel import PluginHookError
+
+    apt_kernel.add(Faulty(), {"kernel_api": "^1.0"}, name="faulty")
+    with pytest.raises(PluginHookError, match="plugin 'faulty' failed in hook pipeline_start: KeyError"):
+        apt_kernel.call_hook("pipeline_start", pipeline={}, run_dir="x")
