@@ -1,0 +1,143 @@
+"""The APT model: causality in both attention modes, equality with SDPA at init, bf16, generation, I/O."""
+
+import pytest
+import torch
+from apt_plugin_lm.model import APTConfig, APTLargeModel
+
+MODES = ["autopoietic", "sdpa"]
+
+
+def small(mode="autopoietic", **kw):
+    torch.manual_seed(0)
+    config = APTConfig(vocab_size=40, d_model=32, num_heads=4, num_layers=2, d_ff=64, max_seq_len=24,
+                       attention=mode, **kw)
+    model = APTLargeModel(config).eval()
+    with torch.no_grad():  # move away from init so the refinement really contributes
+        for name, p in model.named_parameters():
+            if name.endswith(".gate"):
+                p.fill_(1.5)
+            if name.endswith(".tau"):
+                p.fill_(1.3)
+    return model
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("padded", [False, True])
+def test_editing_token_t_plus_1_leaves_logits_up_to_t_unchanged(mode, padded):
+    model = small(mode)
+    ids = torch.randint(4, 40, (3, 16))
+    mask = torch.ones(3, 16, dtype=torch.bool)
+    if padded:
+        mask[1, 11:] = False  # right padding
+        mask[2, 5:] = False
+        ids[~mask] = 0
+    base = model(ids, attention_mask=mask if padded else None)
+    for t in range(15):
+        edited = ids.clone()
+        edited[:, t + 1] = (edited[:, t + 1] + 7) % 40
+        out = model(edited, attention_mask=mask if padded else None)
+        assert torch.equal(out[:, : t + 1], base[:, : t + 1]), f"position <= {t} saw token {t + 1}"
+        assert not torch.allclose(out[0, t + 1:], base[0, t + 1:]), "the edit should matter later on"
+
+
+def test_refinement_is_active_and_differs_from_plain_attention():
+    auto, plain = small("autopoietic"), small("sdpa")
+    plain.load_state_dict(auto.state_dict(), strict=False)
+    ids = torch.randint(4, 40, (2, 16))
+    assert not torch.allclose(auto(ids), plain(ids), atol=1e-4)
+
+
+def test_equal_to_standard_attention_at_initialisation():
+    torch.manual_seed(1)
+    auto = APTLargeModel(APTConfig(vocab_size=40, d_model=32, num_heads=4, num_layers=2, max_seq_len=24))
+    plain = APTLargeModel(APTConfig(vocab_size=40, d_model=32, num_heads=4, num_layers=2, max_seq_len=24,
+                                    attention="sdpa"))
+    missing, unexpected = plain.load_state_dict(auto.state_dict(), strict=False)
+    assert not missing and all(k.split(".")[-1] in {"gate", "tau", "refine_in", "refine_in_bias", "refine_out"}
+                               for k in unexpected)
+    ids = torch.randint(0, 40, (2, 20))
+    torch.testing.assert_close(auto.eval()(ids), plain.eval()(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_are_finite_and_reach_the_refinement():
+    model = small().train()
+    ids = torch.randint(4, 40, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[1, 10:] = False
+    logits = model(ids, attention_mask=mask)
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten()).backward()
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p.grad).all(), name
+    gate = model.decoder[0].attn.gate
+    assert gate.grad.abs() > 0 and model.decoder[0].attn.refine_in.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bf16_forward_and_backward_are_finite(mode):
+    model = small(mode).train()
+    ids = torch.randint(4, 40, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(ids)
+    assert torch.isfinite(logits).all()
+    logits.float().logsumexp(-1).mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_generate_options():
+    model = small()
+    prompt = torch.randint(4, 40, (2, 3))
+    greedy = model.generate(prompt, max_length=12, do_sample=False)
+    assert greedy.shape == (2, 12) and torch.equal(greedy[:, :3], prompt)
+    assert torch.equal(greedy, model.generate(prompt, max_length=12, do_sample=False))
+    g = torch.Generator().manual_seed(0)
+    sampled = model.generate(prompt, max_length=30, temperature=0.7, top_k=5, top_p=0.9,
+                             repetition_penalty=1.3, generator=g)
+    assert sampled.shape == (2, 30)  # longer than max_seq_len: the context is cropped
+    eos = int(greedy[0, 3])
+    stopped = model.generate(prompt[:1], max_length=12, do_sample=False, eos_token_id=eos)
+    assert stopped.shape[1] == 4 and stopped[0, -1] == eos
+
+
+def test_save_and_load_pretrained_round_trip(tmp_path):
+    model = small()
+    model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").exists() and (tmp_path / "m" / "config.json").exists()
+    loaded = APTLargeModel.from_pretrained(tmp_path / "m").eval()
+    ids = torch.randint(0, 40, (1, 10))
+    assert torch.equal(model(ids), loaded(ids))
+    assert loaded.lm_head.weight is loaded.tok.weight  # tying survives safetensors
+
+
+def test_config_round_trip_and_errors():
+    config = APTConfig(vocab_size=10, d_model=16, num_heads=2)
+    assert APTConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="divisible"):
+        APTConfig(d_model=30, num_heads=4)
+    with pytest.raises(ValueError, match="unknown APTConfig keys"):
+        APTConfig.from_dict({"wat": 1})
+
+
+def test_seq2seq_encoder_decoder():
+    torch.manual_seed(0)
+    model = APTLargeModel(APTConfig(vocab_size=40, d_model=32, num_heads=4, num_layers=2, num_encoder_layers=2,
+                                    max_seq_len=24)).eval()
+    src, tgt = torch.randint(0, 40, (2, 12)), torch.randint(0, 40, (2, 9))
+    out = model(tgt, src_tokens=src)
+    assert out.shape == (2, 9, 40)
+    other_src = src.clone()
+    other_src[:, -1] = (other_src[:, -1] + 1) % 40
+    assert not torch.allclose(model(tgt, src_tokens=other_src)[:, 0], out[:, 0])  # decoder sees all of src
+    with pytest.raises(ValueError, match="pass src_tokens"):
+        model(tgt)
+    with pytest.raises(ValueError, match="no encoder"):
+        small()(tgt, src_tokens=src)
+
+
+def test_attention_maps_can_be_recorded():
+    model = small()
+    model.set_record_attention(True)
+    model(torch.randint(0, 40, (1, 8)))
+    probs = model.decoder[0].attn.last_attention
+    assert probs.shape == (1, 4, 8, 8)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(1, 4, 8))
+    assert probs.triu(1).abs().max() == 0
