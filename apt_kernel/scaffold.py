@@ -1,0 +1,44 @@
+"""``apt-kernel new-plugin NAME``: write an installable plugin package from ``plugin_template/``."""
+
+from __future__ import annotations
+
+import keyword
+from importlib.resources import files
+from pathlib import Path
+from string import Template
+
+from packaging.utils import canonicalize_name
+
+from . import KERNEL_API_VERSION, __version__
+from .errors import UserError
+
+
+def create_plugin(name: str, directory: str | Path = ".") -> Path:
+    dist = canonicalize_name(name)
+    module = dist.replace("-", "_")
+    if not module.isidentifier() or keyword.iskeyword(module) or dist != name.lower():
+        raise UserError(f"plugin name {name!r}: use letters, digits and dashes, starting with a letter "
+                        f"(e.g. my-callback)")
+    target = Path(directory) / dist
+    if target.exists():
+        raise UserError(f"{target} already exists; choose another name or --dir")
+    major, minor = KERNEL_API_VERSION.split(".")[:2]
+    values = {"name": dist, "module": module, "kernel_api": f"^{major}.{minor}",
+              "sdk_range": f">={__version__},<{int(major) + 1}", "title": dist.replace("-", " ").capitalize()}
+    template_root = files("apt_kernel") / "plugin_template"
+    for source in _walk(template_root):
+        relative = str(source).removeprefix(str(template_root)).lstrip("/").replace("__module__", module)
+        relative = relative.removesuffix(".tmpl")
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_text(Template(source.read_text(encoding="utf-8")).substitute(values), encoding="utf-8")
+    return target
+
+
+def _walk(node):
+    for child in sorted(node.iterdir(), key=lambda c: c.name):
+        if child.is_dir():
+            if child.name != "__pycache__":
+                yield from _walk(child)
+        else:
+            yield child

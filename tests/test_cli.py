@@ -1,0 +1,74 @@
+"""The CLI end to end: start-up stays light, the quickstart learns, the Shakespeare pipeline runs."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, SHARED_DATA, cli
+
+
+def test_help_does_not_import_torch_or_pydantic():
+    code = ("import sys; from apt_kernel.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'pydantic', 'rich', 'apt_plugin_lm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "Usage: " in out and out.strip().endswith("[]")
+
+
+def test_version_and_unknown_command():
+    assert "kernel API 1.0.0" in cli("--version").stdout
+    bad = cli("fly")
+    assert bad.returncode == 2 and "No such command" in bad.stderr
+
+
+def test_plugins_info_shows_options():
+    out = cli("plugins", "info", "apt-plugin-lm").stdout
+    assert "model 'apt-lm'" in out and "attention" in out and "kernel_api" in out
+    missing = cli("plugins", "info", "apt-plugin-ln")
+    assert missing.returncode == 2 and "did you mean 'apt-plugin-lm'" in missing.stderr
+
+
+def test_run_prints_a_summary_and_writes_the_run(tiny_pipeline, tmp_path):
+    result = cli("run", str(tiny_pipeline), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "Finished 'tiny'" in result.stdout and "val loss" in result.stdout
+    assert "resume with" in result.stdout and "--resume latest" in result.stdout
+    run = tmp_path / "run"
+    assert json.loads((run / "pipeline.json").read_text())["model"]["d_model"] == 32
+    assert (run / "metadata.json").exists() and (run / "model" / "config.json").exists()
+    resumed = cli("run", str(tiny_pipeline), "--no-progress", "--resume", "latest", "--set", "trainer.epochs=2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    assert len(list((run / "checkpoints").glob("*.pt"))) == 2
+
+
+@pytest.mark.slow
+def test_quickstart_learns_offline(tmp_path):
+    """The embedded default, shortened: val loss falls far below the corpus's unigram entropy."""
+    result = cli("run", str(REPO / "pipelines" / "quickstart.toml"), "--no-progress",
+                 "--set", f"pipeline.output_dir={str(tmp_path / 'qs')!r}", "--set", "trainer.max_steps=250",
+                 "--set", "trainer.eval_every=0", "--set", "data.max_chars=300000", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    val = float(re.search(r"val loss\s+([\d.]+)", result.stdout).group(1))
+    entropy = float(re.search(r"unigram entropy\s+([\d.]+)", result.stdout).group(1))
+    assert val < entropy - 0.7, (val, entropy)
+    assert "sample before training" in result.stdout and "sample after training" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "tinyshakespeare" / "input.txt").exists(), reason="shared data absent")
+def test_shakespeare_char_pipeline_runs(tmp_path):
+    result = cli("run", str(REPO / "pipelines" / "shakespeare-char.toml"), "--no-progress",
+                 "--set", f"data.path={str(SHARED_DATA / 'tinyshakespeare' / 'input.txt')!r}",
+                 "--set", f"pipeline.output_dir={str(tmp_path / 'sh')!r}", "--set", "trainer.max_steps=60",
+                 "--set", "trainer.eval_batches=10")
+    assert result.returncode == 0, result.stderr
+    assert float(re.search(r"val loss\s+([\d.]+)", result.stdout).group(1)) < 3.3
+
+
+def test_shakespeare_without_data_path_is_a_user_error(tmp_path):
+    result = cli("run", str(REPO / "pipelines" / "shakespeare-char.toml"), "--set", "data.path='nowhere.txt'",
+                 cwd=tmp_path)
+    assert result.returncode == 2 and "file or folder not found: nowhere.txt" in result.stderr

@@ -1,0 +1,50 @@
+"""`apt-kernel new-plugin` writes a plugin that pip installs, whose own tests pass, and that a pipeline uses."""
+
+import csv
+import site
+import subprocess
+import sys
+import venv
+
+import pytest
+from conftest import cli
+
+
+@pytest.mark.slow
+def test_generated_plugin_installs_passes_its_tests_and_runs_in_a_pipeline(tmp_path, tiny_pipeline):
+    made = cli("new-plugin", "loss-csv", "--dir", str(tmp_path))
+    assert made.returncode == 0, made.stderr
+    plugin = tmp_path / "loss-csv"
+    # a fresh virtualenv that sees this environment's packages (torch, the kernel) through a .pth file
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    target = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    parents = [p for p in site.getsitepackages() if "site-packages" in p]
+    (tmp_path / "venv" / target.split(str(env_dir) + "/", 1)[1]).joinpath("parent.pth").write_text(
+        "".join(f"import site; site.addsitedir({p!r})\n" for p in parents))
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                              "-e", str(plugin)], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    tests = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(plugin / "tests")],
+                           capture_output=True, text=True, cwd=plugin)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "2 passed" in tests.stdout
+    listed = subprocess.run([str(python), "-m", "apt_kernel.cli", "plugins", "info", "loss-csv"],
+                            capture_output=True, text=True)
+    assert "callback 'loss-csv'" in listed.stdout and "filename" in listed.stdout
+    tiny_pipeline.write_text(tiny_pipeline.read_text() + '\n[[callbacks]]\nuse = "loss-csv"\n')
+    run = subprocess.run([str(python), "-m", "apt_kernel.cli", "run", str(tiny_pipeline), "--no-progress"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    with (tmp_path / "run" / "loss.csv").open() as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4]
+    assert "loss_csv" not in sys.modules
+
+
+def test_new_plugin_refuses_bad_names_and_existing_folders(tmp_path):
+    assert cli("new-plugin", "9lives", "--dir", str(tmp_path)).returncode == 2
+    assert cli("new-plugin", "ok-name", "--dir", str(tmp_path)).returncode == 0
+    again = cli("new-plugin", "ok-name", "--dir", str(tmp_path))
+    assert again.returncode == 2 and "already exists" in again.stderr
