@@ -134,8 +134,8 @@ def discover(plugins_dirs: tuple[str, ...] | list[str] = (), env: dict | None = 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in found:  # the same distribution seen twice on sys.path: first one wins, as Python's
             continue
-        dist = ep.dist
-        info = PluginInfo(ep.name, ep.value, dist.version if dist else "0", dist.name if dist else None)
+        meta = ep.dist.metadata if ep.dist else {}  # parsed once: .name and .version each re-read it
+        info = PluginInfo(ep.name, ep.value, meta.get("Version", "0"), meta.get("Name"))
         try:
             info.manifest = _manifest_for_module(ep.value)
         except ManifestError as exc:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import pluggy
 
+from .kinds import KINDS, REGISTRATION_HOOKS  # noqa: F401  (re-exported: part of the contract)
+
 hookspec = pluggy.HookspecMarker("apt_kernel")
 hookimpl = pluggy.HookimplMarker("apt_kernel")
 
@@ -66,15 +68,3 @@ def pipeline_end(pipeline: dict, run_dir: str, result: dict):
 @hookspec
 def pipeline_error(pipeline: dict, run_dir: str, error: dict):
     """A pipeline failed; ``error`` holds type, message, traceback, and the plugin and hook at fault."""
-
-
-#: Registration hook name for each component kind, in the order components are built.
-REGISTRATION_HOOKS = {
-    "data": "register_data",
-    "encoder": "register_encoders",
-    "model": "register_models",
-    "loss": "register_losses",
-    "callback": "register_callbacks",
-    "trainer": "register_trainers",
-}
-KINDS = tuple(REGISTRATION_HOOKS)

@@ -8,14 +8,15 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pluggy
-
-from . import hookspecs
+from . import kinds
 from .discovery import FAILED, INSTALLED, PluginInfo, StatusStore, discover, kernel_home, strict_from_env
 from .errors import KernelError, PluginLoadError
 from .registry import Registration, Registry
+
+if TYPE_CHECKING:
+    import pluggy
 
 
 class PluginHookError(KernelError):
@@ -52,10 +53,21 @@ class Kernel:
             {info.name: info for info in discover(tuple(plugins_dirs), self.env)} if autoload else {}
         )
         self.store = StatusStore(kernel_home(self.env) / "plugin-status.json")
-        self.pm = pluggy.PluginManager("apt_kernel")
-        self.pm.add_hookspecs(hookspecs)
+        self._pm: pluggy.PluginManager | None = None
         self.registry = Registry()
         self.loaded: set[str] = set()
+
+    @property
+    def pm(self):
+        """The pluggy manager, made on first use: planning a pipeline never needs it."""
+        if self._pm is None:
+            import pluggy
+
+            from . import hookspecs
+
+            self._pm = pluggy.PluginManager("apt_kernel")
+            self._pm.add_hookspecs(hookspecs)
+        return self._pm
 
     # -- loading -----------------------------------------------------------------------------------
     def load(self, names: Iterable[str]) -> None:
@@ -90,7 +102,7 @@ class Kernel:
     def _fail(self, info: PluginInfo, reason: str) -> None:
         info.status, info.reason = FAILED, reason
         self.store.record(info, FAILED, reason)
-        if self.pm.has_plugin(info.name):
+        if self._pm is not None and self.pm.has_plugin(info.name):
             self.pm.unregister(name=info.name)
         self.registry.remove_plugin(info.name)
         self.loaded.discard(info.name)
@@ -102,7 +114,7 @@ class Kernel:
         self.plugins.setdefault(info.name, info)
         self.pm.register(obj, name=info.name)
         try:
-            for kind, hook_name in hookspecs.REGISTRATION_HOOKS.items():
+            for kind, hook_name in kinds.REGISTRATION_HOOKS.items():
                 for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                     if impl.plugin_name == info.name:
                         impl.function(register=self._registrar(info, kind))
@@ -136,6 +148,8 @@ class Kernel:
     def call_hook(self, hook_name: str, **kwargs: Any) -> list[Any]:
         """Call every loaded plugin's implementation of a lifecycle hook, attributing any failure."""
         results = []
+        if self._pm is None:
+            return []
         for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
             try:
                 results.append(impl.function(**{arg: kwargs[arg] for arg in impl.argnames}))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import DuplicateComponentError
-from .hookspecs import KINDS
+from .kinds import KINDS
 
 
 @dataclass(frozen=True)

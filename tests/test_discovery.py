@@ -4,6 +4,7 @@ import json
 import sys
 
 import pytest
+
 from conftest import cli, make_plugin, with_site
 
 GOOD_MANIFEST = """

@@ -87,9 +87,8 @@ class Recorder:
 
 
 def test_lifecycle_hooks_are_called_in_order(tiny_pipeline, tmp_path):
-    from apt_sdk.testing import IsolatedKernel
-
     from apt_kernel.runner import run_pipeline
+    from apt_sdk.testing import IsolatedKernel
 
     kernel = IsolatedKernel()
     recorder = Recorder()
@@ -99,10 +98,9 @@ def test_lifecycle_hooks_are_called_in_order(tiny_pipeline, tmp_path):
 
 
 def test_pipeline_error_hook_gets_the_failing_plugin(tiny_pipeline):
-    from apt_sdk.testing import IsolatedKernel
-
     from apt_kernel.kernel import PluginHookError
     from apt_kernel.runner import run_pipeline
+    from apt_sdk.testing import IsolatedKernel
 
     class Boom(Callback):
         def on_fit_start(self, trainer):
@@ -144,3 +142,21 @@ def test_hook_failure_is_attributed(apt_kernel):
     apt_kernel.add(Faulty(), {"kernel_api": "^1.0"}, name="faulty")
     with pytest.raises(PluginHookError, match="plugin 'faulty' failed in hook pipeline_start: KeyError"):
         apt_kernel.call_hook("pipeline_start", pipeline={}, run_dir="x")
+
+
+@pytest.mark.parametrize(("manifest", "message"), [
+    ({}, "kernel_api is required"),
+    ({"kernel_api": "^x"}, "kernel_api: invalid version range"),
+    ({"kernel_api": "^1", "provides": {"widget": {}}}, "provides.widget: unknown kind"),
+    ({"kernel_api": "^1", "provides": {"model": {"m": {"options": {"o": {"type": "complex"}}}}}},
+     "provides.model.m.options.o.type: 'complex' is not one of"),
+    ({"kernel_api": "^1", "provides": {"model": {"m": {"sumary": "typo"}}}}, "unknown key 'sumary'"),
+    ({"kernel_api": "^1", "requires": {"other": 3}}, "requires.other: expected a version range string"),
+    ({"kernel_api": "^1", "colour": "blue"}, "unknown key 'colour'"),
+])
+def test_invalid_manifests_name_what_is_wrong(manifest, message):
+    from apt_kernel.manifest import ManifestError, parse_manifest
+
+    with pytest.raises(ManifestError, match="invalid manifest m.toml: " if manifest else "m.toml") as err:
+        parse_manifest(manifest, "m.toml")
+    assert message in str(err.value)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from apt_plugin_lm.model import APTConfig, APTLargeModel
 
 MODES = ["autopoietic", "sdpa"]

@@ -7,6 +7,7 @@ import sys
 import venv
 
 import pytest
+
 from conftest import cli
 
 

@@ -1,6 +1,7 @@
 """Every bad input: one clear message naming file, table/key and line; exit 2; no traceback; nothing written."""
 
 import pytest
+
 from conftest import TINY_PIPELINE, cli, make_plugin, with_site
 
 
@@ -82,7 +83,8 @@ def test_missing_pipeline_file(tmp_path):
 
 
 def test_data_error_from_component_is_a_user_error(tmp_path, good):
-    err = run_bad(tmp_path, good.replace('corpus = "python-stdlib-docs"', 'corpus = "python-stdlib-docs"\ntexts = ["a"]'))
+    both = good.replace('corpus = "python-stdlib-docs"', 'corpus = "python-stdlib-docs"\ntexts = ["a"]')
+    err = run_bad(tmp_path, both)
     assert "[data] give exactly one of path, texts or corpus (got texts, corpus)" in err
 
 

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+
 from apt_plugin_lm.corpus import stdlib_docstrings
 from apt_plugin_lm.data import IGNORE_INDEX, TextDataModule, build_text_data, read_texts
 from apt_plugin_lm.tokenization import BPETokenizer, CharTokenizer, PretrainedTokenizer, load_tokenizer
-from conftest import SHARED_DATA
-
 from apt_sdk import UserError
+from conftest import SHARED_DATA
 
 TEXTS = stdlib_docstrings(60_000)
 

@@ -13,16 +13,18 @@ import pytest
 
 from apt_kernel.discovery import PluginInfo
 from apt_kernel.kernel import Kernel
-from apt_kernel.manifest import parse_manifest
+from apt_kernel.manifest import Manifest, parse_manifest
 from apt_kernel.runner import execute, plan_pipeline
 
 
 class IsolatedKernel(Kernel):
     """A kernel that sees only the plugins a test adds (and, if asked, the installed ones)."""
 
-    def add(self, plugin: Any, manifest: dict, name: str = "test-plugin", version: str = "0.0.0") -> None:
-        info = PluginInfo(name, module=getattr(plugin, "__name__", name), version=version,
-                          manifest=parse_manifest(manifest, name))
+    def add(self, plugin: Any, manifest: dict | Manifest, name: str = "test-plugin", version: str = "0.0.0") -> None:
+        """Register an in-process plugin object with its manifest (a dict or a read ``Manifest``)."""
+        if not isinstance(manifest, Manifest):
+            manifest = parse_manifest(manifest, name)
+        info = PluginInfo(name, module=getattr(plugin, "__name__", name), version=version, manifest=manifest)
         self.plugins[name] = info
         self.add_plugin(plugin, info)
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
 from apt_sdk import UserError
 
 from .corpus import stdlib_docstrings

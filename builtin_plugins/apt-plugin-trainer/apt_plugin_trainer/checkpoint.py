@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from apt_sdk import UserError
 
 CHECKPOINT_GLOB = "apt_model_epoch*_step*.pt"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from apt_sdk import BuildContext, UserError
 
 from .checkpoint import CheckpointManager

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Device script: the CUDA tests and the attention benchmark on a GPU machine.
+# The machine has torch but not every dependency: wheels for the missing ones travel in .whl/
+# (see bench/README.md); the project's four distributions are installed from the working tree.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+fi
+python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/site \
+  . ./sdk ./builtin_plugins/apt-plugin-lm ./builtin_plugins/apt-plugin-trainer || exit 1
+export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_model.py 2>&1 | tail -15
+python3 bench/bench_attention.py --device cuda --rounds 7 --batch 32 --seq 256
+python3 bench/bench_attention.py --device cuda --rounds 7 --batch 32 --seq 256 --precision bf16
+python3 bench/bench_attention.py --device cuda --rounds 5 --batch 8 --seq 1024 --d-model 512 --heads 8 --layers 6 --precision bf16
