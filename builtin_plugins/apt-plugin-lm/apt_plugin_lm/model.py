@@ -7,11 +7,11 @@ by the normalised entropy of each query's head-mean attention (diffuse rows are 
 back, and everything is divided by a learnable temperature clamped to [1, 2]. The gate starts at 0 and
 the temperature at 1, so at initialisation it equals standard attention and can only learn to help.
 
-It is batched tensor algebra with no loop over batch or heads: the head-mean of q_h.k_h is a single
-full-width product, the refinement is an additive bias shared by the heads, and the temperature is
-folded into q, so the attention itself still runs in fused scaled_dot_product_attention. The
-refinement runs in float32 so bf16 stays stable; masked positions get -inf after refinement and the
-entropy uses masked probabilities, so no position sees the future.
+It is batched tensor algebra with no loop over batch or heads: the head-mean is taken from the
+per-head scores, the refinement is one additive bias shared by the heads, and the temperature is
+folded into q. Scores, refinement and softmax run in float32 so bf16 stays stable; masked positions
+get -inf after refinement and the entropy uses masked probabilities, so no position sees the future.
+With attention = "sdpa" the same weights run through fused scaled_dot_product_attention.
 """
 
 from __future__ import annotations
@@ -88,21 +88,22 @@ class ElementwiseMLP(torch.autograd.Function):
         ctx.save_for_backward(s, w1, b1, w2)
         out = torch.zeros_like(s)
         for k in range(w1.shape[0]):
-            out.add_(F.gelu(torch.addcmul(b1[k], s, w1[k])).mul_(w2[k]))
+            out.addcmul_(F.gelu(torch.addcmul(b1[k], s, w1[k])), w2[k])
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         s, w1, b1, w2 = ctx.saved_tensors
+        grad, flat_s = grad.contiguous(), s.reshape(-1)
         grad_s = torch.zeros_like(s)
         grad_w1, grad_b1, grad_w2 = torch.empty_like(w1), torch.empty_like(b1), torch.empty_like(w2)
-        for k in range(w1.shape[0]):
+        for k in range(w1.shape[0]):  # reductions as dot products: no temporaries
             z = torch.addcmul(b1[k], s, w1[k])
-            grad_w2[k] = (grad * F.gelu(z)).sum()
-            grad_z = torch.ops.aten.gelu_backward(grad * w2[k], z)
-            grad_b1[k] = grad_z.sum()
-            grad_w1[k] = (grad_z * s).sum()
-            grad_s.add_(grad_z.mul_(w1[k]))
+            grad_w2[k] = torch.dot(grad.reshape(-1), F.gelu(z).reshape(-1))
+            u = torch.ops.aten.gelu_backward(grad, z)  # grad * gelu'(z)
+            grad_b1[k] = w2[k] * u.sum()
+            grad_w1[k] = w2[k] * torch.dot(u.reshape(-1), flat_s)
+            grad_s.addcmul_(u, w1[k] * w2[k])
         return grad_s, grad_w1, grad_b1, grad_w2
 
 
@@ -132,28 +133,39 @@ class Attention(nn.Module):
                 key_padding: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         source = memory if self.cross else x
-        S = source.shape[1]
-        q_flat = self.q(x)
-        k_flat, v_flat = self.kv(source).split(C, dim=-1)
-        q, k, v = (t.view(B, -1, self.h, self.dk).transpose(1, 2) for t in (q_flat, k_flat, v_flat))
-        mask = self._mask(T, S, key_padding, x.device)  # True = may attend, [B or 1, 1, T, S]
-        bias = mask
+        q = self.q(x).view(B, T, self.h, self.dk).transpose(1, 2)
+        k, v = (t.view(B, -1, self.h, self.dk).transpose(1, 2) for t in self.kv(source).split(C, dim=-1))
+        mask = self._mask(T, source.shape[1], key_padding, x.device)  # True = may attend, [B or 1, 1, T, S]
+        if self.mode == "autopoietic" or self.record_attention:
+            y = self._explicit_attention(q, k, v, mask)
+        else:
+            p = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return self.out(y.transpose(1, 2).reshape(B, T, C))
+
+    def _explicit_attention(self, q, k, v, mask):
+        """Attention with the probabilities in hand: needed for the refinement and for recording maps.
+
+        A learned logit bias needs its gradient, which fused SDPA cannot give (it falls back to an
+        unfused path); doing it here lets the head-mean reuse the per-head scores instead of a
+        second Q.K^T product."""
+        scale = 1.0 / math.sqrt(self.dk)
         if self.mode == "autopoietic":
             tau = self.tau.clamp(self.tau_min, self.tau_max)
-            q = q / tau  # (scores + refinement) / tau == (q / tau) . k + refinement / tau
-            bias = self._refinement(q_flat, k_flat, mask) / tau
-            if mask is not None:  # mask after dividing by tau: d(-inf / tau)/d tau would be NaN
-                bias = bias.masked_fill(~mask, float("-inf"))
-            bias = bias.to(q.dtype)
+            scale = scale / tau  # (scores + refinement) / tau: tau folded into q and into the bias
+        scores = ((q * scale) @ k.transpose(-2, -1)).float()  # [B, H, T, S], scaled on the small side
+        bias = None
+        if self.mode == "autopoietic":
+            bias = self._refinement(scores.mean(dim=1, keepdim=True) * tau, mask, tau)
+        if mask is not None:  # masked after dividing by tau: d(-inf / tau)/d tau would be NaN
+            bias = torch.zeros_like(scores[:, :1]) if bias is None else bias
+            bias = bias.masked_fill(~mask, float("-inf"))
+        probs = (scores if bias is None else scores + bias).softmax(dim=-1)
         if self.record_attention:
-            scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(self.dk)
-            scores = scores if bias is None or bias.dtype == torch.bool else scores + bias.float()
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            self.last_attention = scores.softmax(-1).detach()
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
-        return self.out(y.transpose(1, 2).reshape(B, T, C))
+            self.last_attention = probs.detach()
+        if self.training and self.dropout > 0:
+            probs = F.dropout(probs, self.dropout)
+        return probs.to(v.dtype) @ v
 
     def _mask(self, T: int, S: int, key_padding: torch.Tensor | None, device) -> torch.Tensor | None:
         mask = None
@@ -166,10 +178,8 @@ class Attention(nn.Module):
                 mask = mask | torch.eye(T, S, dtype=torch.bool, device=device)[None, None]
         return mask
 
-    def _refinement(self, q_flat: torch.Tensor, k_flat: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Additive logit bias [B, 1, T, S] shared by the heads, in float32 (masking is the caller's)."""
-        # the mean over heads of q_h . k_h / sqrt(dk) is one full-width product: no [B, H, T, S] tensor
-        mean = (q_flat.float() @ k_flat.float().transpose(-2, -1)).unsqueeze(1) / (self.h * math.sqrt(self.dk))
+    def _refinement(self, mean: torch.Tensor, mask: torch.Tensor | None, tau: torch.Tensor) -> torch.Tensor:
+        """Logit bias / tau, [B, 1, T, S], shared by the heads, from the head-mean scores (float32)."""
         refinement = ElementwiseMLP.apply(mean, self.refine_in.float(), self.refine_in_bias.float(),
                                           self.refine_out.float())
         with torch.no_grad():  # the entropy only weighs the refinement: no gradient, half the cost
@@ -177,7 +187,7 @@ class Attention(nn.Module):
             entropy = torch.special.entr(masked.softmax(-1)).sum(-1, keepdim=True)  # [B, 1, T, 1]
             visible = mask.sum(-1, keepdim=True) if mask is not None else torch.tensor(mean.shape[-1])
             weight = entropy / torch.log(visible.float().clamp(min=2))  # 0 = focused, 1 = uniform
-        return self.gate * weight * refinement
+        return (self.gate / tau * weight) * refinement  # the small factors first: one pass over [T, S]
 
 
 class MLP(nn.Module):
