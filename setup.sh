@@ -12,7 +12,8 @@ stamp=".venv/.setup-$(cat requirements*.txt pyproject.toml sdk/pyproject.toml bu
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q setuptools==84.2.1
-  .venv/bin/python -m pip install -q --no-build-isolation -r "$req"
+  # setuptools' editable-install notices are noise for users of this script
+  PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q --no-build-isolation -r "$req"
   rm -f .venv/.setup-*
   touch "$stamp"
 fi

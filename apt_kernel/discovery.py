@@ -12,7 +12,7 @@ import importlib.util
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -43,8 +43,7 @@ class PluginInfo:
         return {kind: sorted(names) for kind, names in self.manifest.provides.items()}
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data.pop("manifest")
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "manifest"}
         data["provides"] = self.provides()
         data["kernel_api"] = self.manifest.kernel_api if self.manifest else None
         data["requires"] = dict(self.manifest.requires) if self.manifest else {}

@@ -185,12 +185,15 @@ def parse_pipeline(text: str, name: str = "<pipeline>", overrides: list[str] | N
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PipelineError(f"TOML syntax error: {exc}", source=name) from None
-    source = Source(name, text, apply_overrides(data, overrides or []))
+    return validate_pipeline(data, Source(name, text, apply_overrides(data, overrides or [])))
+
+
+def validate_pipeline(data: dict, source: Source) -> tuple[PipelineConfig, dict, Source]:
+    """Check tables and keys of an already-parsed pipeline (overrides applied)."""
     try:
-        config = PipelineConfig.model_validate(data)
+        return PipelineConfig.model_validate(data), data, source
     except ValidationError as exc:
         raise _schema_errors(exc, source) from None
-    return config, data, source
 
 
 # -- component options, from the manifest's static schema --------------------------------------------

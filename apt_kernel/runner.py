@@ -176,13 +176,7 @@ def run_pipeline(pipeline: str | Path | dict, overrides: list[str] | None = None
 
 
 def _from_dict(data: dict, overrides: list[str] | None):
-    from pydantic import ValidationError
+    from .pipeline import apply_overrides, validate_pipeline
 
-    from .pipeline import PipelineConfig, _schema_errors, apply_overrides
-
-    data = json.loads(json.dumps(data))
-    source = Source("<pipeline dict>", "", apply_overrides(data, overrides or []))
-    try:
-        return PipelineConfig.model_validate(data), data, source
-    except ValidationError as exc:
-        raise _schema_errors(exc, source) from None
+    data = json.loads(json.dumps(data))  # a private copy, and proof that it is plain data
+    return validate_pipeline(data, Source("<pipeline dict>", "", apply_overrides(data, overrides or [])))

@@ -63,6 +63,15 @@ def test_plugins_list_reads_manifests_without_importing(broken_site):
     assert text.returncode == 0 and "good-callback" in text.stdout
 
 
+def test_validate_imports_no_plugin_code(broken_site, tiny_pipeline):
+    site, marks = broken_site
+    tiny_pipeline.write_text(tiny_pipeline.read_text() + '\n[[callbacks]]\nuse = "good-callback"\n')
+    result = cli("validate", str(tiny_pipeline), env_extra=with_site(site))
+    assert result.returncode == 0, result.stderr
+    assert "callback 'good-callback' from good-plugin 1.0.0" in result.stdout
+    assert list(marks.iterdir()) == []
+
+
 def test_doctor_reports_failures_and_crashes(broken_site):
     site, _ = broken_site
     result = cli("plugins", "doctor", "--json", env_extra=with_site(site))

@@ -103,7 +103,7 @@ class Trainer:
         steps_per_epoch = data.steps_per_epoch(0)
         total_steps = o["max_steps"] or o["epochs"] * steps_per_epoch
         optimizer = torch.optim.AdamW(param_groups(model, o["weight_decay"]), lr=o["learning_rate"],
-                                      betas=(0.9, 0.95), fused=False)
+                                      betas=(0.9, 0.95))
         warmup = o["warmup_steps"] if o["warmup_steps"] >= 0 else min(100, total_steps // 10)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total_steps, o["min_lr_ratio"]))
         manager = CheckpointManager(o["checkpoint_dir"] or context.run_dir, keep_last=o["keep_last"])
