@@ -71,6 +71,7 @@ def test_epochs_count_from_zero_and_last_is_latest(tmp_path):
     assert manager.resolve(str(tmp_path / "checkpoints" / "apt_model_epoch1_*.pt")).name == "apt_model_epoch1_step20.pt"
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch notes the foreign pickle it refuses
 def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
 
