@@ -17,12 +17,15 @@ def _user_errors(func: Callable) -> Callable:
 
     @wraps(func)
     def wrapper(*args, **kwargs):
-        from .errors import KernelError, UserError
+        from .errors import KernelError, RunInterrupted, UserError
 
         try:
             return func(*args, **kwargs)
         except UserError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+        except RunInterrupted as exc:
+            click.secho(str(exc), fg="yellow", err=True)
             sys.exit(exc.exit_code)
         except KernelError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)

@@ -29,3 +29,11 @@ class BuildContext:
     trainer: Any = None
     log: Callable[[str], None] = _print
     progress: bool = True
+    rank: int = 0  # this process's rank under torchrun (RANK), 0 otherwise
+    world_size: int = 1
+    report_error: Callable[[dict], None] = field(default=lambda error: None)
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes files and logs (rank 0)."""
+        return self.rank == 0

@@ -33,3 +33,11 @@ class PluginLoadError(UserError):
 
 class ResolutionError(UserError):
     """The plugin versions a pipeline needs cannot be satisfied; the message explains the chain."""
+
+
+class RunInterrupted(KernelError):
+    """A run stopped by SIGTERM/SIGINT after saving its state; exits 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum, self.exit_code = signum, 128 + signum

@@ -61,6 +61,11 @@ def pipeline_start(pipeline: dict, run_dir: str):
 
 
 @hookspec
+def error_reported(error: dict):
+    """A non-fatal problem during a run (a skipped inf/NaN step, a bad batch), as plain data."""
+
+
+@hookspec
 def pipeline_end(pipeline: dict, run_dir: str, result: dict):
     """A pipeline finished; ``result`` is the trainer's summary (losses, checkpoint paths)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,8 +126,13 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True) -> t
     load_components(kernel, plan)
     config, data = plan.config, plan.data
     run_dir = config.output_dir
-    context = BuildContext(config.pipeline.name, config.pipeline.seed, run_dir, data, progress=progress)
-    if log is not None:
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    context = BuildContext(config.pipeline.name, config.pipeline.seed, run_dir, data, progress=progress and rank == 0,
+                           rank=rank, world_size=world_size,
+                           report_error=lambda error: kernel.call_hook("error_reported", error=error))
+    if rank != 0:
+        context.log = lambda message: None  # one voice: rank 0 logs for everyone
+    elif log is not None:
         context.log = log
     kernel.call_hook("seed_everything", seed=config.pipeline.seed)
     kernel.call_hook("pipeline_start", pipeline=data, run_dir=str(run_dir))
@@ -142,7 +148,8 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True) -> t
                 setattr(context, kind, built)
         # only now, with every component built, is the run valid enough to leave files behind
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "pipeline.json").write_text(json.dumps(data, indent=2))
+        if context.is_main:
+            (run_dir / "pipeline.json").write_text(json.dumps(data, indent=2))
         result = context.trainer.fit(context)
     except BaseException as exc:
         error = {"type": type(exc).__name__, "message": str(exc),

@@ -6,7 +6,7 @@ A plugin is a module with ``@hookimpl`` functions (see ``apt_kernel.hookspecs``)
 
 from apt_kernel import KERNEL_API_VERSION
 from apt_kernel.context import BuildContext
-from apt_kernel.errors import PipelineError, UserError
+from apt_kernel.errors import PipelineError, RunInterrupted, UserError
 from apt_kernel.hookspecs import hookimpl
 from apt_kernel.manifest import MANIFEST_FILE, Manifest, parse_manifest, read_manifest_file
 from apt_kernel.runner import run_pipeline
@@ -15,6 +15,6 @@ from .components import Callback, DataModule, Encoder, Loss, Trainer
 
 __all__ = [
     "KERNEL_API_VERSION", "MANIFEST_FILE", "BuildContext", "Callback", "DataModule", "Encoder", "Loss",
-    "Manifest", "PipelineError", "Trainer", "UserError", "hookimpl", "parse_manifest", "read_manifest_file",
-    "run_pipeline",
+    "Manifest", "PipelineError", "RunInterrupted", "Trainer", "UserError", "hookimpl", "parse_manifest",
+    "read_manifest_file", "run_pipeline",
 ]

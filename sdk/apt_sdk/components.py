@@ -19,8 +19,11 @@ class Callback:
     def on_epoch_start(self, trainer: Any, epoch: int) -> None:
         """An epoch begins."""
 
+    def on_micro_batch_end(self, trainer: Any, epoch: int, batch_index: int) -> None:
+        """A micro-batch (batch ``batch_index`` of ``epoch``) went forward and backward."""
+
     def on_train_batch_end(self, trainer: Any, step: int, metrics: dict) -> None:
-        """An optimizer step finished; ``metrics`` holds loss, lr, tokens."""
+        """Optimizer step ``step`` finished; ``metrics`` holds loss (a 0-d tensor: reading it syncs) and lr."""
 
     def on_validation_end(self, trainer: Any, metrics: dict) -> None:
         """Validation finished; ``metrics`` holds val_loss."""

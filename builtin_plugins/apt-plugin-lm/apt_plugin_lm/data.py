@@ -4,8 +4,10 @@ tokenizer trained on it; a contiguous train/val split; batches of packed fixed-l
 Packing (the default for files and corpora) joins every document, separated by eos, into one token
 stream; the last ``val_fraction`` of the stream is validation (nanoGPT's protocol). An epoch visits
 every training block once, in an order and with a start offset drawn from (seed, epoch), so two
-runs with the same seed see the same batches. Without packing (the default for a list of strings)
-each text is its own sample, padded, and its padding is ignored by the loss and the attention.
+runs with the same seed see the same batches. Under DDP each rank reads its share of every global
+batch (``batch_size`` is per rank), through ``DistributedSampler`` with epoch seeding. Without
+packing (the default for a list of strings) each text is its own sample, padded, and its padding is
+ignored by the loss and the attention.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch.utils.data import DistributedSampler
 
 from apt_sdk import UserError
 
@@ -48,6 +51,7 @@ class TextDataModule:
     def __init__(self, texts: list[str], tokenizer: Tokenizer, *, block_size: int, batch_size: int,
                  val_fraction: float, packing: bool, seed: int) -> None:
         self.tokenizer, self.batch_size, self.packing, self.seed = tokenizer, batch_size, packing, seed
+        self.rank, self.world_size = 0, 1
         self.pad_id = tokenizer.pad_id
         if packing:
             stream: list[int] = []
@@ -77,22 +81,34 @@ class TextDataModule:
         self.unigram_entropy = -sum(c / total * math.log(c / total) for c in counts.values())
 
     # -- batches ---------------------------------------------------------------------------------
+    def configure_distributed(self, rank: int, world_size: int) -> None:
+        """Each rank then reads its share of every global batch (batch_size is per rank)."""
+        self.rank, self.world_size = rank, world_size
+
     def _train_samples(self, epoch: int) -> torch.Tensor | list[list[int]]:
-        rng = random.Random(self.seed * 100_003 + epoch)
         if self.packing:
-            offset = rng.randrange(self.block_size)  # shifts block boundaries each epoch
+            offset = random.Random(self.seed * 100_003 + epoch).randrange(self.block_size)  # new block edges
             return self.train_ids[offset:].unfold(0, self.block_size + 1, self.block_size)
         return self.train_docs
 
-    def steps_per_epoch(self, epoch: int = 0) -> int:
-        return math.ceil(len(self._train_samples(epoch)) / self.batch_size)
+    def _order(self, epoch: int, n: int) -> list[int]:
+        # DistributedSampler seeds its permutation with (seed + epoch); rank r takes every world_size-th
+        # index, so the union of the ranks' batch i is exactly batch i of a one-process run
+        sampler = DistributedSampler(range(n), num_replicas=self.world_size, rank=self.rank, shuffle=True,
+                                     seed=self.seed, drop_last=self.world_size > 1)
+        sampler.set_epoch(epoch)
+        return list(sampler)
 
-    def train_batches(self, epoch: int) -> Iterator[dict]:
+    def steps_per_epoch(self, epoch: int = 0) -> int:
+        """Batches this rank reads in ``epoch``."""
+        return math.ceil(len(self._order(epoch, len(self._train_samples(epoch)))) / self.batch_size)
+
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[dict]:
+        """This rank's batches of ``epoch`` from batch number ``start`` on (to resume mid-epoch)."""
         samples = self._train_samples(epoch)
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(len(samples), generator=generator)
-        for start in range(0, len(order), self.batch_size):
-            yield self._batch(samples, order[start: start + self.batch_size].tolist(), self.block_size)
+        order = self._order(epoch, len(samples))
+        for first in range(start * self.batch_size, len(order), self.batch_size):
+            yield self._batch(samples, order[first: first + self.batch_size], self.block_size)
 
     def val_batches(self) -> Iterator[dict]:
         if self.packing:
@@ -101,7 +117,8 @@ class TextDataModule:
             samples = self.val_ids.unfold(0, self.val_block + 1, self.val_block)
         else:
             samples = self.val_docs
-        for start in range(0, len(samples), self.batch_size):
+        starts = range(0, len(samples), self.batch_size)
+        for start in starts[self.rank::self.world_size]:  # each rank a share; the trainer sums them
             yield self._batch(samples, list(range(start, min(start + self.batch_size, len(samples)))),
                               self.val_block)
 

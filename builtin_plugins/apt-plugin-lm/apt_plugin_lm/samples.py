@@ -28,6 +28,8 @@ class TextSamples(Callback):
         return tokenizer.decode(out[0].tolist())
 
     def _show(self, trainer, when: str) -> None:
+        if not trainer.is_main:  # one sample per run, not one per rank
+            return
         text = self.generate(trainer)
         self.samples[when] = text
         trainer.log(f"--- sample {when} training ---\n{text}\n---")

@@ -12,12 +12,13 @@ def train_model(epochs: int = 3, batch_size: int = 8, learning_rate: float = 1e-
                 checkpoint_dir: str | Path = "apt_checkpoints", texts: list[str] | None = None,
                 tokenizer: str | Any | None = None, *, block_size: int = 64, seed: int = 0,
                 model: dict | None = None, trainer: dict | None = None, callbacks: list[dict] | None = None,
-                progress: bool = False) -> tuple[Any, Any, Any]:
+                early_stopping: dict | bool = True, progress: bool = False) -> tuple[Any, Any, Any]:
     """Train an APT language model and return ``(model, tokenizer, config)``.
 
     ``texts`` is a list of training strings (default: the embedded stdlib corpus). ``tokenizer`` is
     ``"char"`` (default), ``"bpe"``, a local tokenizer folder, or a tokenizer object with ``save(dir)``.
-    ``model`` / ``trainer`` hold extra options of the ``apt-lm`` model and ``apt-trainer``. Checkpoints,
+    ``model`` / ``trainer`` hold extra options of the ``apt-lm`` model and ``apt-trainer``. Early stopping
+    on the validation loss is on (patience 3); pass ``early_stopping=False`` or its options. Checkpoints,
     ``metadata.json`` and the exported model land in ``checkpoint_dir``.
     """
     checkpoint_dir = Path(checkpoint_dir)
@@ -39,5 +40,8 @@ def train_model(epochs: int = 3, batch_size: int = 8, learning_rate: float = 1e-
         "trainer": {"use": "apt-trainer", "epochs": epochs, "learning_rate": learning_rate, **(trainer or {})},
         "callbacks": list(callbacks or []),
     }
+    if early_stopping:
+        options = early_stopping if isinstance(early_stopping, dict) else {}
+        pipeline["callbacks"].append({"use": "early-stopping", **options})
     _, context = run_pipeline(pipeline, progress=progress)
     return context.model, context.data.tokenizer, context.model.config

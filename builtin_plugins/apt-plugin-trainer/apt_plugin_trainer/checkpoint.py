@@ -2,10 +2,12 @@
 
     <save_dir>/checkpoints/apt_model_epoch{E}_step{S}.pt
     <save_dir>/metadata.json     every checkpoint: epoch, step, metrics, is_best, sha256
+    <save_dir>/temp/apt_temp_step{S}.pt   the latest mid-epoch state; removed after a clean finish
 
 A save writes a temp file in the same folder, fsyncs it and renames it into place, then rewrites
 metadata.json the same way, so a crash leaves either the old or the new state, never half of one.
-Leftover temp files are removed when a manager opens the folder and are never chosen.
+Leftover partial files are removed when a manager opens the folder and are never chosen. Under
+DDP only rank 0 writes; every rank can read.
 """
 
 from __future__ import annotations
@@ -26,10 +28,26 @@ CHECKPOINT_GLOB = "apt_model_epoch*_step*.pt"
 TMP_SUFFIX = ".tmp"
 
 
-def _atomic_write(path: Path, write) -> None:
+class _HashingFile:
+    """A write-only file that hashes what passes through, so a save never reads its file back."""
+
+    def __init__(self, fh) -> None:
+        self.fh, self.digest = fh, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _atomic_write(path: Path, write) -> str:
+    """Write through ``write(file)`` into a temp file beside ``path``, fsync, rename; return the sha256."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
     with open(tmp, "wb") as fh:
-        write(fh)
+        hashing = _HashingFile(fh)
+        write(hashing)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -38,6 +56,7 @@ def _atomic_write(path: Path, write) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    return hashing.digest.hexdigest()
 
 
 def _sha256(path: Path) -> str:
@@ -56,14 +75,17 @@ def _plain(value: Any) -> Any:
 
 
 class CheckpointManager:
-    def __init__(self, save_dir: str | Path, keep_last: int = 0) -> None:
+    def __init__(self, save_dir: str | Path, keep_last: int = 0, rank: int = 0) -> None:
         self.save_dir = Path(save_dir)
         self.dir = self.save_dir / "checkpoints"
+        self.temp_dir = self.save_dir / "temp"
         self.metadata_path = self.save_dir / "metadata.json"
-        self.keep_last = keep_last
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for leftover in list(self.dir.glob(f".*{TMP_SUFFIX}")) + list(self.save_dir.glob(f".*{TMP_SUFFIX}")):
-            leftover.unlink(missing_ok=True)
+        self.keep_last, self.rank = keep_last, rank
+        if rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for folder in (self.dir, self.temp_dir, self.save_dir):
+                for leftover in folder.glob(f".*{TMP_SUFFIX}"):
+                    leftover.unlink(missing_ok=True)
 
     # -- metadata ----------------------------------------------------------------------------------
     def metadata(self) -> dict:
@@ -97,7 +119,9 @@ class CheckpointManager:
             **(extra or {}),
         }
         path = self.dir / f"apt_model_epoch{epoch}_step{global_step}.pt"
-        _atomic_write(path, lambda fh: torch.save(state, fh))
+        if self.rank != 0:
+            return path
+        digest = _atomic_write(path, lambda fh: torch.save(state, fh))
         if tokenizer is not None:
             tokenizer.save(self.save_dir / "tokenizer")
         data = self.metadata()
@@ -107,11 +131,38 @@ class CheckpointManager:
                 entry["is_best"] = False
         data["checkpoints"].append({
             "file": path.name, "epoch": int(epoch), "global_step": int(global_step),
-            "metrics": state["metrics"], "is_best": bool(is_best), "sha256": _sha256(path), "time": time.time(),
+            "metrics": state["metrics"], "is_best": bool(is_best), "sha256": digest, "time": time.time(),
         })
         self._prune(data)
         self._write_metadata(data)
         return path
+
+    def save_temp(self, state: dict) -> Path:
+        """The full training state mid-epoch, in temp/; only the newest is kept."""
+        path = self.temp_dir / f"apt_temp_step{state['global_step']}.pt"
+        if self.rank != 0:
+            return path
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, lambda fh: torch.save(state, fh))
+        for old in self.temp_dir.glob("apt_temp_step*.pt"):
+            if old != path:
+                old.unlink(missing_ok=True)
+        return path
+
+    def clear_temp(self) -> None:
+        """After a clean finish: temp checkpoints are only for crashes."""
+        if self.rank == 0 and self.temp_dir.exists():
+            for leftover in self.temp_dir.iterdir():
+                leftover.unlink(missing_ok=True)
+            self.temp_dir.rmdir()
+
+    def _temp_checkpoints(self) -> list[tuple[int, Path]]:
+        found = []
+        for path in self.temp_dir.glob("apt_temp_step*.pt"):
+            step = path.stem.removeprefix("apt_temp_step")
+            if step.isdigit():
+                found.append((int(step), path))
+        return found
 
     def _prune(self, data: dict) -> None:
         if self.keep_last <= 0:
@@ -131,9 +182,12 @@ class CheckpointManager:
                 raise UserError(f"no best checkpoint recorded in {self.metadata_path}")
             return self.dir / chosen[-1]["file"]
         if spec is None or latest or spec == "latest":
-            if not recorded:
-                raise UserError(f"no checkpoint to resume from in {self.dir}")
-            return self.dir / max(recorded, key=lambda c: (c["global_step"], c["epoch"]))["file"]
+            # the newest state, regular or temp; at equal steps the regular one (it has val metrics)
+            candidates = [(c["global_step"], 1, self.dir / c["file"]) for c in recorded]
+            candidates += [(step, 0, path) for step, path in self._temp_checkpoints()]
+            if not candidates:
+                raise UserError(f"no checkpoint to resume from in {self.dir} or {self.temp_dir}")
+            return max(candidates)[2]
         matches = sorted(glob.glob(str(spec)))
         if not matches:
             raise UserError(f"checkpoint not found: {spec}")

@@ -1,4 +1,4 @@
-"""Registers the APT trainer."""
+"""Registers the APT trainer and the early-stopping callback."""
 
 from __future__ import annotations
 
@@ -14,3 +14,14 @@ def build_trainer(options: dict, context: BuildContext):
 @hookimpl
 def register_trainers(register):
     register("apt-trainer", build_trainer, summary="AdamW + warmup/cosine, validation, checkpoints, callbacks")
+
+
+def build_early_stopping(options: dict, context: BuildContext):
+    from .early_stopping import EarlyStopping
+
+    return EarlyStopping(**options)
+
+
+@hookimpl
+def register_callbacks(register):
+    register("early-stopping", build_early_stopping, summary="Stop when validation stops improving")

@@ -1,0 +1,44 @@
+"""Early stopping, with Lightning's semantics: stop after ``patience`` validations without improvement
+(a change larger than ``min_delta`` in the right direction); patience 0 and 1 both stop at the first."""
+
+from __future__ import annotations
+
+import math
+
+from apt_sdk import Callback
+
+
+class EarlyStopping(Callback):
+    def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int = 3, min_delta: float = 0.0) -> None:
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+        self.best = math.inf if mode == "min" else -math.inf
+        self.wait = 0
+        self.stopped_step: int | None = None
+
+    def improved(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def update(self, value: float) -> bool:
+        """Record one validation; True when training should stop."""
+        if self.improved(value):
+            self.best, self.wait = value, 0
+            return False
+        self.wait += 1
+        return self.wait >= max(self.patience, 1)
+
+    def on_validation_end(self, trainer, metrics: dict) -> None:
+        if self.monitor not in metrics:
+            return
+        if self.update(float(metrics[self.monitor])):
+            self.stopped_step = trainer.global_step
+            trainer.should_stop = True
+            trainer.log(f"early stopping at step {trainer.global_step}: {self.monitor} has not improved on "
+                        f"{self.best:.4f} for {self.wait} validation(s)")
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "wait": self.wait, "stopped_step": self.stopped_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.wait, self.stopped_step = state["best"], state["wait"], state["stopped_step"]
