@@ -115,7 +115,10 @@ class Attention(nn.Module):
         self.h, self.dk = config.num_heads, config.d_model // config.num_heads
         self.causal, self.cross, self.mode = causal, cross, config.attention
         self.q = nn.Linear(config.d_model, config.d_model)
-        self.kv = nn.Linear(config.d_model, 2 * config.d_model)
+        # no key bias: it adds the same q.b to every logit of a row, which softmax ignores, so its true
+        # gradient is zero and an optimizer would only amplify rounding noise in it (Whisper drops it too)
+        self.k = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.v = nn.Linear(config.d_model, config.d_model)
         self.out = nn.Linear(config.d_model, config.d_model)
         self.dropout = config.dropout
         if self.mode == "autopoietic":
@@ -134,7 +137,7 @@ class Attention(nn.Module):
         B, T, C = x.shape
         source = memory if self.cross else x
         q = self.q(x).view(B, T, self.h, self.dk).transpose(1, 2)
-        k, v = (t.view(B, -1, self.h, self.dk).transpose(1, 2) for t in self.kv(source).split(C, dim=-1))
+        k, v = (t.view(B, -1, self.h, self.dk).transpose(1, 2) for t in (self.k(source), self.v(source)))
         mask = self._mask(T, source.shape[1], key_padding, x.device)  # True = may attend, [B or 1, 1, T, S]
         if self.mode == "autopoietic" or self.record_attention:
             y = self._explicit_attention(q, k, v, mask)

@@ -1,0 +1,237 @@
+"""Training you can trust, in one process: accumulation normalised by real tokens (with a negative
+control), early stopping semantics and resume, inf/NaN steps skipped and reported."""
+
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from apt_sdk import hookimpl
+from apt_sdk.testing import IsolatedKernel
+from apt_kernel.runner import run_pipeline
+from apt_plugin_trainer.early_stopping import EarlyStopping
+
+LENGTHS = [3, 17, 8, 30, 5, 22, 12, 9, 27, 4, 15, 6, 19, 11, 25, 7, 2, 14, 29, 10,
+           16, 5, 21, 8, 13, 26, 3, 18, 9, 24, 6, 12, 28, 4, 20, 7, 15, 10, 23, 11]  # 5 steps x 8 sequences
+
+
+class PaddedData:
+    """Fixed variable-length sequences, padded per micro-batch, in a fixed order (no shuffling)."""
+
+    block_size = 31
+
+    def __init__(self, batch_size: int) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.seqs = [torch.randint(4, 50, (n + 1,), generator=g) for n in LENGTHS]
+        self.batch_size = batch_size
+        self.tokenizer = types.SimpleNamespace(vocab_size=50, pad_id=0, bos_id=1, eos_id=2)
+
+    def steps_per_epoch(self, epoch=0):
+        return len(self.seqs) // self.batch_size
+
+    def train_batches(self, epoch, start=0):
+        for i in range(start, self.steps_per_epoch()):
+            rows = self.seqs[i * self.batch_size:(i + 1) * self.batch_size]
+            width = max(len(r) for r in rows) - 1
+            ids = torch.zeros(len(rows), width, dtype=torch.long)
+            labels = torch.full((len(rows), width), -100)
+            for j, row in enumerate(rows):
+                ids[j, :len(row) - 1], labels[j, :len(row) - 1] = row[:-1], row[1:]
+            yield {"input_ids": ids, "attention_mask": labels != -100, "labels": labels}
+
+    def val_batches(self):
+        return iter(())
+
+
+class MeanOfMeans:
+    """The 2024 bug: each micro-batch's mean loss, counted as one. Used only as a negative control."""
+
+    def __call__(self, logits, batch):
+        labels = batch["labels"]
+        mean = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        return mean, torch.tensor(1)
+
+
+class TestPlugin:
+    @hookimpl
+    def register_data(self, register):
+        register("padded", lambda options, context: PaddedData(options["batch_size"]))
+
+    @hookimpl
+    def register_losses(self, register):
+        register("mean-of-means", lambda options, context: MeanOfMeans())
+
+
+MANIFEST = {"kernel_api": "^1.0", "provides": {
+    "data": {"padded": {"options": {"batch_size": {"type": "int", "default": 8}}}},
+    "loss": {"mean-of-means": {}}}}
+
+
+def accumulate(tmp_path, batch_size, steps_per_window, loss="lm-cross-entropy"):
+    kernel = IsolatedKernel()
+    kernel.add(TestPlugin(), MANIFEST, name="test-data")
+    pipeline = {
+        "pipeline": {"name": "accum", "seed": 0, "output_dir": str(tmp_path / f"{batch_size}x{steps_per_window}")},
+        "data": {"use": "padded", "batch_size": batch_size},
+        "model": {"use": "apt-lm", "d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64},
+        "loss": {"use": loss},
+        "trainer": {"use": "apt-trainer", "epochs": 1, "learning_rate": 1e-2, "warmup_steps": 0, "log_every": 0,
+                    "accumulate_grad_batches": steps_per_window, "save_every_epoch": False, "export": False,
+                    "temp_checkpoint_freq": 0},
+    }
+    result, context = run_pipeline(pipeline, kernel=kernel)
+    return result["loss_history"], context.model.state_dict()
+
+
+def assert_same_training(a, b):
+    losses_a, params_a = a
+    losses_b, params_b = b
+    assert len(losses_a) == len(losses_b) == 5
+    assert max(abs(x - y) for x, y in zip(losses_a, losses_b, strict=True)) < 1e-6
+    for name in params_a:
+        torch.testing.assert_close(params_a[name], params_b[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_accumulation_is_normalised_by_real_tokens_over_the_window(tmp_path):
+    whole = accumulate(tmp_path, 8, 1)
+    assert_same_training(whole, accumulate(tmp_path, 4, 2))
+    assert_same_training(whole, accumulate(tmp_path, 2, 4))
+
+
+def test_negative_control_mean_of_means_fails_the_same_assertion(tmp_path):
+    whole = accumulate(tmp_path, 8, 1, loss="mean-of-means")
+    with pytest.raises(AssertionError):
+        assert_same_training(whole, accumulate(tmp_path, 2, 4, loss="mean-of-means"))
+
+
+# -- early stopping -------------------------------------------------------------------------------
+@pytest.mark.parametrize(("patience", "stops_at"), [(0, 3), (1, 3), (3, 5)])
+def test_early_stopping_table(patience, stops_at):
+    """val losses per epoch; the epoch (0-based) whose validation stops training."""
+    values = [3.0, 2.0, 1.5, 1.6, 1.55, 1.58, 1.2, 1.1]
+    stopper = EarlyStopping(patience=patience)
+    stopped = next(epoch for epoch, value in enumerate(values) if stopper.update(value))
+    assert stopped == stops_at
+
+
+@pytest.mark.parametrize(("mode", "min_delta", "values", "stops_at"), [
+    ("min", 0.1, [1.0, 0.95, 0.93, 0.5], 2),   # improvements smaller than min_delta do not count
+    ("max", 0.0, [0.1, 0.2, 0.2, 0.2], 3),      # max mode: equal is no improvement
+])
+def test_early_stopping_mode_and_min_delta(mode, min_delta, values, stops_at):
+    stopper = EarlyStopping(mode=mode, min_delta=min_delta, patience=2)
+    assert next(i for i, v in enumerate(values) if stopper.update(v)) == stops_at
+
+
+def es_pipeline(tmp_path, name, epochs, resume=None):
+    # max_steps fixes the LR schedule, so the split run follows the same one as the whole run
+    trainer = {"use": "apt-trainer", "epochs": epochs, "max_steps": 1000, "log_every": 0, "export": False,
+               "eval_batches": 2}
+    if resume:
+        trainer["resume_from"] = resume
+    return {
+        "pipeline": {"name": name, "seed": 1, "output_dir": str(tmp_path / name)},
+        "data": {"use": "text", "corpus": "python-stdlib-docs", "max_chars": 6000, "block_size": 16,
+                 "batch_size": 8},
+        "model": {"use": "apt-lm", "d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64},
+        "loss": {"use": "lm-cross-entropy"},
+        "trainer": trainer,
+        # min_delta larger than any change: only the first validation improves, so stopping is exact
+        "callbacks": [{"use": "early-stopping", "patience": 3, "min_delta": 100.0}],
+    }
+
+
+def test_early_stopping_state_survives_resume(tmp_path):
+    whole, context = run_pipeline(es_pipeline(tmp_path, "whole", epochs=20))
+    stopper = context.callbacks[0]
+    assert stopper.stopped_step == whole["steps"] and whole["epochs"] == 4  # validations 2, 3, 4 did not improve
+    first, _ = run_pipeline(es_pipeline(tmp_path, "split", epochs=3))  # ends with wait = 2
+    assert first["steps"] < whole["steps"]
+    resumed, context = run_pipeline(es_pipeline(tmp_path, "split", epochs=20, resume="latest"))
+    assert context.callbacks[0].wait == 3 and resumed["steps"] == whole["steps"]
+    assert resumed["loss_history"] == whole["loss_history"]
+
+
+def test_train_model_stops_early_by_default(tmp_path):
+    from apt_plugin_trainer import train_model
+
+    from apt_plugin_lm.corpus import stdlib_docstrings
+
+    texts = stdlib_docstrings(12_000)  # a small real corpus: held-out docstrings differ, so it overfits
+    model, _, _ = train_model(epochs=100, batch_size=8, checkpoint_dir=tmp_path, texts=texts,
+                              model={"d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64},
+                              trainer={"learning_rate": 3e-3})
+    epochs = len(list((tmp_path / "checkpoints").glob("*.pt")))
+    assert epochs < 30, f"ran {epochs} epochs"
+
+
+# -- inf/NaN steps --------------------------------------------------------------------------------
+class NaNOnce:
+    """Cross-entropy whose gradient is NaN on one chosen micro-batch."""
+
+    def __init__(self, at_call):
+        self.calls, self.at_call = 0, at_call
+
+    def __call__(self, logits, batch):
+        self.calls += 1
+        labels = batch["labels"]
+        total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+        if self.calls == self.at_call:
+            total = total * torch.tensor(float("nan"))
+        return total, (labels != -100).sum()
+
+
+class Recorder:
+    def __init__(self):
+        self.errors, self.params = [], {}
+
+    @hookimpl
+    def error_reported(self, error):
+        self.errors.append(error)
+
+
+def test_a_non_finite_step_is_skipped_and_reported(tmp_path):
+    recorder = Recorder()
+
+    class Plugin(TestPlugin):
+        @hookimpl
+        def register_losses(self, register):
+            register("nan-once", lambda options, context: NaNOnce(at_call=3))
+
+        @hookimpl
+        def register_callbacks(self, register):
+            register("snapshots", lambda options, context: Snapshots())
+
+    class Snapshots:
+        def __getattr__(self, name):  # every other event: nothing to do
+            return lambda *args: None
+
+        def on_train_batch_end(self, trainer, step, metrics):
+            recorder.params[step] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+        def state_dict(self):
+            return {}
+
+    kernel = IsolatedKernel()
+    kernel.add(recorder, {"kernel_api": "^1.0"}, name="recorder")
+    kernel.add(Plugin(), {"kernel_api": "^1.0", "provides": {"data": {"padded": {"allow_extra_options": True}},
+                                                             "loss": {"nan-once": {}},
+                                                             "callback": {"snapshots": {}}}}, name="nan")
+    pipeline = {
+        "pipeline": {"name": "nan", "output_dir": str(tmp_path / "nan")},
+        "data": {"use": "padded", "batch_size": 8},
+        "model": {"use": "apt-lm", "d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64},
+        "loss": {"use": "nan-once"},
+        "trainer": {"use": "apt-trainer", "learning_rate": 1e-2, "log_every": 1, "export": False,
+                    "save_every_epoch": False},
+        "callbacks": [{"use": "snapshots"}],
+    }
+    result, context = run_pipeline(pipeline, kernel=kernel)
+    for name, value in recorder.params[3].items():
+        assert torch.equal(value, recorder.params[2][name]), f"{name} changed on the skipped step"
+    assert not all(torch.equal(v, recorder.params[3][k]) for k, v in recorder.params[4].items())
+    assert [e["global_step"] for e in recorder.errors] == [3]
+    assert recorder.errors[0]["type"] == "NonFiniteGradients"
+    assert context.trainer.optimizer.state_dict()["state"][0]["step"].item() == 4  # 5 steps, one skipped
+    assert all(torch.isfinite(v).all() for v in context.model.state_dict().values())
