@@ -93,7 +93,7 @@ class Source:
         return table_line if key is None else None
 
     def error(self, table: str, key: str | None, message: str) -> PipelineError:
-        dotted = f"{table.split('[')[0]}.{key}" if key else table
+        dotted = f"{table.replace('[', '.').rstrip(']')}.{key}" if key else table  # callbacks[0] -> callbacks.0
         if dotted in self.overrides:
             return PipelineError(message, source=self.name,
                                  location=f"[{table}] {key} (from --set {dotted}={self.overrides[dotted]})")
@@ -117,15 +117,26 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict[str, str]:
     applied = {}
     for text in overrides:
         path, value = parse_override(text)
-        target = data
+        target: Any = data
         for part in path[:-1]:
+            if isinstance(target, list):  # callbacks.0.option: an index into an array of tables
+                target = _index(target, part, text)
+                continue
             node = target.setdefault(part, {})
-            if not isinstance(node, dict):
+            if not isinstance(node, dict | list):
                 raise PipelineError(f"--set {text}: {part!r} is not a table")
             target = node
+        if isinstance(target, list):
+            raise PipelineError(f"--set {text}: give a key inside the table, e.g. callbacks.0.use")
         target[path[-1]] = value
         applied[".".join(path)] = text.partition("=")[2]
     return applied
+
+
+def _index(items: list, part: str, text: str) -> Any:
+    if not part.isdigit() or int(part) >= len(items):
+        raise PipelineError(f"--set {text}: {part!r} is not an index of the {len(items)} entries there")
+    return items[int(part)]
 
 
 _TABLES = ("pipeline", "data", "model", "loss", "trainer", "callbacks", "encoders")

@@ -75,6 +75,10 @@ def test_bad_override_names_the_override(tmp_path, good):
     assert "[trainer] max_steps (from --set trainer.max_steps=lots)" in err
     err = run_bad(tmp_path, good, "--set", "nonsense")
     assert "--set 'nonsense': expected KEY=VALUE" in err
+    err = run_bad(tmp_path, good + '[[callbacks]]\nuse = "text-samples"\n', "--set", "callbacks.3.prompt=x")
+    assert "--set callbacks.3.prompt=x: '3' is not an index of the 1 entries there" in err
+    err = run_bad(tmp_path, good + '[[callbacks]]\nuse = "text-samples"\n', "--set", "callbacks.0.promt=x")
+    assert "[callbacks[0]] promt (from --set callbacks.0.promt=x): unknown option for callback" in err
 
 
 def test_missing_pipeline_file(tmp_path):

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apt_sdk import hookimpl
-from apt_sdk.testing import IsolatedKernel
 from apt_kernel.runner import run_pipeline
 from apt_plugin_trainer.early_stopping import EarlyStopping
+from apt_sdk import hookimpl
+from apt_sdk.testing import IsolatedKernel
 
 LENGTHS = [3, 17, 8, 30, 5, 22, 12, 9, 27, 4, 15, 6, 19, 11, 25, 7, 2, 14, 29, 10,
            16, 5, 21, 8, 13, 26, 3, 18, 9, 24, 6, 12, 28, 4, 20, 7, 15, 10, 23, 11]  # 5 steps x 8 sequences
@@ -154,9 +154,8 @@ def test_early_stopping_state_survives_resume(tmp_path):
 
 
 def test_train_model_stops_early_by_default(tmp_path):
-    from apt_plugin_trainer import train_model
-
     from apt_plugin_lm.corpus import stdlib_docstrings
+    from apt_plugin_trainer import train_model
 
     texts = stdlib_docstrings(12_000)  # a small real corpus: held-out docstrings differ, so it overfits
     model, _, _ = train_model(epochs=100, batch_size=8, checkpoint_dir=tmp_path, texts=texts,

@@ -19,8 +19,8 @@ class Callback:
     def on_epoch_start(self, trainer: Any, epoch: int) -> None:
         """An epoch begins."""
 
-    def on_micro_batch_end(self, trainer: Any, epoch: int, batch_index: int) -> None:
-        """A micro-batch (batch ``batch_index`` of ``epoch``) went forward and backward."""
+    def on_micro_batch_end(self, trainer: Any, epoch: int, batch_index: int, batch: dict) -> None:
+        """Micro-batch ``batch_index`` of ``epoch`` went forward and backward (before the optimizer step)."""
 
     def on_train_batch_end(self, trainer: Any, step: int, metrics: dict) -> None:
         """Optimizer step ``step`` finished; ``metrics`` holds loss (a 0-d tensor: reading it syncs) and lr."""

@@ -293,7 +293,7 @@ class Trainer:
                 (self.scaler.scale(loss_sum) if self.scaler else loss_sum).backward()
             loss_total += loss_sum.detach()
             count += n
-            self._call("on_micro_batch_end", self.epoch, first_index + i)
+            self._call("on_micro_batch_end", self.epoch, first_index + i, batch)
         totals = self.dist.sum(torch.stack([loss_total, count.float()]))  # the window's global token count
         # DDP averaged the gradients over ranks; undo that and divide the sums by the global count
         factor = self.dist.world_size / totals[1].clamp(min=1)
