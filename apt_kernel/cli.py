@@ -69,17 +69,43 @@ def _plan(pipeline, overrides, plugins_dirs, strict):
               help="Override a pipeline value, e.g. --set trainer.epochs=3 (repeatable).")
 @click.option("--resume", metavar="latest|PATH", help="Continue from a checkpoint (same as trainer.resume_from).")
 @click.option("--no-progress", is_flag=True, help="Print log lines instead of a progress bar.")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), help="Train with N processes (DDP) via torchrun.")
+@click.option("--nnodes", help="Nodes for torchrun (e.g. 2); with --rdzv-endpoint.")
+@click.option("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous address shared by all nodes.")
+@click.option("--rdzv-id", default="apt-kernel", show_default=True, help="Rendezvous id shared by all nodes.")
 @_plugin_options
 @_user_errors
-def run(pipeline, overrides, resume, no_progress, plugins_dirs, strict):
-    """Validate PIPELINE, then train it."""
+def run(pipeline, overrides, resume, no_progress, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id,
+        plugins_dirs, strict):
+    """Validate PIPELINE, then train it (on N processes with --nproc-per-node)."""
     from .runner import execute
 
     overrides = list(overrides) + ([f"trainer.resume_from={resume!r}"] if resume else [])
     kernel, plan = _plan(pipeline, overrides, plugins_dirs, strict)
+    if nproc_per_node and "RANK" not in os.environ:  # the launcher: validated, now torchrun takes over
+        _exec_torchrun(pipeline, overrides, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id, plugins_dirs, strict)
     progress = not no_progress and sys.stderr.isatty()
     result, _ = execute(kernel, plan, progress=progress)
-    _summary(pipeline, plan, result)
+    if int(os.environ.get("RANK", 0)) == 0:
+        _summary(pipeline, plan, result)
+
+
+def _exec_torchrun(pipeline, overrides, nproc, nnodes, endpoint, rdzv_id, plugins_dirs, strict) -> None:
+    """Replace this process with torchrun running `apt-kernel run` in every worker (signals reach it)."""
+    from .errors import UserError
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    if nnodes:
+        if not endpoint:
+            raise UserError("--nnodes needs --rdzv-endpoint HOST:PORT (the same on every node)")
+        launcher += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rdzv_id}"]
+    else:
+        launcher.append("--standalone")
+    worker = ["-m", "apt_kernel.cli", "run", str(pipeline), "--no-progress"]
+    worker += [arg for item in overrides for arg in ("--set", item)]
+    worker += [arg for d in plugins_dirs for arg in ("--plugins-dir", d)] + (["--strict"] if strict else [])
+    sys.stdout.flush()
+    os.execv(sys.executable, launcher + worker)
 
 
 def _summary(pipeline: str, plan, result: dict) -> None:
@@ -89,7 +115,7 @@ def _summary(pipeline: str, plan, result: dict) -> None:
     for key in ("train_loss", "val_loss", "best_val_loss", "unigram_entropy"):
         if result.get(key) is not None:
             click.echo(f"  {key.replace('_', ' '):<16} {result[key]:.4f}")
-    for key in ("steps", "epochs", "tokens", "seconds"):
+    for key in ("steps", "epochs", "tokens", "seconds", "world_size"):
         if result.get(key) is not None:
             click.echo(f"  {key:<16} {result[key]}")
     click.echo(f"  run dir          {run_dir}")

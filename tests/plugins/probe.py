@@ -32,7 +32,7 @@ class Probe(Callback):
             fh.write(f"{step} {epoch} {batch_index} {checksum}\n")
             fh.flush()
             os.fsync(fh.fileno())
-        if step == self.freeze_after_step + 1 and not Path(self.ready_file).exists():
+        if step == self.freeze_after_step + 1 and trainer.is_main and not Path(self.ready_file).exists():
             Path(self.ready_file).write_text(str(os.getpid()))
             while not (self.go_file and Path(self.go_file).exists()):
                 time.sleep(0.02)
