@@ -60,3 +60,104 @@ def test_pipeline_trains_on_cuda_in_bf16(tiny_pipeline):
                  "--set", "trainer.precision=bf16", "--set", "trainer.max_steps=20")
     assert result.returncode == 0, result.stderr
     assert "val loss" in result.stdout
+
+
+GPU_PIPELINE = """
+[pipeline]
+name = "gpu"
+seed = 0
+output_dir = "{out}"
+
+[data]
+use = "text"
+corpus = "python-stdlib-docs"
+max_chars = 40000
+block_size = 64
+batch_size = 16
+
+[model]
+use = "apt-lm"
+d_model = 64
+num_heads = 2
+num_layers = 2
+d_ff = 128
+
+[loss]
+use = "lm-cross-entropy"
+
+[trainer]
+use = "apt-trainer"
+device = "cuda"
+precision = "fp16"
+max_steps = 30
+accumulate_grad_batches = 2
+log_every = 10
+export = false
+eval_batches = 2
+"""
+
+
+def test_fp16_with_grad_scaler_trains_and_the_scaler_survives_a_checkpoint(tmp_path):
+    path = tmp_path / "gpu.toml"
+    path.write_text(GPU_PIPELINE.format(out=tmp_path / "run"))
+    result = cli("run", str(path), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "MFU" in result.stdout  # logged on CUDA at the logging interval
+    state = torch.load(next((tmp_path / "run" / "checkpoints").glob("*.pt")), weights_only=True)
+    scaler = state["scaler_state_dict"]
+    assert scaler and scaler["scale"] > 0 and "_growth_tracker" in scaler
+    resumed = cli("run", str(path), "--no-progress", "--resume", "latest", "--set", "trainer.max_steps=40",
+                  "--set", "trainer.epochs=5")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout + resumed.stderr
+
+
+def test_a_nan_step_is_skipped_on_cuda_without_changing_parameters(tmp_path):
+    from test_training import NaNOnce, PaddedData
+
+    from apt_kernel.runner import run_pipeline
+    from apt_sdk import hookimpl
+    from apt_sdk.testing import IsolatedKernel
+
+    snapshots = {}
+
+    class Plugin:
+        @hookimpl
+        def register_data(self, register):
+            register("padded", lambda options, context: PaddedData(8))
+
+        @hookimpl
+        def register_losses(self, register):
+            register("nan-once", lambda options, context: NaNOnce(at_call=3))
+
+        @hookimpl
+        def register_callbacks(self, register):
+            register("snap", lambda options, context: Snap())
+
+    class Snap:
+        def __getattr__(self, name):
+            return lambda *args: None
+
+        def on_train_batch_end(self, trainer, step, metrics):
+            snapshots[step] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+    kernel = IsolatedKernel()
+    kernel.add(Plugin(), {"kernel_api": "^1.0", "provides": {"data": {"padded": {}}, "loss": {"nan-once": {}},
+                                                             "callback": {"snap": {}}}}, name="nan")
+    for precision in ("bf16", "fp16"):
+        snapshots.clear()
+        run_pipeline({"pipeline": {"name": "nan", "output_dir": str(tmp_path / precision)},
+                      "data": {"use": "padded"},
+                      "model": {"use": "apt-lm", "d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64},
+                      "loss": {"use": "nan-once"},
+                      "trainer": {"use": "apt-trainer", "device": "cuda", "precision": precision,
+                                  "learning_rate": 1e-2, "export": False, "save_every_epoch": False},
+                      "callbacks": [{"use": "snap"}]}, kernel=kernel)
+        for name, value in snapshots[3].items():
+            assert torch.equal(value, snapshots[2][name]), (precision, name)
+
+
+def test_compiled_model_trains_on_cuda(tiny_pipeline):
+    result = cli("run", str(tiny_pipeline), "--no-progress", "--set", "trainer.device=cuda",
+                 "--set", "trainer.compile=true", "--set", "trainer.max_steps=10")
+    assert result.returncode == 0, result.stderr
