@@ -117,12 +117,43 @@ def test_keep_last_keeps_best_too(tmp_path):
         "apt_model_epoch0_step1.pt", "apt_model_epoch2_step3.pt"]
 
 
-def test_resume_continues_from_the_next_epoch(tmp_path):
-    common = dict(batch_size=4, checkpoint_dir=tmp_path, texts=TEXTS,
+def test_three_epochs_leave_three_checkpoints_and_resuming_with_six_leaves_six(tmp_path):
+    common = dict(batch_size=4, checkpoint_dir=tmp_path, texts=TEXTS, early_stopping=False,
                   model={"d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64})
-    train_model(epochs=2, **common)
-    train_model(epochs=4, trainer={"resume_from": "latest"}, **common)
+    train_model(epochs=3, **common)
+    assert len(list((tmp_path / "checkpoints").iterdir())) == 3
+    train_model(epochs=6, trainer={"resume_from": "latest"}, **common)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert names == [f"apt_model_epoch{e}_step{2 * (e + 1)}.pt" for e in range(4)]
+    assert names == [f"apt_model_epoch{e}_step{2 * (e + 1)}.pt" for e in range(6)]
     state = torch.load(tmp_path / "checkpoints" / names[-1], weights_only=True)
-    assert len(state["loss_history"]) == 8
+    assert len(state["loss_history"]) == 12
+
+
+def test_a_checkpoint_holds_the_whole_training_state(trained):
+    out = trained[0]
+    state = torch.load(sorted((out / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+    assert {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "scaler_state_dict", "epoch",
+            "global_step", "loss_history", "metrics", "position", "best_val", "callbacks", "rng", "world_size",
+            "config", "pipeline", "pipeline_hash"} <= set(state)
+    assert state["position"] == {"epoch": 1, "batches_done": 2, "epoch_complete": True}
+    assert state["world_size"] == 1 and len(state["rng"]) == 1
+    assert set(state["rng"][0]) == {"python", "numpy", "torch", "cuda"}
+    assert state["callbacks"][0]["class"] == "EarlyStopping" and "wait" in state["callbacks"][0]["state"]
+    assert state["pipeline"]["trainer"]["epochs"] == 2 and len(state["pipeline_hash"]) == 64
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    train_model(epochs=1, batch_size=4, checkpoint_dir=tmp_path, texts=TEXTS, trainer={"precision": "bf16"},
+                model={"d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64})
+    state = torch.load(next((tmp_path / "checkpoints").glob("*.pt")), weights_only=True)
+    assert all(torch.isfinite(torch.tensor(state["loss_history"])))
+    assert all(v.dtype == torch.float32 for v in state["model_state_dict"].values() if v.is_floating_point())
+
+
+def test_fp16_without_cuda_is_a_clear_error(tmp_path):
+    from apt_sdk import UserError
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(UserError, match="fp16.*needs CUDA"):
+        train_model(epochs=1, batch_size=4, checkpoint_dir=tmp_path, texts=TEXTS, trainer={"precision": "fp16"})
