@@ -137,3 +137,50 @@ def test_sigterm_stops_every_rank_after_the_step_without_hanging(tmp_path):
     assert time.time() - started < 60
     assert code != 0 and "interrupted by SIGTERM at step 6" in output
     assert (tmp_path / "sig" / "temp" / "apt_temp_step6.pt").exists()
+
+
+PADDED = """
+[pipeline]
+name = "padded"
+
+[data]
+use = "padded-sequences"
+
+[model]
+use = "apt-lm"
+d_model = 32
+num_heads = 2
+num_layers = 1
+d_ff = 64
+
+[loss]
+use = "lm-cross-entropy"
+
+[trainer]
+use = "apt-trainer"
+learning_rate = 1e-2
+warmup_steps = 0
+log_every = 0
+export = false
+"""
+
+
+def test_token_count_is_global_across_ranks(tmp_path):
+    """Ranks get different numbers of real tokens; normalising by each rank's own count would differ."""
+    path = tmp_path / "padded.toml"
+    path.write_text(PADDED)
+    runs = {}
+    for name, extra in (("one", ["--set", "data.batch_size=8"]),
+                        ("two", ["--set", "data.batch_size=4", "--nproc-per-node", "2"])):
+        proc = subprocess.Popen([sys.executable, "-m", "apt_kernel.cli", "run", str(path), "--no-progress",
+                                 "--plugins-dir", PLUGINS, "--set", f"pipeline.output_dir={str(tmp_path / name)!r}",
+                                 *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+        code, output = done(proc)
+        assert code == 0, output
+        runs[name] = torch.load(next((tmp_path / name / "checkpoints").glob("*.pt")), weights_only=True)
+    one, two = runs["one"], runs["two"]
+    assert len(one["loss_history"]) == len(two["loss_history"]) == 5
+    assert max(abs(a - b) for a, b in zip(one["loss_history"], two["loss_history"], strict=True)) < 1e-6
+    for name, value in one["model_state_dict"].items():
+        torch.testing.assert_close(two["model_state_dict"][name], value, atol=1e-6, rtol=0, msg=name)
