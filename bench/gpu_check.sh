@@ -16,6 +16,13 @@ python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_model.py 2
 torchrun --standalone --nproc-per-node=1 -m apt_kernel.cli run pipelines/quickstart.toml --no-progress \
   --set trainer.device=cuda --set trainer.precision=bf16 --set trainer.max_steps=200 --set trainer.log_every=100 \
   --set data.batch_size=64 --set data.max_chars=300000 --set pipeline.output_dir="'/tmp/gpu-qs'" 2>&1 | grep -E "MFU|val loss|Finished|error"
+# FSDP (sharded model) on CUDA with nccl, bf16; then resumed
+for extra in "" "--resume latest --set trainer.max_steps=60 --set trainer.epochs=3"; do
+  torchrun --standalone --nproc-per-node=1 -m apt_kernel.cli run pipelines/quickstart.toml --no-progress \
+    --set trainer.device=cuda --set trainer.precision=bf16 --set trainer.strategy=fsdp --set trainer.max_steps=40 \
+    --set trainer.log_every=20 --set data.max_chars=100000 --set pipeline.output_dir="'/tmp/gpu-fsdp'" $extra 2>&1 \
+    | grep -E "MFU|val loss|resumed|Finished|error|Error"
+done
 python3 bench/bench_attention.py --device cuda --rounds 7 --batch 32 --seq 256
 python3 bench/bench_attention.py --device cuda --rounds 7 --batch 32 --seq 256 --precision bf16
 python3 bench/bench_attention.py --device cuda --rounds 5 --batch 8 --seq 1024 --d-model 512 --heads 8 --layers 6 --precision bf16

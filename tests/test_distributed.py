@@ -184,3 +184,31 @@ def test_token_count_is_global_across_ranks(tmp_path):
     assert max(abs(a - b) for a, b in zip(one["loss_history"], two["loss_history"], strict=True)) < 1e-6
     for name, value in one["model_state_dict"].items():
         torch.testing.assert_close(two["model_state_dict"][name], value, atol=1e-6, rtol=0, msg=name)
+
+
+def test_fsdp_shards_trains_like_one_process_and_resumes(tmp_path, single):
+    from apt_plugin_lm.model import APTConfig, APTLargeModel
+    from apt_plugin_trainer import CheckpointManager
+    from apt_plugin_trainer.trainer import param_groups
+
+    fsdp = ("--nproc-per-node", "2", "--set", "trainer.strategy='fsdp'")
+    code, output = done(launch(tmp_path, "fsdp", *fsdp, "--set", "trainer.export=true"))
+    assert code == 0, output
+    for name, value in params(tmp_path, "fsdp").items():
+        torch.testing.assert_close(value, single[name], atol=1e-5, rtol=0, msg=name)
+    assert (tmp_path / "fsdp" / "model" / "model.safetensors").exists()
+    # the gathered checkpoint is a plain one: it loads in a single process, optimizer included
+    state = torch.load(next((tmp_path / "fsdp" / "checkpoints").glob("*.pt")), weights_only=True)
+    model = APTLargeModel(APTConfig.from_dict(state["config"]))
+    optimizer = torch.optim.AdamW(param_groups(model, 0.1))
+    assert CheckpointManager(tmp_path / "fsdp").load_checkpoint(model, optimizer, latest=True)[1] == 20
+    assert optimizer.state_dict()["state"]
+    code, output = done(launch(tmp_path, "fsdp", *fsdp, "--resume", "latest", "--set", "trainer.max_steps=25",
+                               "--set", "trainer.epochs=2"))
+    assert code == 0, output
+    assert list((tmp_path / "fsdp" / "checkpoints").glob("*_step25.pt"))
+
+
+def test_fsdp_outside_torchrun_is_a_clear_error(tmp_path):
+    code, output = done(launch(tmp_path, "nofsdp", "--set", "trainer.strategy='fsdp'"))
+    assert code == 2 and "strategy = \"fsdp\" runs under torchrun" in output

@@ -126,8 +126,9 @@ class Attention(nn.Module):
             self.refine_in = nn.Parameter(torch.randn(hidden) * 0.5)
             self.refine_in_bias = nn.Parameter(torch.zeros(hidden))
             self.refine_out = nn.Parameter(torch.randn(hidden) / hidden)
-            self.gate = nn.Parameter(torch.zeros(()))  # 0: identical to standard attention at init
-            self.tau = nn.Parameter(torch.tensor(float(config.init_tau)))
+            # 1-element rather than scalar parameters: FSDP cannot shard 0-d tensors
+            self.gate = nn.Parameter(torch.zeros(1))  # 0: identical to standard attention at init
+            self.tau = nn.Parameter(torch.full((1,), float(config.init_tau)))
             self.tau_min, self.tau_max = config.tau_min, config.tau_max
         self.last_attention: torch.Tensor | None = None  # set when record_attention is on
         self.record_attention = False

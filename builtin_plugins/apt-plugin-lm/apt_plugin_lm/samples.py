@@ -28,9 +28,9 @@ class TextSamples(Callback):
         return tokenizer.decode(out[0].tolist())
 
     def _show(self, trainer, when: str) -> None:
+        text = self.generate(trainer)  # on every rank: a sharded (FSDP) model needs all of them
         if not trainer.is_main:  # one sample per run, not one per rank
             return
-        text = self.generate(trainer)
         self.samples[when] = text
         trainer.log(f"--- sample {when} training ---\n{text}\n---")
         with self.path.open("a", encoding="utf-8") as fh:

@@ -107,9 +107,11 @@ class CheckpointManager:
     def save_checkpoint(self, model, optimizer, scheduler, epoch: int, global_step: int, loss_history: list,
                         metrics: dict | None = None, tokenizer=None, config=None, is_best: bool = False,
                         extra: dict | None = None) -> Path:
-        state = {
-            "model_state_dict": model.state_dict(),
-            "optimizer_state_dict": optimizer.state_dict() if optimizer is not None else None,
+        extra = dict(extra or {})
+        state = {  # a sharded model's trainer passes its gathered state dicts in extra
+            "model_state_dict": extra.pop("model_state_dict", None) or model.state_dict(),
+            "optimizer_state_dict": extra.pop("optimizer_state_dict", None) or (
+                optimizer.state_dict() if optimizer is not None else None),
             "scheduler_state_dict": scheduler.state_dict() if scheduler is not None else None,
             "epoch": int(epoch),
             "global_step": int(global_step),
@@ -199,7 +201,9 @@ class CheckpointManager:
         state = self.read(path)
         model.load_state_dict(state["model_state_dict"])
         if optimizer is not None and state.get("optimizer_state_dict") is not None:
-            optimizer.load_state_dict(state["optimizer_state_dict"])
+            from .trainer import load_optimizer_state
+
+            load_optimizer_state(model, optimizer, state["optimizer_state_dict"])
         if scheduler is not None and state.get("scheduler_state_dict") is not None:
             scheduler.load_state_dict(state["scheduler_state_dict"])
         return state["epoch"], state["global_step"], state["loss_history"], state["metrics"]

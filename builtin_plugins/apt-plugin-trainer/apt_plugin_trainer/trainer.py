@@ -33,6 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from apt_sdk import BuildContext, RunInterrupted, UserError
 
@@ -93,6 +100,25 @@ def set_rng_state(state: dict) -> None:
 
 def _tuples(value):
     return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def shard_model(model: torch.nn.Module) -> None:
+    """FSDP2: shard every block of the model's layer lists, then the rest, across all ranks."""
+    from torch.distributed.fsdp import fully_shard
+
+    for child in model.modules():
+        if isinstance(child, torch.nn.ModuleList):
+            for block in child:
+                fully_shard(block)
+    fully_shard(model)
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict) -> None:
+    """Load an optimizer state saved plain (keyed by index) or by FSDP (keyed by parameter name)."""
+    if any(isinstance(key, str) for key in state.get("state", {})):
+        set_optimizer_state_dict(model, optimizer, state)
+    else:
+        optimizer.load_state_dict(state)
 
 
 class Distributed:
@@ -197,13 +223,21 @@ class Trainer:
         model = context.model.to(self.device)
         if hasattr(context.data, "configure_distributed"):
             context.data.configure_distributed(self.dist.rank, self.dist.world_size)
-        self.train_module = torch.compile(model) if o["compile"] else model
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_module = torch.nn.parallel.DistributedDataParallel(self.train_module, device_ids=ids)
-        # fused AdamW skips a step on the device when told found_inf: no host sync to check gradients
+        self.fsdp = o["strategy"] == "fsdp"
+        if self.fsdp:
+            if not dist.is_initialized():
+                raise UserError("[trainer] strategy = \"fsdp\" runs under torchrun: add --nproc-per-node N")
+            shard_model(model)
+            self.train_module = model
+        else:
+            self.train_module = torch.compile(model) if o["compile"] else model
+            if self.dist.enabled:
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                self.train_module = torch.nn.parallel.DistributedDataParallel(self.train_module, device_ids=ids)
+        # fused AdamW skips a step on the device when told found_inf: no host sync to check gradients;
+        # sharded (DTensor) parameters take the foreach kernels and a host-side check instead
         self.optimizer = torch.optim.AdamW(param_groups(model, o["weight_decay"]), lr=o["learning_rate"],
-                                           betas=(0.9, 0.95), fused=True)
+                                           betas=(0.9, 0.95), fused=not self.fsdp, foreach=self.fsdp or None)
         self.steps_per_epoch = math.ceil(context.data.steps_per_epoch(0) / o["accumulate_grad_batches"])
         self.total_steps = o["max_steps"] or o["epochs"] * self.steps_per_epoch
         warmup = o["warmup_steps"] if o["warmup_steps"] >= 0 else min(100, self.total_steps // 10)
@@ -217,12 +251,21 @@ class Trainer:
         self.pipeline_hash = hashlib.sha256(config.encode()).hexdigest()
 
     # -- checkpoint state ------------------------------------------------------------------------
+    def _model_and_optimizer_state(self) -> tuple[dict, dict]:
+        if not self.fsdp:
+            return self.context.model.state_dict(), self.optimizer.state_dict()
+        # gathered whole on rank 0 (a collective: every rank calls it); optimizer state keyed by name
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return (get_model_state_dict(self.context.model, options=options),
+                get_optimizer_state_dict(self.context.model, self.optimizer, options=options))
+
     def _state(self, epoch_complete: bool) -> dict:
         self._flush()
         model = self.context.model
+        model_state, optimizer_state = self._model_and_optimizer_state()
         return {
-            "model_state_dict": model.state_dict(),
-            "optimizer_state_dict": self.optimizer.state_dict(),
+            "model_state_dict": model_state,
+            "optimizer_state_dict": optimizer_state,
             "scheduler_state_dict": self.scheduler.state_dict(),
             "scaler_state_dict": self.scaler.state_dict() if self.scaler else None,
             "epoch": self.epoch,
@@ -243,8 +286,7 @@ class Trainer:
         state = self._state(epoch_complete)
         tokenizer = getattr(self.data, "tokenizer", None)
         extra = {k: v for k, v in state.items() if k not in (
-            "model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "epoch", "global_step",
-            "loss_history", "metrics", "config")}
+            "scheduler_state_dict", "epoch", "global_step", "loss_history", "metrics", "config")}
         return self.manager.save_checkpoint(self.context.model, self.optimizer, self.scheduler, self.epoch,
                                             self.global_step, self.loss_history, state["metrics"], tokenizer,
                                             state["config"], is_best, extra=extra)
@@ -255,8 +297,13 @@ class Trainer:
     def _resume(self, spec: str) -> tuple[int, int]:
         path = self.manager.resolve(spec)
         state = self.manager.read(path)
-        self.context.model.load_state_dict(state["model_state_dict"])
-        self.optimizer.load_state_dict(state["optimizer_state_dict"])
+        if self.fsdp:
+            options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+            set_model_state_dict(self.context.model, state["model_state_dict"], options=options)
+            set_optimizer_state_dict(self.context.model, self.optimizer, state["optimizer_state_dict"], options=options)
+        else:
+            self.context.model.load_state_dict(state["model_state_dict"])
+            load_optimizer_state(self.context.model, self.optimizer, state["optimizer_state_dict"])
         self.scheduler.load_state_dict(state["scheduler_state_dict"])
         if self.scaler is not None and state.get("scaler_state_dict"):
             self.scaler.load_state_dict(state["scaler_state_dict"])
@@ -287,7 +334,9 @@ class Trainer:
         loss_total = torch.zeros((), device=self.device)
         for i, batch in enumerate(window):
             last = i == len(window) - 1
-            sync = nullcontext() if last or not self.dist.enabled else module.no_sync()
+            if self.fsdp:
+                module.set_requires_gradient_sync(last)
+            sync = nullcontext() if last or self.fsdp or not self.dist.enabled else module.no_sync()
             with sync:
                 loss_sum, n = self._forward_loss(module, batch)
                 (self.scaler.scale(loss_sum) if self.scaler else loss_sum).backward()
@@ -303,8 +352,13 @@ class Trainer:
         torch._foreach_mul_(grads, factor)
         clip = self.o["grad_clip"] if self.o["grad_clip"] > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
         found_inf = (~torch.isfinite(norm)).float()
-        if self.scaler is not None:
+        if self.fsdp:
+            if not found_inf.item():  # FSDP: one host sync per step decides the skip
+                self.optimizer.step()
+        elif self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
@@ -448,8 +502,10 @@ class Trainer:
         self._flush()
         self.manager.clear_temp()
         result = self._result(val_loss, last_path, started)
-        if o["export"] and self.is_main:
-            result["export_dir"] = str(self._export(context.run_dir / "model", getattr(self.data, "tokenizer", None)))
+        if o["export"]:
+            exported = self._export(context.run_dir / "model", getattr(self.data, "tokenizer", None))
+            if exported is not None:
+                result["export_dir"] = str(exported)
         self._call("on_fit_end", result)
         self.dist.close()
         return result
@@ -497,14 +553,23 @@ class Trainer:
             "world_size": self.dist.world_size,
         }
 
-    def _export(self, directory: Path, tokenizer: Any) -> Path:
-        if hasattr(self.model, "save_pretrained"):
-            self.model.save_pretrained(directory)
+    def _export(self, directory: Path, tokenizer: Any) -> Path | None:
+        model = self.model
+        if self.fsdp:  # gather the whole model (every rank takes part), then rank 0 saves a plain copy
+            full = self._model_and_optimizer_state()[0]
+            if not self.is_main:
+                return None
+            model = type(self.model)(self.model.config)
+            model.load_state_dict(full)
+        elif not self.is_main:
+            return None
+        if hasattr(model, "save_pretrained"):
+            model.save_pretrained(directory)
         else:
             directory.mkdir(parents=True, exist_ok=True)
             from safetensors.torch import save_model
 
-            save_model(self.model, str(directory / "model.safetensors"))
+            save_model(model, str(directory / "model.safetensors"))
         if tokenizer is not None:
             tokenizer.save(directory / "tokenizer")
         return directory
