@@ -129,7 +129,8 @@ class Distributed:
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.device = pick_device(device_option, self.local_rank)
         self.started_group = False
-        if self.world_size > 1 and not dist.is_initialized():
+        # under torchrun (RANK set) the group exists even for one process: FSDP needs it
+        if "RANK" in os.environ and not dist.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
