@@ -78,6 +78,7 @@ def _plan(pipeline, overrides, plugins_dirs, strict):
 def run(pipeline, overrides, resume, no_progress, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id,
         plugins_dirs, strict):
     """Validate PIPELINE, then train it (on N processes with --nproc-per-node)."""
+    from .errors import RunInterrupted
     from .runner import execute
 
     overrides = list(overrides) + ([f"trainer.resume_from={resume!r}"] if resume else [])
@@ -85,7 +86,10 @@ def run(pipeline, overrides, resume, no_progress, nproc_per_node, nnodes, rdzv_e
     if nproc_per_node and "RANK" not in os.environ:  # the launcher: validated, now torchrun takes over
         _exec_torchrun(pipeline, overrides, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id, plugins_dirs, strict)
     progress = not no_progress and sys.stderr.isatty()
-    result, _ = execute(kernel, plan, progress=progress)
+    try:
+        result, _ = execute(kernel, plan, progress=progress)
+    except RunInterrupted as exc:  # the trainer cannot know the command line; say it in full
+        raise RunInterrupted(str(exc).replace("<pipeline>", str(pipeline)), exc.signum) from None
     if int(os.environ.get("RANK", 0)) == 0:
         _summary(pipeline, plan, result)
 

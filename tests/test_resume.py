@@ -175,7 +175,8 @@ def test_signal_finishes_the_step_saves_and_says_how_to_resume(tmp_path, uninter
     Path(str(out) + ".go").write_text("")  # let the frozen micro-batch go on: the step must finish
     returncode, output = finish(proc)
     assert returncode == code, output
-    assert f"interrupted by {sig.name} at step 11" in output and "--resume latest" in output
+    assert f"interrupted by {sig.name} at step 11" in output
+    assert f"resume with: apt-kernel run {tmp_path / 'exact.toml'} --resume latest" in output
     assert (out / "temp" / "apt_temp_step11.pt").exists()
     resumed, _ = start(tmp_path, "signalled", "--resume", "latest")
     returncode, output = finish(resumed)
