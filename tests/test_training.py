@@ -1,47 +1,17 @@
 """Training you can trust, in one process: accumulation normalised by real tokens (with a negative
 control), early stopping semantics and resume, inf/NaN steps skipped and reported."""
 
-import types
-
 import pytest
 import torch
 import torch.nn.functional as F
+
+# fixed variable-length sequences, padded per micro-batch, in a fixed order (also a --plugins-dir plugin)
+from plugins.padded_data import PaddedSequences as PaddedData  # noqa: E402
 
 from apt_kernel.runner import run_pipeline
 from apt_plugin_trainer.early_stopping import EarlyStopping
 from apt_sdk import hookimpl
 from apt_sdk.testing import IsolatedKernel
-
-LENGTHS = [3, 17, 8, 30, 5, 22, 12, 9, 27, 4, 15, 6, 19, 11, 25, 7, 2, 14, 29, 10,
-           16, 5, 21, 8, 13, 26, 3, 18, 9, 24, 6, 12, 28, 4, 20, 7, 15, 10, 23, 11]  # 5 steps x 8 sequences
-
-
-class PaddedData:
-    """Fixed variable-length sequences, padded per micro-batch, in a fixed order (no shuffling)."""
-
-    block_size = 31
-
-    def __init__(self, batch_size: int) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.seqs = [torch.randint(4, 50, (n + 1,), generator=g) for n in LENGTHS]
-        self.batch_size = batch_size
-        self.tokenizer = types.SimpleNamespace(vocab_size=50, pad_id=0, bos_id=1, eos_id=2)
-
-    def steps_per_epoch(self, epoch=0):
-        return len(self.seqs) // self.batch_size
-
-    def train_batches(self, epoch, start=0):
-        for i in range(start, self.steps_per_epoch()):
-            rows = self.seqs[i * self.batch_size:(i + 1) * self.batch_size]
-            width = max(len(r) for r in rows) - 1
-            ids = torch.zeros(len(rows), width, dtype=torch.long)
-            labels = torch.full((len(rows), width), -100)
-            for j, row in enumerate(rows):
-                ids[j, :len(row) - 1], labels[j, :len(row) - 1] = row[:-1], row[1:]
-            yield {"input_ids": ids, "attention_mask": labels != -100, "labels": labels}
-
-    def val_batches(self):
-        return iter(())
 
 
 class MeanOfMeans:
