@@ -69,13 +69,14 @@ def _plan(pipeline, overrides, plugins_dirs, strict):
               help="Override a pipeline value, e.g. --set trainer.epochs=3 (repeatable).")
 @click.option("--resume", metavar="latest|PATH", help="Continue from a checkpoint (same as trainer.resume_from).")
 @click.option("--no-progress", is_flag=True, help="Print log lines instead of a progress bar.")
+@click.option("--profile", is_flag=True, help="Time each plugin's hooks, callbacks and components; save profile.json.")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), help="Train with N processes (DDP) via torchrun.")
 @click.option("--nnodes", help="Nodes for torchrun (e.g. 2); with --rdzv-endpoint.")
 @click.option("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous address shared by all nodes.")
 @click.option("--rdzv-id", default="apt-kernel", show_default=True, help="Rendezvous id shared by all nodes.")
 @_plugin_options
 @_user_errors
-def run(pipeline, overrides, resume, no_progress, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id,
+def run(pipeline, overrides, resume, no_progress, profile, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id,
         plugins_dirs, strict):
     """Validate PIPELINE, then train it (on N processes with --nproc-per-node)."""
     from .errors import RunInterrupted
@@ -84,17 +85,25 @@ def run(pipeline, overrides, resume, no_progress, nproc_per_node, nnodes, rdzv_e
     overrides = list(overrides) + ([f"trainer.resume_from={resume!r}"] if resume else [])
     kernel, plan = _plan(pipeline, overrides, plugins_dirs, strict)
     if nproc_per_node and "RANK" not in os.environ:  # the launcher: validated, now torchrun takes over
-        _exec_torchrun(pipeline, overrides, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id, plugins_dirs, strict)
+        _exec_torchrun(pipeline, overrides, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id, plugins_dirs, strict,
+                       profile)
     progress = not no_progress and sys.stderr.isatty()
+    profiler = None
+    if profile:
+        from .profiler import PluginProfiler
+
+        profiler = PluginProfiler()
     try:
-        result, _ = execute(kernel, plan, progress=progress)
+        result, _ = execute(kernel, plan, progress=progress, profiler=profiler)
     except RunInterrupted as exc:  # the trainer cannot know the command line; say it in full
         raise RunInterrupted(str(exc).replace("<pipeline>", str(pipeline)), exc.signum) from None
     if int(os.environ.get("RANK", 0)) == 0:
         _summary(pipeline, plan, result)
+        if profiler is not None:
+            click.echo(f"\nProfile (also in {result['profile']}):\n{profiler.table()}")
 
 
-def _exec_torchrun(pipeline, overrides, nproc, nnodes, endpoint, rdzv_id, plugins_dirs, strict) -> None:
+def _exec_torchrun(pipeline, overrides, nproc, nnodes, endpoint, rdzv_id, plugins_dirs, strict, profile) -> None:
     """Replace this process with torchrun running `apt-kernel run` in every worker (signals reach it)."""
     from .errors import UserError
 
@@ -108,6 +117,7 @@ def _exec_torchrun(pipeline, overrides, nproc, nnodes, endpoint, rdzv_id, plugin
     worker = ["-m", "apt_kernel.cli", "run", str(pipeline), "--no-progress"]
     worker += [arg for item in overrides for arg in ("--set", item)]
     worker += [arg for d in plugins_dirs for arg in ("--plugins-dir", d)] + (["--strict"] if strict else [])
+    worker += ["--profile"] if profile else []
     sys.stdout.flush()
     os.execv(sys.executable, launcher + worker)
 

@@ -56,6 +56,7 @@ class Kernel:
         self._pm: pluggy.PluginManager | None = None
         self.registry = Registry()
         self.loaded: set[str] = set()
+        self.profiler = None  # a PluginProfiler while `run --profile`; None costs nothing
 
     @property
     def pm(self):
@@ -151,8 +152,11 @@ class Kernel:
         if self._pm is None:
             return []
         for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            function = impl.function
+            if self.profiler is not None:
+                function = self.profiler.timed(impl.plugin_name, f"hook {hook_name}", function)
             try:
-                results.append(impl.function(**{arg: kwargs[arg] for arg in impl.argnames}))
+                results.append(function(**{arg: kwargs[arg] for arg in impl.argnames}))
             except Exception as exc:
                 raise PluginHookError(impl.plugin_name, hook_name, exc) from exc
         return results

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,8 @@ def _provider(kernel: Kernel, table: str, kind: str, name: str, source: Source) 
 def plan_pipeline(kernel: Kernel, config: PipelineConfig, data: dict, source: Source) -> Plan:
     """Validate components and options against manifests and solve plugin versions; imports nothing."""
     plan = Plan(config, json.loads(json.dumps(data)), source)
+    if config.output_dir.exists() and not config.output_dir.is_dir():
+        raise source.error("pipeline", "output_dir", f"{config.output_dir} exists and is not a folder")
     for table, kind, spec in config.components():
         info = _provider(kernel, table, kind, spec.use, source)
         options = validate_options(table, kind, spec, info.manifest.provides[kind][spec.use], source)
@@ -113,16 +116,32 @@ def load_components(kernel: Kernel, plan: Plan) -> None:
 
 def _build(kernel: Kernel, kind: str, name: str, options: dict, context: BuildContext) -> Any:
     registration = kernel.registry.get(kind, name)
+    factory = registration.factory
+    if kernel.profiler is not None:
+        factory = kernel.profiler.timed(registration.plugin, f"{kind} factory {name}", factory)
     try:
-        return registration.factory(dict(options), context)
+        return factory(dict(options), context)
     except UserError:
         raise
     except Exception as exc:
         raise PluginHookError(registration.plugin, f"{kind} factory {name!r}", exc) from exc
 
 
-def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True) -> tuple[dict, BuildContext]:
+def _watch(kernel: Kernel, plan: Plan, context: BuildContext) -> None:
+    """With --profile: time what each plugin's components do during training."""
+    profiler = kernel.profiler
+    owner = {table: kernel.registry.get(kind, spec.use).plugin for table, kind, spec in plan.config.components()}
+    for index, (callback, spec) in enumerate(zip(context.callbacks, plan.config.callbacks, strict=True)):
+        profiler.watch_callback(callback, owner[f"callbacks[{index}]"], spec.use)
+    profiler.watch_model(context.model, owner["model"], plan.config.model.use)
+    profiler.watch_data(context.data, owner["data"], plan.config.data.use)
+    context.loss = profiler.timed(owner["loss"], f"loss {plan.config.loss.use}", context.loss)
+
+
+def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True,
+            profiler=None) -> tuple[dict, BuildContext]:
     """Load, build and fit. Returns the trainer's result and the context holding every component."""
+    kernel.profiler = profiler
     load_components(kernel, plan)
     config, data = plan.config, plan.data
     run_dir = config.output_dir
@@ -150,7 +169,18 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True) -> t
         run_dir.mkdir(parents=True, exist_ok=True)
         if context.is_main:
             (run_dir / "pipeline.json").write_text(json.dumps(data, indent=2))
-        result = context.trainer.fit(context)
+        if profiler is None:
+            result = context.trainer.fit(context)
+        else:
+            _watch(kernel, plan, context)
+            started, profiler.training = time.perf_counter(), True
+            result = context.trainer.fit(context)
+            profiler.fit_seconds, profiler.training = time.perf_counter() - started, False
+            profiler.record(kernel.registry.get("trainer", config.trainer.use).plugin,
+                            f"trainer {config.trainer.use}.fit", profiler.fit_seconds)
+            if context.is_main:
+                result["profile"] = str(run_dir / "profile.json")
+                profiler.save(run_dir / "profile.json")
     except BaseException as exc:
         error = {"type": type(exc).__name__, "message": str(exc),
                  "traceback": traceback.format_exc(),

@@ -134,3 +134,12 @@ def test_validate_accepts_a_good_pipeline_without_writing(tmp_path, good):
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout and "model 'apt-lm' from apt-plugin-lm 0.1.0" in result.stdout
     assert not (tmp_path / "run").exists()
+
+
+def test_output_dir_that_is_a_file(tmp_path, good):
+    (tmp_path / "run").write_text("not a folder")
+    path = tmp_path / "bad.toml"
+    path.write_text(good)
+    result = cli("run", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "[pipeline] output_dir: " in result.stderr and "exists and is not a folder" in result.stderr

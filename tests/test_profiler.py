@@ -1,0 +1,62 @@
+"""The plugin profiler: profile_plugin for one call, `run --profile` per plugin, nothing when off."""
+
+import json
+import time
+
+from apt_kernel.profiler import PluginProfiler, profile_plugin
+from apt_kernel.runner import run_pipeline
+from conftest import cli
+
+
+def test_profile_plugin_measures_time_cpu_and_memory():
+    def work(n):
+        block = bytearray(n)  # touched memory: RSS grows
+        for i in range(0, n, 4096):
+            block[i] = 1
+        time.sleep(0.05)
+        return len(block)
+
+    result, metrics = profile_plugin(work, 64 * 2**20)
+    assert result == 64 * 2**20
+    assert metrics["execution_time_s"] >= 0.05
+    assert metrics["memory_delta_mb"] > 30 or metrics["peak_rss_mb"] > 64
+    assert 0 <= metrics["cpu_time_s"] <= metrics["execution_time_s"] + 0.05
+    assert set(metrics) == {"execution_time_s", "cpu_time_s", "cpu_percent", "memory_delta_mb", "peak_rss_mb"}
+
+
+def test_percentiles_and_report():
+    profiler = PluginProfiler()
+    profiler.training = True
+    for ms in range(1, 101):
+        profiler.record("p", "callback x.on_train_batch_end", ms / 1000)
+    profiler.fit_seconds = 10.0
+    (row,) = profiler.rows()
+    assert row["count"] == 100 and abs(row["p95_ms"] - 95) < 1e-9 and abs(row["mean_ms"] - 50.5) < 1e-9
+    assert abs(row["share_of_training"] - 0.505) < 1e-9
+    assert profiler.report()["per_plugin_s"] == {"p": row["total_s"]}
+
+
+def test_run_profile_times_each_plugin(tiny_pipeline, tmp_path):
+    tiny_pipeline.write_text(tiny_pipeline.read_text() + '\n[[callbacks]]\nuse = "text-samples"\nmax_new_tokens = 5\n')
+    result = cli("run", str(tiny_pipeline), "--no-progress", "--profile")
+    assert result.returncode == 0, result.stderr
+    assert "Profile (also in" in result.stdout and "share" in result.stdout
+    report = json.loads((tmp_path / "run" / "profile.json").read_text())
+    rows = {(r["plugin"], r["what"]): r for r in report["rows"]}
+    assert rows[("apt-plugin-lm", "data text.batch")]["count"] == 4  # one batch per step, 4 steps
+    assert rows[("apt-plugin-lm", "loss lm-cross-entropy")]["count"] == 4 + 2  # + 2 validation batches
+    assert rows[("apt-plugin-lm", "model apt-lm.forward")]["count"] >= 6
+    assert rows[("apt-plugin-lm", "callback text-samples.on_fit_start")]["count"] == 1
+    assert ("apt-plugin-lm", "callback text-samples.on_micro_batch_end") not in rows  # a no-op: not wrapped
+    assert rows[("apt-plugin-lm", "hook seed_everything")]["phase"] == "setup"
+    assert rows[("apt-plugin-trainer", "trainer apt-trainer.fit")]["total_s"] == report["training_s"]
+    shares = [r["share_of_training"] for r in report["rows"] if r["share_of_training"] is not None]
+    assert shares and all(0 <= s <= 1 for s in shares)
+    assert report["peak_rss_mb"] > 50
+
+
+def test_profiling_off_wraps_nothing(tiny_pipeline, tmp_path):
+    result, context = run_pipeline(tiny_pipeline)
+    assert not context.model._forward_hooks and not context.model._forward_pre_hooks
+    assert type(context.loss).__name__ == "LMCrossEntropy"
+    assert not (tmp_path / "run" / "profile.json").exists() and "profile" not in result
