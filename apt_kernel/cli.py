@@ -48,7 +48,28 @@ def _kernel(plugins_dirs, strict):
     return Kernel(plugins_dirs, strict=strict or None)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Builtin commands, plus commands that installed plugins declare in their manifests: looked up
+    only when a name is not builtin, and imported only when invoked (so --help stays fast)."""
+
+    def get_command(self, ctx: click.Context, name: str):
+        command = super().get_command(ctx, name)
+        if command is not None:
+            return command
+        from importlib import import_module
+
+        from .discovery import INSTALLED, discover
+
+        for info in discover():
+            target = info.manifest.commands.get(name) if info.manifest else None
+            if target and info.status == INSTALLED:
+                module, _, attr = target.partition(":")
+                return getattr(import_module(module), attr)
+        return None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Plugins can add commands (e.g. `apt-kernel errors`): `apt-kernel plugins list` shows them.")
 @click.version_option(__version__, message=f"apt-kernel %(version)s (kernel API {KERNEL_API_VERSION})")
 def main() -> None:
     """APT Kernel: train transformer models from pipeline.toml, built from plugins."""
@@ -182,6 +203,8 @@ def plugins_list(as_json, plugins_dirs, strict):
         return
     for info in infos:
         provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.provides().items()) or "-"
+        if info.manifest and info.manifest.commands:
+            provides += f"; commands: {', '.join(sorted(info.manifest.commands))}"
         status = click.style(info.status, fg=_STATUS_COLOURS.get(info.status))
         click.echo(f"{info.name:<28} {info.version:<10} {status:<12} {provides}")
         if info.reason:

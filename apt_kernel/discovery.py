@@ -48,6 +48,7 @@ class PluginInfo:
         data["kernel_api"] = self.manifest.kernel_api if self.manifest else None
         data["requires"] = dict(self.manifest.requires) if self.manifest else {}
         data["capabilities"] = list(self.manifest.capabilities) if self.manifest else []
+        data["commands"] = sorted(self.manifest.commands) if self.manifest else []
         return data
 
 

@@ -10,6 +10,8 @@ A packaged plugin ships ``apt-plugin.toml`` inside its top-level package; a one-
     [provides.model.apt-lm]
     summary = "APT language model"
     options.d_model = { type = "int", default = 128, min = 1, help = "width" }
+    [commands]
+    errors = "apt_plugin_errors.cli:errors"   # `apt-kernel errors ...`, imported only when used
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Manifest:
     sandbox: bool = False
     requires: dict[str, str] = field(default_factory=dict)
     provides: dict[str, dict[str, ComponentDecl]] = field(default_factory=dict)
+    commands: dict[str, str] = field(default_factory=dict)  # `apt-kernel NAME` -> "module:click_command"
 
     def components(self) -> list[tuple[str, str]]:
         """(kind, name) pairs this plugin provides."""
@@ -139,7 +142,12 @@ def parse_manifest(data: dict, origin: str) -> Manifest:
     capabilities = _check(data.get("capabilities", []), (list,), f"{where}: capabilities", "a list")
     requires = _check(data.get("requires", {}), (dict,), f"{where}: requires", "a table")
     version = data.get("version")
+    commands = _check(data.get("commands", {}), (dict,), f"{where}: commands", "a table")
+    for name, target in commands.items():
+        if not isinstance(target, str) or ":" not in target:
+            raise ManifestError(f"{where}: commands.{name}: expected \"module:attribute\", got {target!r}")
     return Manifest(
+        commands=dict(commands),
         kernel_api=_range(data["kernel_api"], f"{where}: kernel_api"),
         version=None if version is None else _check(version, (str,), f"{where}: version", "a string"),
         capabilities=[_check(c, (str,), f"{where}: capabilities", "strings") for c in capabilities],

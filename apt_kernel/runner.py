@@ -148,7 +148,8 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True,
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     context = BuildContext(config.pipeline.name, config.pipeline.seed, run_dir, data, progress=progress and rank == 0,
                            rank=rank, world_size=world_size,
-                           report_error=lambda error: kernel.call_hook("error_reported", error=error))
+                           report_error=lambda error: kernel.call_hook("error_reported", error={
+                               "pipeline": config.pipeline.name, "run_dir": str(run_dir), **error}))
     if rank != 0:
         context.log = lambda message: None  # one voice: rank 0 logs for everyone
     elif log is not None:

@@ -5,13 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-# fixed variable-length sequences, padded per micro-batch, in a fixed order (also a --plugins-dir plugin)
-from plugins.padded_data import PaddedSequences as PaddedData  # noqa: E402
-
 from apt_kernel.runner import run_pipeline
 from apt_plugin_trainer.early_stopping import EarlyStopping
 from apt_sdk import hookimpl
 from apt_sdk.testing import IsolatedKernel
+
+# fixed variable-length sequences, padded per micro-batch, in a fixed order (also a --plugins-dir plugin)
+from plugins.padded_data import PaddedSequences as PaddedData  # noqa: E402
 
 
 class MeanOfMeans:

@@ -1,0 +1,67 @@
+"""The `error-log` callback and the hooks that feed it: failed runs, failing plugin hooks and
+factories, skipped inf/NaN steps. Nothing is written unless something goes wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from apt_sdk import BuildContext, Callback, RunInterrupted, hookimpl
+
+from .logger import ErrorLogger
+
+_ACTIVE: dict[str, ErrorLog] = {}  # run_dir -> that run's error-log callback (hooks carry only run_dir)
+
+
+def latest_checkpoint(run_dir: str | Path) -> str | None:
+    try:
+        entries = json.loads((Path(run_dir) / "metadata.json").read_text())["checkpoints"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return str(Path(run_dir) / "checkpoints" / entries[-1]["file"]) if entries else None
+
+
+class ErrorLog(Callback):
+    """Records what goes wrong in a run, with the step, so the row is enough to reproduce it."""
+
+    def __init__(self, logger: ErrorLogger, run_dir: Path, pipeline: dict) -> None:
+        self.logger, self.run_dir, self.pipeline = logger, run_dir, pipeline
+        self.logged: set[tuple[str, str]] = set()
+
+    def record(self, error, **fields) -> int:
+        fields.setdefault("pipeline", self.pipeline["pipeline"]["name"])
+        return self.logger.log_error(error, context={"pipeline": self.pipeline}, run_id=str(self.run_dir),
+                                     checkpoint_path=latest_checkpoint(self.run_dir), **fields)
+
+    def on_exception(self, trainer, error: BaseException) -> None:
+        if isinstance(error, RunInterrupted):  # a requested stop, not an error
+            return
+        self.record(error, plugin=getattr(error, "plugin", None), rank=trainer.context.rank, epoch=trainer.epoch,
+                    global_step=trainer.global_step)
+        self.logged.add((type(error).__name__, str(error)))
+
+
+def build_error_log(options: dict, context: BuildContext) -> ErrorLog:
+    log = ErrorLog(ErrorLogger(options["db_path"] or context.run_dir / "errors.db"), context.run_dir, context.config)
+    _ACTIVE[str(context.run_dir)] = log
+    return log
+
+
+@hookimpl
+def register_callbacks(register):
+    register("error-log", build_error_log, summary="Persistent SQLite error log of the run")
+
+
+@hookimpl
+def error_reported(error: dict):
+    log = _ACTIVE.get(error.get("run_dir", ""))
+    if log is not None:
+        log.record(error)
+
+
+@hookimpl
+def pipeline_error(pipeline: dict, run_dir: str, error: dict):
+    log = _ACTIVE.get(run_dir)
+    if log is None or error["type"] == "RunInterrupted" or (error["type"], error["message"]) in log.logged:
+        return  # not logging this run, a requested stop, or on_exception already recorded it with its step
+    log.record(error)
