@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 import sqlite3
 import time
@@ -87,10 +88,23 @@ class ErrorLogger:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=60000")
-        for statement in filter(str.strip, SCHEMA.split(";")):
-            self.db.execute(statement)
+        self._initialise()
+
+    def _initialise(self) -> None:
+        # Switching to WAL needs an exclusive lock, and SQLite answers BUSY at once (no busy handler)
+        # while another process is doing the same: retry with jitter instead of failing.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                for statement in filter(str.strip, SCHEMA.split(";")):
+                    self.db.execute(statement)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005 + random.random() * 0.05)
 
     def _write(self, action):
         self.db.execute("BEGIN IMMEDIATE")
