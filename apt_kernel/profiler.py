@@ -16,8 +16,9 @@ from functools import wraps
 from pathlib import Path
 from typing import Any
 
-CALLBACK_EVENTS = ("on_fit_start", "on_epoch_start", "on_micro_batch_end", "on_train_batch_end",
-                   "on_validation_end", "on_epoch_end", "on_checkpoint_saved", "on_fit_end", "on_exception")
+CALLBACK_EVENTS = ("on_fit_start", "on_epoch_start", "on_micro_batch_end", "on_before_optimizer_step",
+                   "on_train_batch_end", "on_validation_end", "on_epoch_end", "on_checkpoint_saved", "on_fit_end",
+                   "on_exception")
 
 
 def profile_plugin(func: Callable, *args: Any, **kwargs: Any) -> tuple[Any, dict]:

@@ -22,6 +22,9 @@ class Callback:
     def on_micro_batch_end(self, trainer: Any, epoch: int, batch_index: int, batch: dict) -> None:
         """Micro-batch ``batch_index`` of ``epoch`` went forward and backward (before the optimizer step)."""
 
+    def on_before_optimizer_step(self, trainer: Any, step: int) -> None:
+        """Gradients of step ``step`` are final (unscaled, clipped); set ``trainer.skip_next_step`` to drop it."""
+
     def on_train_batch_end(self, trainer: Any, step: int, metrics: dict) -> None:
         """Optimizer step ``step`` finished; ``metrics`` holds loss (a 0-d tensor: reading it syncs) and lr."""
 

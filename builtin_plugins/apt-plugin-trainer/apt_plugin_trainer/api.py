@@ -12,7 +12,8 @@ def train_model(epochs: int = 3, batch_size: int = 8, learning_rate: float = 1e-
                 checkpoint_dir: str | Path = "apt_checkpoints", texts: list[str] | None = None,
                 tokenizer: str | Any | None = None, *, block_size: int = 64, seed: int = 0,
                 model: dict | None = None, trainer: dict | None = None, callbacks: list[dict] | None = None,
-                early_stopping: dict | bool = True, progress: bool = False) -> tuple[Any, Any, Any]:
+                early_stopping: dict | bool = True, enable_gradient_monitoring: bool = False,
+                progress: bool = False) -> tuple[Any, Any, Any]:
     """Train an APT language model and return ``(model, tokenizer, config)``.
 
     ``texts`` is a list of training strings (default: the embedded stdlib corpus). ``tokenizer`` is
@@ -40,6 +41,8 @@ def train_model(epochs: int = 3, batch_size: int = 8, learning_rate: float = 1e-
         "trainer": {"use": "apt-trainer", "epochs": epochs, "learning_rate": learning_rate, **(trainer or {})},
         "callbacks": list(callbacks or []),
     }
+    if enable_gradient_monitoring:  # needs apt-plugin-monitor installed
+        pipeline["callbacks"].append({"use": "gradient-monitor", "every": 1})
     if early_stopping:
         options = early_stopping if isinstance(early_stopping, dict) else {}
         pipeline["callbacks"].append({"use": "early-stopping", **options})

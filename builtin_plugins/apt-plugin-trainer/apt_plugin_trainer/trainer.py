@@ -172,6 +172,7 @@ class Trainer:
         self.context = context
         self.log = context.log
         self.should_stop = False
+        self.skip_next_step = False  # set by a callback in on_before_optimizer_step
         self.global_step = 0
         self.epoch = 0
         self.batches_done = 0  # micro-batches of the current epoch already trained on
@@ -355,7 +356,10 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
+        self._call("on_before_optimizer_step", self.global_step + 1)  # gradients final: unscaled, clipped
         found_inf = (~torch.isfinite(norm)).float()
+        if self.skip_next_step:  # a callback (e.g. the gradient monitor) asked to drop this update
+            found_inf, self.skip_next_step = torch.ones_like(found_inf), False
         if self.fsdp:
             if not found_inf.item():  # FSDP: one host sync per step decides the skip
                 self.optimizer.step()

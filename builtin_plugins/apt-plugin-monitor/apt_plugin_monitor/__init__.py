@@ -1,0 +1,12 @@
+"""Gradient monitoring for APT Kernel runs."""
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # torch is imported only when the monitor is used, not when the plugin is discovered
+    if name == "GradientMonitor":
+        from .gradients import GradientMonitor
+
+        return GradientMonitor
+    raise AttributeError(name)

@@ -1,0 +1,103 @@
+"""apt-plugin-monitor: per-layer gradient norms and anomalies, statistics, the flow plot, and the
+gradient-monitor callback in real runs (NaN reported with layer names, skip_step, stop)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from apt_plugin_monitor import GradientMonitor
+from conftest import cli
+
+
+def model_with_grads(**set_grads):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    model(torch.randn(3, 4)).sum().backward()
+    with torch.no_grad():
+        for name, value in set_grads.items():
+            dict(model.named_parameters())[name].grad.fill_(value)
+    return model
+
+
+def test_check_gradient_flow_finds_vanishing_exploding_and_nan():
+    model = model_with_grads(**{"0.weight": 1e-9, "0.bias": 5e3, "1.weight": float("nan")})
+    norms, issues = GradientMonitor(model).check_gradient_flow()
+    assert set(norms) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    kinds = {i["layer"]: i["kind"] for i in issues}
+    assert kinds == {"0.weight": "vanishing", "0.bias": "exploding", "1.weight": "nan"}
+    monitor = GradientMonitor(model, vanishing=0.0, exploding=1e9)
+    monitor.check_gradient_flow()
+    assert [i["kind"] for i in monitor.detect_gradient_anomalies()] == ["nan"]
+
+
+def test_total_norm_and_stats_match_torch():
+    model = model_with_grads()
+    monitor = GradientMonitor(model)
+    total = monitor.log_gradient_norms(step=1)
+    expected = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+    assert math.isclose(total, expected, rel_tol=1e-5)
+    for p in model.parameters():
+        p.grad.mul_(3)
+    monitor.log_gradient_norms(step=2)
+    stats = monitor.get_gradient_stats()["0.weight"]
+    first = monitor.history["0.weight"][0]
+    assert math.isclose(stats["mean"], 2 * first, rel_tol=1e-5) and math.isclose(stats["max"], 3 * first, rel_tol=1e-5)
+    assert math.isclose(stats["std"], first, rel_tol=1e-5) and monitor.steps == [1, 2]
+
+
+def test_plot_gradient_flow_writes_a_png(tmp_path):
+    monitor = GradientMonitor(model_with_grads())
+    monitor.log_gradient_norms(1)
+    figure = monitor.plot_gradient_flow(tmp_path / "flow.png")
+    assert (tmp_path / "flow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert figure.axes[0].get_yscale() == "log"
+
+
+def test_monitor_callback_writes_plot_and_stats_beside_the_checkpoints(tiny_pipeline, tmp_path):
+    tiny_pipeline.write_text(tiny_pipeline.read_text() + '\n[[callbacks]]\nuse = "gradient-monitor"\nevery = 2\n')
+    result = cli("run", str(tiny_pipeline), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads((tmp_path / "run" / "gradient_stats.json").read_text())
+    assert stats["steps"] == [2, 4] and "decoder.0.attn.q.weight" in stats["layers"] and stats["anomalies"] == []
+    assert (tmp_path / "run" / "gradient_flow.png").exists()
+
+
+@pytest.mark.parametrize(("action", "steps"), [("warn", 5), ("skip_step", 5), ("stop", 3)])
+def test_nan_gradients_are_reported_with_layers_and_acted_on(tmp_path, action, steps):
+    from test_training import NaNOnce, PaddedData
+
+    from apt_kernel.runner import run_pipeline
+    from apt_sdk import hookimpl
+    from apt_sdk.testing import IsolatedKernel
+
+    reports = []
+
+    class Plugin:
+        @hookimpl
+        def register_data(self, register):
+            register("padded", lambda options, context: PaddedData(8))
+
+        @hookimpl
+        def register_losses(self, register):
+            register("nan-once", lambda options, context: NaNOnce(at_call=3))
+
+        @hookimpl
+        def error_reported(self, error):
+            reports.append(error)
+
+    kernel = IsolatedKernel()
+    kernel.add(Plugin(), {"kernel_api": "^1.0", "provides": {"data": {"padded": {}}, "loss": {"nan-once": {}}}},
+               name="nan")
+    result, context = run_pipeline({
+        "pipeline": {"name": "nan", "output_dir": str(tmp_path / action)},
+        "data": {"use": "padded"},
+        "model": {"use": "apt-lm", "d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64},
+        "loss": {"use": "nan-once"},
+        "trainer": {"use": "apt-trainer", "export": False, "save_every_epoch": False, "log_every": 1,
+                    "grad_clip": 0.0},
+        "callbacks": [{"use": "gradient-monitor", "every": 1, "on_anomaly": action}]}, kernel=kernel)
+    monitor_report = next(r for r in reports if r.get("layers"))
+    assert monitor_report["global_step"] == 3 and "tok.weight" in monitor_report["layers"]
+    assert monitor_report["action"] == action and result["steps"] == steps
+    assert all(torch.isfinite(v).all() for v in context.model.state_dict().values())
