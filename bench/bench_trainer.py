@@ -53,7 +53,7 @@ class StepTimer:
         return {}
 
 
-def trainer_steps(steps: int, out: Path) -> tuple[float, object]:
+def trainer_steps(steps: int, out: Path, callbacks: list[dict] | None = None) -> tuple[float, object]:
     from apt_sdk import hookimpl
     from apt_sdk.testing import IsolatedKernel
 
@@ -67,8 +67,10 @@ def trainer_steps(steps: int, out: Path) -> tuple[float, object]:
     kernel = IsolatedKernel()
     kernel.add(Plugin(), {"kernel_api": "^1.0", "provides": {"callback": {"step-timer": {}}}}, name="timer")
     pipeline = {**PIPELINE, "pipeline": {**PIPELINE["pipeline"], "output_dir": str(out)},
-                "trainer": {**PIPELINE["trainer"], "max_steps": steps}, "callbacks": [{"use": "step-timer"}]}
+                "trainer": {**PIPELINE["trainer"], "max_steps": steps},
+                "callbacks": [*(callbacks or []), {"use": "step-timer"}]}
     _, context = run_pipeline(pipeline, kernel=kernel)
+    context.step_times = timer.times[2:]  # for callers that need more than the median
     return statistics.median(timer.times[2:]), context
 
 

@@ -101,3 +101,44 @@ def test_nan_gradients_are_reported_with_layers_and_acted_on(tmp_path, action, s
     assert monitor_report["global_step"] == 3 and "tok.weight" in monitor_report["layers"]
     assert monitor_report["action"] == action and result["steps"] == steps
     assert all(torch.isfinite(v).all() for v in context.model.state_dict().values())
+
+
+def events(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0, "images": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_tensorboard_callback_writes_readable_event_files(tiny_pipeline, tmp_path):
+    tiny_pipeline.write_text(tiny_pipeline.read_text().replace("max_steps = 4", "max_steps = 6\neval_every = 3")
+                             + '\n[[callbacks]]\nuse = "gradient-monitor"\nevery = 2\n'
+                             '\n[[callbacks]]\nuse = "tensorboard"\nevery = 2\nhistogram_every = 3\n')
+    result = cli("run", str(tiny_pipeline), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    log_dir = tmp_path / "run" / "tensorboard"
+    assert f"tensorboard --logdir {log_dir}" in result.stdout
+    acc = events(log_dir)
+    tags = acc.Tags()
+    assert [e.step for e in acc.Scalars("train/loss")] == [2, 4, 6]
+    assert [e.step for e in acc.Scalars("val/loss")] == [3, 6]
+    assert [e.step for e in acc.Scalars("train/lr")] == [2, 4, 6]
+    assert "weights/tok.weight" in tags["histograms"] and "gradients/decoder.0.attn.q.weight" in tags["histograms"]
+    assert [e.step for e in acc.Histograms("weights/tok.weight")] == [3, 6]
+    assert "attention/layer0" in tags["images"] and "gradients/flow" in tags["images"]
+    assert tags["graph"]  # the model graph traced
+
+
+def test_wandb_without_the_package_is_a_message_not_a_failure(tmp_path, caplog):
+    import importlib.util
+
+    from apt_plugin_monitor import TrainingVisualizer
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    visualizer = TrainingVisualizer(tmp_path / "tb", use_wandb=True)
+    assert "wandb is not installed" in visualizer.message
+    visualizer.log_scalars(1, {"loss": 2.0}, "train")
+    visualizer.close()
+    assert [e.value for e in events(tmp_path / "tb").Scalars("train/loss")] == [2.0]

@@ -1,4 +1,4 @@
-"""Gradient monitoring for APT Kernel runs."""
+"""Gradient monitoring and TensorBoard visualisation for APT Kernel runs."""
 
 __version__ = "0.1.0"
 
@@ -9,4 +9,8 @@ def __getattr__(name: str):
         from .gradients import GradientMonitor
 
         return GradientMonitor
+    if name == "TrainingVisualizer":
+        from .visualizer import TrainingVisualizer
+
+        return TrainingVisualizer
     raise AttributeError(name)

@@ -56,3 +56,64 @@ class GradientMonitorCallback(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.anomalies = list(state["anomalies"])
+
+
+class TensorBoardCallback(Callback):
+    """Scalars every `every` steps (read at that interval only), histograms every `histogram_every`,
+    the graph and attention maps at the start and end, the gradient-flow figure if a monitor runs."""
+
+    def __init__(self, log_dir: Path, every: int, histogram_every: int, attention: bool, graph: bool,
+                 use_wandb: bool) -> None:
+        self.log_dir, self.every, self.histogram_every = log_dir, every, histogram_every
+        self.attention, self.graph, self.use_wandb = attention, graph, use_wandb
+        self.visualizer = None
+
+    def _example(self, trainer):
+        batch = next(iter(trainer.data.val_batches()), None) or next(iter(trainer.data.train_batches(0)))
+        return batch["input_ids"][:1].to(next(trainer.model.parameters()).device)
+
+    def on_fit_start(self, trainer) -> None:
+        if not trainer.is_main:
+            return
+        from .visualizer import TrainingVisualizer
+
+        self.visualizer = TrainingVisualizer(self.log_dir, self.use_wandb)
+        if getattr(self.visualizer, "message", None):
+            trainer.log(self.visualizer.message)
+        trainer.log(f"TensorBoard: tensorboard --logdir {self.log_dir}")
+        if self.graph:
+            self.visualizer.log_graph(trainer.model, self._example(trainer))
+        if self.attention:
+            self.visualizer.log_attention(trainer.model, self._example(trainer), trainer.global_step)
+
+    def on_before_optimizer_step(self, trainer, step: int) -> None:
+        if self.visualizer is not None and self.histogram_every and step % self.histogram_every == 0:
+            self.visualizer.log_histograms(trainer.model, step)
+
+    def on_train_batch_end(self, trainer, step: int, metrics: dict) -> None:
+        if self.visualizer is not None and step % self.every == 0:
+            values = {"loss": metrics["loss"], "lr": metrics["lr"]}
+            if "tokens_per_s" in trainer.last_metrics:
+                values["tokens_per_s"] = trainer.last_metrics["tokens_per_s"]
+            self.visualizer.log_scalars(step, values, "train")
+
+    def on_validation_end(self, trainer, metrics: dict) -> None:
+        if self.visualizer is not None:
+            self.visualizer.log_scalars(trainer.global_step, {"loss": metrics["val_loss"]}, "val")
+
+    def on_fit_end(self, trainer, result: dict) -> None:
+        if self.visualizer is None:
+            return
+        step = trainer.global_step
+        if self.attention:
+            self.visualizer.log_attention(trainer.model, self._example(trainer), step)
+        for callback in trainer.context.callbacks:
+            if isinstance(callback, GradientMonitorCallback) and callback.monitor and callback.monitor.steps:
+                self.visualizer.log_figure("gradients/flow", callback.monitor.plot_gradient_flow(
+                    self.log_dir / "gradient_flow.png"), step)
+        self.visualizer.close()
+        result["tensorboard"] = str(self.log_dir)
+
+    def on_exception(self, trainer, error: BaseException) -> None:
+        if self.visualizer is not None:
+            self.visualizer.close()

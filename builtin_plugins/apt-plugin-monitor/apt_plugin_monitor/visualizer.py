@@ -1,0 +1,92 @@
+"""TensorBoard logging: scalars, weight and gradient histograms, figures, the model graph, and
+attention heatmaps of the APT model (the autopoietic refinement next to plain attention)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("apt.visualizer")
+
+
+class TrainingVisualizer:
+    def __init__(self, log_dir: str | Path, use_wandb: bool = False) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.log_dir = Path(log_dir)
+        self.writer = SummaryWriter(str(self.log_dir))
+        self.wandb = None
+        if use_wandb:
+            try:
+                import wandb
+
+                self.wandb = wandb
+            except ImportError:
+                self.message = "use_wandb = true but wandb is not installed (pip install wandb): TensorBoard only"
+                log.warning(self.message)
+
+    def log_scalars(self, step: int, values: dict[str, float], prefix: str) -> None:
+        for name, value in values.items():
+            self.writer.add_scalar(f"{prefix}/{name}", float(value), step)
+        if self.wandb is not None and self.wandb.run is not None:
+            self.wandb.log({f"{prefix}/{k}": float(v) for k, v in values.items()}, step=step)
+
+    def log_histograms(self, model: torch.nn.Module, step: int, gradients: bool = True) -> None:
+        for name, param in model.named_parameters():
+            self.writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
+            if gradients and param.grad is not None and torch.isfinite(param.grad).all():
+                self.writer.add_histogram(f"gradients/{name}", param.grad.detach().float().cpu(), step)
+
+    def log_figure(self, tag: str, figure, step: int) -> None:
+        self.writer.add_figure(tag, figure, step)
+
+    def log_graph(self, model: torch.nn.Module, example: torch.Tensor) -> bool:
+        try:
+            self.writer.add_graph(model, example)
+            return True
+        except Exception as exc:  # tracing is best effort; a model that cannot be traced still trains
+            log.warning("model graph not logged: %s", exc)
+            return False
+
+    @torch.no_grad()
+    def log_attention(self, model: torch.nn.Module, input_ids: torch.Tensor, step: int) -> int:
+        """One figure per attention layer: head-0 probabilities as trained, and with the refinement off."""
+        if not hasattr(model, "set_record_attention"):
+            return 0
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        was_training = model.training
+        model.eval()
+        layers = [m for m in model.modules() if hasattr(m, "record_attention") and not getattr(m, "cross", False)]
+        model.set_record_attention(True)
+        model(input_ids[:1])
+        trained = [m.last_attention[0, 0].float().cpu() for m in layers]
+        gates = [(m, m.gate.detach().clone()) for m in layers if hasattr(m, "gate")]
+        for module, _ in gates:
+            module.gate.zero_()  # plain attention: the same weights without the refinement
+        model(input_ids[:1])
+        plain = [m.last_attention[0, 0].float().cpu() for m in layers]
+        for module, gate in gates:
+            module.gate.copy_(gate)
+        model.set_record_attention(False)
+        model.train(was_training)
+        for index, (refined, base) in enumerate(zip(trained, plain, strict=True)):
+            figure, axes = plt.subplots(1, 2, figsize=(8, 4))
+            for axis, matrix, title in ((axes[0], refined, "as trained"), (axes[1], base, "refinement off")):
+                axis.imshow(matrix.numpy(), cmap="viridis", vmin=0, vmax=float(max(refined.max(), base.max())))
+                axis.set_title(f"layer {index}, head 0: {title}", fontsize=8)
+                axis.set_xlabel("key")
+                axis.set_ylabel("query")
+            figure.tight_layout()
+            self.writer.add_figure(f"attention/layer{index}", figure, step)
+            plt.close(figure)
+        return len(layers)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
