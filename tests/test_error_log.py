@@ -103,30 +103,9 @@ def test_a_clean_run_writes_no_error_rows(tiny_pipeline, tmp_path):
 
 
 def test_a_skipped_nan_step_is_recorded(tmp_path):
-    from test_training import NaNOnce, PaddedData
+    from test_training import run_with_nan_step
 
-    from apt_kernel.runner import run_pipeline
-    from apt_sdk import hookimpl
-    from apt_sdk.testing import IsolatedKernel
-
-    class Plugin:
-        @hookimpl
-        def register_data(self, register):
-            register("padded", lambda options, context: PaddedData(8))
-
-        @hookimpl
-        def register_losses(self, register):
-            register("nan-once", lambda options, context: NaNOnce(at_call=3))
-
-    kernel = IsolatedKernel()
-    kernel.add(Plugin(), {"kernel_api": "^1.0", "provides": {"data": {"padded": {}}, "loss": {"nan-once": {}}}},
-               name="nan")
-    run_pipeline({"pipeline": {"name": "nan", "output_dir": str(tmp_path / "nan")},
-                  "data": {"use": "padded"},
-                  "model": {"use": "apt-lm", "d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64},
-                  "loss": {"use": "nan-once"},
-                  "trainer": {"use": "apt-trainer", "export": False, "save_every_epoch": False, "log_every": 1},
-                  "callbacks": [{"use": "error-log"}]}, kernel=kernel)
+    run_with_nan_step(tmp_path / "nan", callbacks=[{"use": "error-log"}])
     (row,) = ErrorLogger(tmp_path / "nan" / "errors.db").search()
     assert row["error_type"] == "NonFiniteGradients" and row["global_step"] == 3 and row["severity"] == "warning"
     assert row["pipeline"] == "nan"

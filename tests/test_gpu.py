@@ -113,48 +113,13 @@ def test_fp16_with_grad_scaler_trains_and_the_scaler_survives_a_checkpoint(tmp_p
 
 
 def test_a_nan_step_is_skipped_on_cuda_without_changing_parameters(tmp_path):
-    from test_training import NaNOnce, PaddedData
+    from test_training import run_with_nan_step
 
-    from apt_kernel.runner import run_pipeline
-    from apt_sdk import hookimpl
-    from apt_sdk.testing import IsolatedKernel
-
-    snapshots = {}
-
-    class Plugin:
-        @hookimpl
-        def register_data(self, register):
-            register("padded", lambda options, context: PaddedData(8))
-
-        @hookimpl
-        def register_losses(self, register):
-            register("nan-once", lambda options, context: NaNOnce(at_call=3))
-
-        @hookimpl
-        def register_callbacks(self, register):
-            register("snap", lambda options, context: Snap())
-
-    class Snap:
-        def __getattr__(self, name):
-            return lambda *args: None
-
-        def on_train_batch_end(self, trainer, step, metrics):
-            snapshots[step] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-
-    kernel = IsolatedKernel()
-    kernel.add(Plugin(), {"kernel_api": "^1.0", "provides": {"data": {"padded": {}}, "loss": {"nan-once": {}},
-                                                             "callback": {"snap": {}}}}, name="nan")
     for precision in ("bf16", "fp16"):
-        snapshots.clear()
-        run_pipeline({"pipeline": {"name": "nan", "output_dir": str(tmp_path / precision)},
-                      "data": {"use": "padded"},
-                      "model": {"use": "apt-lm", "d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64},
-                      "loss": {"use": "nan-once"},
-                      "trainer": {"use": "apt-trainer", "device": "cuda", "precision": precision,
-                                  "learning_rate": 1e-2, "export": False, "save_every_epoch": False},
-                      "callbacks": [{"use": "snap"}]}, kernel=kernel)
-        for name, value in snapshots[3].items():
-            assert torch.equal(value, snapshots[2][name]), (precision, name)
+        probe, _, _ = run_with_nan_step(tmp_path / precision, trainer={"device": "cuda", "precision": precision,
+                                                                       "learning_rate": 1e-2})
+        for name, value in probe.params[3].items():
+            assert torch.equal(value, probe.params[2][name]), (precision, name)
 
 
 def test_compiled_model_trains_on_cuda(tiny_pipeline):

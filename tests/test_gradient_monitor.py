@@ -65,38 +65,12 @@ def test_monitor_callback_writes_plot_and_stats_beside_the_checkpoints(tiny_pipe
 
 @pytest.mark.parametrize(("action", "steps"), [("warn", 5), ("skip_step", 5), ("stop", 3)])
 def test_nan_gradients_are_reported_with_layers_and_acted_on(tmp_path, action, steps):
-    from test_training import NaNOnce, PaddedData
+    from test_training import run_with_nan_step
 
-    from apt_kernel.runner import run_pipeline
-    from apt_sdk import hookimpl
-    from apt_sdk.testing import IsolatedKernel
-
-    reports = []
-
-    class Plugin:
-        @hookimpl
-        def register_data(self, register):
-            register("padded", lambda options, context: PaddedData(8))
-
-        @hookimpl
-        def register_losses(self, register):
-            register("nan-once", lambda options, context: NaNOnce(at_call=3))
-
-        @hookimpl
-        def error_reported(self, error):
-            reports.append(error)
-
-    kernel = IsolatedKernel()
-    kernel.add(Plugin(), {"kernel_api": "^1.0", "provides": {"data": {"padded": {}}, "loss": {"nan-once": {}}}},
-               name="nan")
-    result, context = run_pipeline({
-        "pipeline": {"name": "nan", "output_dir": str(tmp_path / action)},
-        "data": {"use": "padded"},
-        "model": {"use": "apt-lm", "d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64},
-        "loss": {"use": "nan-once"},
-        "trainer": {"use": "apt-trainer", "export": False, "save_every_epoch": False, "log_every": 1,
-                    "grad_clip": 0.0},
-        "callbacks": [{"use": "gradient-monitor", "every": 1, "on_anomaly": action}]}, kernel=kernel)
+    probe, result, context = run_with_nan_step(
+        tmp_path / action, trainer={"grad_clip": 0.0},
+        callbacks=[{"use": "gradient-monitor", "every": 1, "on_anomaly": action}])
+    reports = probe.errors
     monitor_report = next(r for r in reports if r.get("layers"))
     assert monitor_report["global_step"] == 3 and "tok.weight" in monitor_report["layers"]
     assert monitor_report["action"] == action and result["steps"] == steps

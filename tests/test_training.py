@@ -151,52 +151,65 @@ class NaNOnce:
         return total, (labels != -100).sum()
 
 
-class Recorder:
+class NaNProbe:
+    """An in-process plugin: padded data, a loss whose gradient is NaN on the third micro-batch, a
+    callback keeping each step's parameters, and a record of every error the kernel reports."""
+
+    MANIFEST = {"kernel_api": "^1.0", "provides": {"data": {"padded": {}}, "loss": {"nan-once": {}},
+                                                   "callback": {"snapshots": {}}}}
+
     def __init__(self):
         self.errors, self.params = [], {}
+
+    @hookimpl
+    def register_data(self, register):
+        register("padded", lambda options, context: PaddedData(8))
+
+    @hookimpl
+    def register_losses(self, register):
+        register("nan-once", lambda options, context: NaNOnce(at_call=3))
+
+    @hookimpl
+    def register_callbacks(self, register):
+        register("snapshots", lambda options, context: _Snapshots(self.params))
 
     @hookimpl
     def error_reported(self, error):
         self.errors.append(error)
 
 
-def test_a_non_finite_step_is_skipped_and_reported(tmp_path):
-    recorder = Recorder()
+class _Snapshots:
+    def __init__(self, params):
+        self.params = params
 
-    class Plugin(TestPlugin):
-        @hookimpl
-        def register_losses(self, register):
-            register("nan-once", lambda options, context: NaNOnce(at_call=3))
+    def __getattr__(self, name):  # every other event: nothing to do
+        return lambda *args: None
 
-        @hookimpl
-        def register_callbacks(self, register):
-            register("snapshots", lambda options, context: Snapshots())
+    def on_train_batch_end(self, trainer, step, metrics):
+        self.params[step] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
-    class Snapshots:
-        def __getattr__(self, name):  # every other event: nothing to do
-            return lambda *args: None
+    def state_dict(self):
+        return {}
 
-        def on_train_batch_end(self, trainer, step, metrics):
-            recorder.params[step] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
-        def state_dict(self):
-            return {}
-
+def run_with_nan_step(output_dir, trainer=None, callbacks=()):
+    """Train 5 steps of a tiny model whose step 3 has NaN gradients; returns (probe, result, context)."""
+    probe = NaNProbe()
     kernel = IsolatedKernel()
-    kernel.add(recorder, {"kernel_api": "^1.0"}, name="recorder")
-    kernel.add(Plugin(), {"kernel_api": "^1.0", "provides": {"data": {"padded": {"allow_extra_options": True}},
-                                                             "loss": {"nan-once": {}},
-                                                             "callback": {"snapshots": {}}}}, name="nan")
-    pipeline = {
-        "pipeline": {"name": "nan", "output_dir": str(tmp_path / "nan")},
-        "data": {"use": "padded", "batch_size": 8},
+    kernel.add(probe, NaNProbe.MANIFEST, name="nan")
+    result, context = run_pipeline({
+        "pipeline": {"name": "nan", "output_dir": str(output_dir)},
+        "data": {"use": "padded"},
         "model": {"use": "apt-lm", "d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64},
         "loss": {"use": "nan-once"},
-        "trainer": {"use": "apt-trainer", "learning_rate": 1e-2, "log_every": 1, "export": False,
-                    "save_every_epoch": False},
-        "callbacks": [{"use": "snapshots"}],
-    }
-    result, context = run_pipeline(pipeline, kernel=kernel)
+        "trainer": {"use": "apt-trainer", "export": False, "save_every_epoch": False, "log_every": 1,
+                    **(trainer or {})},
+        "callbacks": [*callbacks, {"use": "snapshots"}]}, kernel=kernel)
+    return probe, result, context
+
+
+def test_a_non_finite_step_is_skipped_and_reported(tmp_path):
+    recorder, result, context = run_with_nan_step(tmp_path / "nan", trainer={"learning_rate": 1e-2})
     for name, value in recorder.params[3].items():
         assert torch.equal(value, recorder.params[2][name]), f"{name} changed on the skipped step"
     assert not all(torch.equal(v, recorder.params[3][k]) for k, v in recorder.params[4].items())
