@@ -95,16 +95,20 @@ def _plan(pipeline, overrides, plugins_dirs, strict):
 @click.option("--nnodes", help="Nodes for torchrun (e.g. 2); with --rdzv-endpoint.")
 @click.option("--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous address shared by all nodes.")
 @click.option("--rdzv-id", default="apt-kernel", show_default=True, help="Rendezvous id shared by all nodes.")
+@click.option("--sandbox-all", is_flag=True, help="Run every callback in a sandbox worker (docs/sandbox.md).")
 @_plugin_options
 @_user_errors
 def run(pipeline, overrides, resume, no_progress, profile, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id,
-        plugins_dirs, strict):
+        sandbox_all, plugins_dirs, strict):
     """Validate PIPELINE, then train it (on N processes with --nproc-per-node)."""
     from .errors import RunInterrupted
     from .runner import execute
 
     overrides = list(overrides) + ([f"trainer.resume_from={resume!r}"] if resume else [])
     kernel, plan = _plan(pipeline, overrides, plugins_dirs, strict)
+    if sandbox_all and len(plan.sandboxed) < len(plan.config.callbacks):
+        overrides += [f"callbacks.{i}.sandbox=true" for i in range(len(plan.config.callbacks))]
+        kernel, plan = _plan(pipeline, overrides, plugins_dirs, strict)
     if nproc_per_node and "RANK" not in os.environ:  # the launcher: validated, now torchrun takes over
         _exec_torchrun(pipeline, overrides, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id, plugins_dirs, strict,
                        profile)
@@ -241,12 +245,17 @@ def plugins_info(name, plugins_dirs, strict):
 
 @plugins.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--sandbox", is_flag=True, help="Show which sandbox layers this machine can apply (docs/sandbox.md).")
 @_plugin_options
 @_user_errors
-def plugins_doctor(as_json, plugins_dirs, strict):
+def plugins_doctor(as_json, sandbox, plugins_dirs, strict):
     """Import every plugin in a child process and report failures and crashes."""
     from .discovery import StatusStore, discover, kernel_home
     from .doctor import run_doctor
+
+    if sandbox:
+        _sandbox_doctor(as_json)
+        return
 
     report = run_doctor(discover(plugins_dirs), list(plugins_dirs), StatusStore(kernel_home() / "plugin-status.json"))
     if as_json:
@@ -262,6 +271,23 @@ def plugins_doctor(as_json, plugins_dirs, strict):
     bad = [r for r in report if r["status"] in ("failed", "crashed")]
     if bad and (strict or os.environ.get("APT_STRICT_PLUGINS")):
         sys.exit(1)
+
+
+def _sandbox_doctor(as_json: bool) -> None:
+    from .sandbox.host import probe_layers
+
+    layers = probe_layers()
+    if as_json:
+        import json
+
+        click.echo(json.dumps(layers, indent=2))
+        return
+    width = max(len(layer["name"]) for layer in layers)
+    click.echo(f"{'layer':<{width}}  {'status':<11}  detail")
+    for layer in layers:
+        status = click.style(f"{'active' if layer['active'] else 'UNAVAILABLE':<11}",
+                             fg="green" if layer["active"] else "red")
+        click.echo(f"{layer['name']:<{width}}  {status}  {layer['detail']}")
 
 
 @main.command("new-plugin")

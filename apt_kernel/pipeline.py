@@ -28,6 +28,7 @@ from pydantic import (
 from .errors import PipelineError
 from .manifest import ComponentDecl, OptionSpec
 from .registry import closest
+from .sandbox.host import SandboxLimits
 
 
 class ComponentSpec(BaseModel):
@@ -35,6 +36,8 @@ class ComponentSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     use: StrictStr
+    sandbox: StrictBool = False  # run this component in a confined worker process (callbacks)
+    limits: SandboxLimits | None = None  # the sandbox's limits; implies sandbox = true
 
     @property
     def options(self) -> dict[str, Any]:
@@ -58,6 +61,8 @@ class PipelineConfig(BaseModel):
     trainer: ComponentSpec
     callbacks: list[ComponentSpec] = Field(default_factory=list)
     encoders: dict[str, ComponentSpec] = Field(default_factory=dict)
+    # [tool.<name>] tables belong to plugin commands (as in pyproject.toml); `run` ignores them
+    tool: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @property
     def output_dir(self) -> Path:
@@ -139,7 +144,7 @@ def _index(items: list, part: str, text: str) -> Any:
     return items[int(part)]
 
 
-_TABLES = ("pipeline", "data", "model", "loss", "trainer", "callbacks", "encoders")
+_TABLES = ("pipeline", "data", "model", "loss", "trainer", "callbacks", "encoders", "tool")
 
 
 def _schema_errors(exc: ValidationError, source: Source) -> PipelineError:
@@ -167,9 +172,9 @@ def _schema_errors(exc: ValidationError, source: Source) -> PipelineError:
 
 def _table_key(loc: list[str]) -> tuple[str, str | None]:
     if loc[0] == "callbacks" and len(loc) >= 2:
-        return f"callbacks[{loc[1]}]", loc[2] if len(loc) > 2 else None
+        return f"callbacks[{loc[1]}]", ".".join(loc[2:]) or None
     if loc[0] == "encoders" and len(loc) >= 2:
-        return f"encoders.{loc[1]}", loc[2] if len(loc) > 2 else None
+        return f"encoders.{loc[1]}", ".".join(loc[2:]) or None
     return loc[0], ".".join(loc[1:]) or None
 
 

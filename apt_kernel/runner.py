@@ -16,6 +16,8 @@ from .errors import DuplicateComponentError, PluginLoadError, UserError
 from .kernel import Kernel, PluginHookError
 from .pipeline import PipelineConfig, Source, validate_options
 from .registry import closest
+from .sandbox.callback import SandboxedCallback
+from .sandbox.host import SandboxLimits, SandboxStopped
 from .solver import KERNEL_API, Catalog, solve
 
 
@@ -28,6 +30,7 @@ class Plan:
     source: Source
     providers: dict[str, PluginInfo] = field(default_factory=dict)  # table label -> plugin
     plugins: list[str] = field(default_factory=list)  # to load, dependencies first
+    sandboxed: set[str] = field(default_factory=set)  # tables whose component runs in a sandbox worker
 
 
 def _provider(kernel: Kernel, table: str, kind: str, name: str, source: Source) -> PluginInfo:
@@ -60,6 +63,11 @@ def plan_pipeline(kernel: Kernel, config: PipelineConfig, data: dict, source: So
         options = validate_options(table, kind, spec, info.manifest.provides[kind][spec.use], source)
         plan.providers[table] = info
         _section(plan.data, table).update(options)
+        if spec.sandbox or spec.limits is not None or info.manifest.sandbox:  # the manifest may ask for it
+            if kind != "callback":
+                why = f"plugin {info.name!r} asks for the sandbox, but " if not spec.sandbox else ""
+                raise source.error(table, "sandbox", f"{why}only callbacks can run in the sandbox, not a {kind}")
+            plan.sandboxed.add(table)
     catalog = Catalog()
     for info in kernel.plugins.values():
         if info.manifest is not None and info.status != "failed":
@@ -73,8 +81,13 @@ def plan_pipeline(kernel: Kernel, config: PipelineConfig, data: dict, source: So
         if kernel.plugins[name].status != INSTALLED:
             info = kernel.plugins[name]
             raise PluginLoadError(f"plugin {name!r} is needed but {info.status}: {info.reason}")
-    plan.plugins = order
+    in_process = {info.name for table, info in plan.providers.items() if table not in plan.sandboxed}
+    sandbox_only = {plan.providers[table].name for table in plan.sandboxed} - in_process
+    plan.plugins = [name for name in order if name not in sandbox_only]  # never imported in this process
     return plan
+
+
+SPEC_KEYS = ("use", "sandbox", "limits")  # read by the kernel, not options of the component
 
 
 def _section(data: dict, table: str) -> dict:
@@ -108,7 +121,7 @@ def load_components(kernel: Kernel, plan: Plan) -> None:
         if name not in kernel.loaded:
             raise PluginLoadError(f"plugin {name!r} failed to load: {info.reason}")
     for table, kind, spec in plan.config.components():
-        if kernel.registry.get(kind, spec.use) is None:
+        if table not in plan.sandboxed and kernel.registry.get(kind, spec.use) is None:
             owner = plan.providers[table].name
             raise PluginLoadError(f"plugin {owner!r} declares {kind} {spec.use!r} in its manifest "
                                   f"but did not register it")
@@ -130,12 +143,25 @@ def _build(kernel: Kernel, kind: str, name: str, options: dict, context: BuildCo
 def _watch(kernel: Kernel, plan: Plan, context: BuildContext) -> None:
     """With --profile: time what each plugin's components do during training."""
     profiler = kernel.profiler
-    owner = {table: kernel.registry.get(kind, spec.use).plugin for table, kind, spec in plan.config.components()}
+    owner = {table: plan.providers[table].name if table in plan.sandboxed
+             else kernel.registry.get(kind, spec.use).plugin for table, kind, spec in plan.config.components()}
     for index, (callback, spec) in enumerate(zip(context.callbacks, plan.config.callbacks, strict=True)):
         profiler.watch_callback(callback, owner[f"callbacks[{index}]"], spec.use)
     profiler.watch_model(context.model, owner["model"], plan.config.model.use)
     profiler.watch_data(context.data, owner["data"], plan.config.data.use)
     context.loss = profiler.timed(owner["loss"], f"loss {plan.config.loss.use}", context.loss)
+
+
+def _raise_if_a_sandbox_stopped(plan: Plan, context: BuildContext, result: dict) -> None:
+    """A sandboxed plugin that failed with on_failure = "stop" ended training cleanly (checkpoint saved):
+    the run still failed, and says which plugin did it."""
+    for table, callback in zip((t for t, kind, _ in plan.config.components() if kind == "callback"),
+                               context.callbacks, strict=True):
+        reason = callback.stop_reason if isinstance(callback, SandboxedCallback) else None
+        if reason:
+            saved = f"; last checkpoint: {result['checkpoint']}" if result.get("checkpoint") else ""
+            raise PluginHookError(plan.providers[table].name, f"{table} (sandboxed)",
+                                  SandboxStopped(f"{reason}; training stopped at step {result.get('steps')}{saved}"))
 
 
 def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True,
@@ -158,8 +184,12 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True,
     kernel.call_hook("pipeline_start", pipeline=data, run_dir=str(run_dir))
     try:
         for table, kind, spec in config.components():
-            built = _build(kernel, kind, spec.use, {k: v for k, v in _section(data, table).items() if k != "use"},
-                           context)
+            options = {k: v for k, v in _section(data, table).items() if k not in SPEC_KEYS}
+            if table in plan.sandboxed:
+                built = SandboxedCallback(plan.providers[table], spec.use, options, spec.limits or SandboxLimits(),
+                                          context)
+            else:
+                built = _build(kernel, kind, spec.use, options, context)
             if kind == "encoder":
                 context.encoders[table.split(".", 1)[1]] = built
             elif kind == "callback":
@@ -172,11 +202,13 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True,
             (run_dir / "pipeline.json").write_text(json.dumps(data, indent=2))
         if profiler is None:
             result = context.trainer.fit(context)
+            _raise_if_a_sandbox_stopped(plan, context, result)
         else:
             _watch(kernel, plan, context)
             started, profiler.training = time.perf_counter(), True
             result = context.trainer.fit(context)
             profiler.fit_seconds, profiler.training = time.perf_counter() - started, False
+            _raise_if_a_sandbox_stopped(plan, context, result)
             profiler.record(kernel.registry.get("trainer", config.trainer.use).plugin,
                             f"trainer {config.trainer.use}.fit", profiler.fit_seconds)
             if context.is_main:
@@ -195,10 +227,7 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True,
     return result, context
 
 
-def run_pipeline(pipeline: str | Path | dict, overrides: list[str] | None = None, *,
-                 kernel: Kernel | None = None, plugins_dirs: tuple[str, ...] = (), log=None,
-                 progress: bool = False) -> tuple[dict, BuildContext]:
-    """Run a pipeline from a path, TOML text or dict, in this process (the Python API of ``run``)."""
+def _plan(pipeline: str | Path | dict, overrides: list[str] | None, kernel: Kernel) -> Plan:
     from .pipeline import load_pipeline, parse_pipeline
 
     if isinstance(pipeline, dict):
@@ -208,9 +237,22 @@ def run_pipeline(pipeline: str | Path | dict, overrides: list[str] | None = None
         config, data, source = load_pipeline(pipeline, overrides)
     else:
         config, data, source = parse_pipeline(pipeline, "<pipeline>", overrides)
+    return plan_pipeline(kernel, config, data, source)
+
+
+def run_pipeline(pipeline: str | Path | dict, overrides: list[str] | None = None, *,
+                 kernel: Kernel | None = None, plugins_dirs: tuple[str, ...] = (), log=None,
+                 progress: bool = False) -> tuple[dict, BuildContext]:
+    """Run a pipeline from a path, TOML text or dict, in this process (the Python API of ``run``)."""
     kernel = kernel or Kernel(plugins_dirs)
-    plan = plan_pipeline(kernel, config, data, source)
-    return execute(kernel, plan, log=log, progress=progress)
+    return execute(kernel, _plan(pipeline, overrides, kernel), log=log, progress=progress)
+
+
+def check_pipeline(pipeline: str | Path | dict, overrides: list[str] | None = None, *,
+                   kernel: Kernel | None = None, plugins_dirs: tuple[str, ...] = ()) -> dict:
+    """Validate a pipeline (schema, plugins, options) without running it; returns its data with the
+    overrides applied. Raises the same ``PipelineError``s as ``run``."""
+    return _plan(pipeline, overrides, kernel or Kernel(plugins_dirs)).data
 
 
 def _from_dict(data: dict, overrides: list[str] | None):

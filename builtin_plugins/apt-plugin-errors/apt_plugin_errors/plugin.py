@@ -8,6 +8,7 @@ from pathlib import Path
 
 from apt_sdk import BuildContext, Callback, RunInterrupted, hookimpl
 
+from .distributed import DistributedError
 from .logger import ErrorLogger
 
 _ACTIVE: dict[str, ErrorLog] = {}  # run_dir -> that run's error-log callback (hooks carry only run_dir)
@@ -30,15 +31,22 @@ class ErrorLog(Callback):
 
     def record(self, error, **fields) -> int:
         fields.setdefault("pipeline", self.pipeline["pipeline"]["name"])
-        return self.logger.log_error(error, context={"pipeline": self.pipeline}, run_id=str(self.run_dir),
-                                     checkpoint_path=latest_checkpoint(self.run_dir), **fields)
+        fields.setdefault("checkpoint_path", latest_checkpoint(self.run_dir))
+        return self.logger.log_error(error, context={"pipeline": self.pipeline}, run_id=str(self.run_dir), **fields)
 
     def on_exception(self, trainer, error: BaseException) -> None:
         if isinstance(error, RunInterrupted):  # a requested stop, not an error
             return
+        self.logged.add((type(error).__name__, str(error)))
+        if isinstance(error, DistributedError):  # rank 0 records each failing rank's own error, once
+            if trainer.is_main:
+                for failure in error.failures:
+                    self.record({k: failure[k] for k in ("type", "message", "traceback")}, plugin=failure["plugin"],
+                                rank=failure["rank"], epoch=trainer.epoch, global_step=failure["step"],
+                                checkpoint_path=getattr(error, "checkpoint", None))
+            return
         self.record(error, plugin=getattr(error, "plugin", None), rank=trainer.context.rank, epoch=trainer.epoch,
                     global_step=trainer.global_step)
-        self.logged.add((type(error).__name__, str(error)))
 
 
 def build_error_log(options: dict, context: BuildContext) -> ErrorLog:

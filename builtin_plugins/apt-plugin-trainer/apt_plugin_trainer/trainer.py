@@ -41,6 +41,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from apt_plugin_errors.distributed import DistributedError, DistributedErrorHandler
 from apt_sdk import BuildContext, RunInterrupted, UserError
 
 from .checkpoint import CheckpointManager
@@ -146,14 +147,6 @@ class Distributed:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank if it is true on any: ranks stop at the same step."""
-        if not self.enabled:
-            return flag
-        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
-
     def gather(self, obj: Any) -> list:
         if not self.enabled:
             return [obj]
@@ -218,6 +211,7 @@ class Trainer:
         o = self.o
         self.dist = Distributed(o["device"])
         self.device = self.dist.device
+        self.errors = DistributedErrorHandler(self.device)  # a failing rank must not leave the others hanging
         if o["deterministic"]:
             torch.use_deterministic_algorithms(True)
         if o["precision"] == "fp16" and self.device.type != "cuda":
@@ -332,20 +326,38 @@ class Trainer:
 
     # -- one optimizer step ----------------------------------------------------------------------
     def _train_step(self, window: list[dict], first_index: int) -> None:
-        module, count = self.train_module, torch.zeros((), device=self.device)
+        """One optimizer step. Every rank runs the same collectives even after a local error (it only
+        skips its own work) and checks the error flag before each backward that synchronises: a rank
+        that failed in data loading or forward is known to all before DDP/FSDP wait for its gradients."""
+        module, count, step = self.train_module, torch.zeros((), device=self.device), self.global_step + 1
         loss_total = torch.zeros((), device=self.device)
+        if not window:  # the data loader failed on this rank
+            self.errors.check()
         for i, batch in enumerate(window):
             last = i == len(window) - 1
             if self.fsdp:
+                self.errors.check()  # FSDP forward all-gathers
                 module.set_requires_gradient_sync(last)
             sync = nullcontext() if last or self.fsdp or not self.dist.enabled else module.no_sync()
             with sync:
-                loss_sum, n = self._forward_loss(module, batch)
-                (self.scaler.scale(loss_sum) if self.scaler else loss_sum).backward()
-            loss_total += loss_sum.detach()
-            count += n
-            self._call("on_micro_batch_end", self.epoch, first_index + i, batch)
+                if not self.errors.failed:
+                    with self.errors.capture(step):
+                        loss_sum, n = self._forward_loss(module, batch)
+                if last or self.fsdp:
+                    self.errors.check()
+                if not self.errors.failed:
+                    with self.errors.capture(step):
+                        (self.scaler.scale(loss_sum) if self.scaler else loss_sum).backward()
+                        loss_total += loss_sum.detach()
+                        count += n
+                        self._call("on_micro_batch_end", self.epoch, first_index + i, batch)
         totals = self.dist.sum(torch.stack([loss_total, count.float()]))  # the window's global token count
+        if self.errors.failed:
+            return  # reported by the check at the end of this step
+        with self.errors.capture(step):
+            self._update(totals)
+
+    def _update(self, totals: torch.Tensor) -> None:
         # DDP averaged the gradients over ranks; undo that and divide the sums by the global count
         factor = self.dist.world_size / totals[1].clamp(min=1)
         if self.scaler is not None:
@@ -399,12 +411,14 @@ class Trainer:
         model = self.context.model
         model.eval()
         sums = torch.zeros(2, device=self.device)
-        for i, batch in enumerate(self.data.val_batches()):
-            if self.o["eval_batches"] and i >= self.o["eval_batches"]:
-                break
-            loss_sum, n = self._forward_loss(model, batch)
-            sums += torch.stack([loss_sum, n.float()])
+        with self.errors.capture(self.global_step):
+            for i, batch in enumerate(self.data.val_batches()):
+                if self.o["eval_batches"] and i >= self.o["eval_batches"]:
+                    break
+                loss_sum, n = self._forward_loss(model, batch)
+                sums += torch.stack([loss_sum, n.float()])
         model.train()
+        self.errors.check()
         total, count = self.dist.sum(sums).tolist()
         return total / count if count else None
 
@@ -413,7 +427,8 @@ class Trainer:
         if val_loss is not None:
             self.last_metrics["val_loss"] = val_loss
             self.progress.note(f"step {self.global_step}: val loss {val_loss:.4f}")
-            self._call("on_validation_end", {"val_loss": val_loss, "step": self.global_step})
+            with self.errors.capture(self.global_step):
+                self._call("on_validation_end", {"val_loss": val_loss, "step": self.global_step})
         return val_loss
 
     # -- the loop --------------------------------------------------------------------------------
@@ -427,6 +442,20 @@ class Trainer:
                 window, first = [], index + 1
         if window:
             yield first, window
+
+    def _guarded(self, windows):
+        """The windows, with a loader error kept for the next check: this rank then trains on nothing."""
+        iterator = iter(windows)
+        while True:
+            item = None
+            with self.errors.capture(self.global_step + 1):
+                item = next(iterator, None)
+            if self.errors.failed:
+                yield self.batches_done, []
+                return
+            if item is None:
+                return
+            yield item
 
     def _install_signal_handlers(self) -> dict:
         if threading.current_thread() is not threading.main_thread():
@@ -453,24 +482,23 @@ class Trainer:
             for epoch in range(start_epoch, o["epochs"]):
                 self.epoch, self.batches_done = epoch, start_batch if epoch == start_epoch else 0
                 self._call("on_epoch_start", epoch)
-                for first, window in self._windows(epoch, self.batches_done):
+                for first, window in self._guarded(self._windows(epoch, self.batches_done)):
                     self._train_step(window, first)
-                    self.batches_done = first + len(window)
-                    metrics = {"loss": self._pending[-1][1], "lr": self.scheduler.get_last_lr()[0]}
-                    if o["log_every"] and self.global_step % o["log_every"] == 0:
-                        self._log_interval(started)
-                    self.progress.update(self.global_step, epoch)
-                    self._call("on_train_batch_end", self.global_step, metrics)
+                    if not self.errors.failed:
+                        with self.errors.capture(self.global_step):
+                            self._after_step(first + len(window), started)
                     if o["eval_every"] and self.global_step % o["eval_every"] == 0:
                         val_loss = self._validation()
                     if o["temp_checkpoint_freq"] and self.global_step % o["temp_checkpoint_freq"] == 0:
                         self._save_temp()
-                    if self.dist.any(self._signal is not None):
-                        interrupted = self._signal or signal.SIGTERM
-                        break
                     done = (o["max_steps"] and self.global_step >= o["max_steps"]) or \
                         (deadline is not None and time.perf_counter() >= deadline)
-                    if self.dist.any(bool(done or self.should_stop)):
+                    # one all-reduce per step: any rank failed / was signalled / wants to stop
+                    signalled, stop = self.errors.check(self._signal is not None, bool(done or self.should_stop))
+                    if signalled:
+                        interrupted = self._signal or signal.SIGTERM
+                        break
+                    if stop:
                         self.should_stop = True
                         break
                 if interrupted:
@@ -498,6 +526,8 @@ class Trainer:
                     f"saved {path}\nresume with: apt-kernel run <pipeline> --resume latest", interrupted)
         except BaseException as exc:
             self.progress.close()
+            if isinstance(exc, DistributedError):
+                self._save_after_failure(exc)
             self._call("on_exception", exc)
             self._restore_handlers(previous_handlers)
             self.dist.close()
@@ -514,6 +544,23 @@ class Trainer:
         self._call("on_fit_end", result)
         self.dist.close()
         return result
+
+    def _after_step(self, batches_done: int, started: float) -> None:
+        self.batches_done = batches_done
+        metrics = {"loss": self._pending[-1][1], "lr": self.scheduler.get_last_lr()[0]}
+        if self.o["log_every"] and self.global_step % self.o["log_every"] == 0:
+            self._log_interval(started)
+        self.progress.update(self.global_step, self.epoch)
+        self._call("on_train_batch_end", self.global_step, metrics)
+
+    def _save_after_failure(self, error: DistributedError) -> None:
+        """Every rank is alive and at the same check: save the last completed step (rank 0 writes)."""
+        try:
+            error.checkpoint = str(self._save_temp())
+            self.log(f"{error}\nsaved {error.checkpoint} (step {self.global_step}); "
+                     "resume with: apt-kernel run <pipeline> --resume latest")
+        except Exception as exc:  # noqa: BLE001 - the original error is what the user must see
+            self.log(f"warning: could not save a checkpoint after the failure: {exc}")
 
     def _restore_handlers(self, handlers: dict) -> None:
         for sig, handler in handlers.items():

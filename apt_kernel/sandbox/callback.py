@@ -1,0 +1,114 @@
+"""`SandboxedCallback`: the host-side stand-in for a callback that runs in a sandbox worker.
+
+The trainer calls it like any callback. Only the events the plugin's class overrides cross the
+boundary; each carries a read-only snapshot of the trainer (step, epoch, metrics) and comes back with
+the decisions the plugin may take (stop, skip the next update). When the plugin fails, the error is
+reported with the plugin's name and, per ``on_failure``, the run stops cleanly at the end of the step
+(and saves its checkpoint) or goes on without that call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .host import SandboxError, SandboxLimits, SandboxWorker, as_plain, package_dir, read_paths
+
+EVENTS = ("on_fit_start", "on_epoch_start", "on_micro_batch_end", "on_before_optimizer_step", "on_train_batch_end",
+          "on_validation_end", "on_epoch_end", "on_checkpoint_saved", "on_fit_end", "on_exception")
+
+
+def _trainer_view(trainer: Any) -> dict:
+    history = getattr(trainer, "loss_history", [])
+    return {"global_step": trainer.global_step, "epoch": trainer.epoch, "is_main": trainer.is_main,
+            "should_stop": bool(trainer.should_stop), "last_metrics": as_plain(dict(trainer.last_metrics)),
+            "recent_losses": [float(x) for x in history[-20:]]}
+
+
+class SandboxedCallback:
+    def __init__(self, plugin: Any, name: str, options: dict, limits: SandboxLimits, context: Any) -> None:
+        self.plugin, self.name, self.limits, self.context = plugin, name, limits, context
+        allow = [str(path).replace("${run_dir}", str(context.run_dir)) for path in limits.allow_paths]
+        limits = limits.model_copy(update={"allow_paths": allow})
+        module_dir = package_dir(plugin.module) if not plugin.path else None
+        extra_read = [p for p in (module_dir, plugin.path) if p]
+        init = {"mode": "component", "kind": "callback", "name": name, "options": options,
+                "plugin": {"name": plugin.name, "module": plugin.module if not plugin.path else
+                           f"apt_local_plugins.{plugin.name}", "path": plugin.path},
+                "context": {"pipeline_name": context.pipeline_name, "seed": context.seed,
+                            "run_dir": str(context.run_dir), "rank": context.rank, "world_size": context.world_size,
+                            "config": context.config},
+                "read_paths": sorted({*read_paths(), *extra_read})}
+        self.worker = SandboxWorker(init, limits, f"plugin {plugin.name!r} callback {name!r}",
+                                    echo=lambda line: context.log(f"[{name}] {line}"))
+        self.worker.start()  # confinement and the plugin's own errors show up now, before training
+        self.events = set(self.worker.ready.get("events", []))
+        self.failures = 0
+        self.stop_reason: str | None = None  # set when a failure stopped the run (on_failure = "stop")
+
+    def _forward(self, event: str, trainer: Any, *args: Any) -> Any:
+        if event not in self.events:
+            return None
+        try:
+            reply = self.worker.call({"method": event, "trainer": _trainer_view(trainer), "args": as_plain(list(args))})
+        except SandboxError as exc:
+            return self._failed(trainer, exc.kind, str(exc), None)
+        for decision, value in reply.get("decisions", {}).items():
+            if decision in ("should_stop", "skip_next_step") and value:
+                setattr(trainer, decision, True)
+        if not reply.get("ok"):
+            error = reply.get("error", {})
+            return self._failed(trainer, error.get("type", "Error"),
+                                f"plugin {self.plugin.name!r} callback {self.name!r} raised in {event}: "
+                                f"{error.get('type')}: {error.get('message')}", error.get("traceback"))
+        return reply.get("result")
+
+    def _failed(self, trainer: Any, kind: str, message: str, trace: str | None) -> None:
+        self.failures += 1
+        stop = self.limits.on_failure == "stop"
+        self.context.log(f"warning: {message}" + ("; stopping the run at the end of this step" if stop else
+                                                  "; the run goes on (on_failure = \"continue\")"))
+        self.context.report_error({"type": kind, "message": message, "traceback": trace, "plugin": self.plugin.name,
+                                   "hook": f"callback {self.name}", "severity": "error",
+                                   "global_step": getattr(trainer, "global_step", None),
+                                   "epoch": getattr(trainer, "epoch", None), "rank": self.context.rank})
+        if stop and trainer is not None:
+            trainer.should_stop = True
+            self.stop_reason = self.stop_reason or message
+        return None
+
+    def state_dict(self) -> dict:
+        if "state_dict" not in self.events:
+            return {}
+        result = self._forward_plain("state_dict")
+        return result if isinstance(result, dict) else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "load_state_dict" in self.events:
+            self._forward_plain("load_state_dict", state)
+
+    def _forward_plain(self, method: str, *args: Any) -> Any:
+        try:
+            reply = self.worker.call({"method": method, "trainer": None, "args": as_plain(list(args))})
+        except SandboxError as exc:
+            self._failed(None, exc.kind, str(exc), None)
+            return None
+        return reply.get("result") if reply.get("ok") else None
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+def _make_event(event: str):
+    def handler(self: SandboxedCallback, trainer: Any, *args: Any) -> None:
+        if event == "on_exception":
+            args = tuple({"type": type(a).__name__, "message": str(a)} if isinstance(a, BaseException) else a
+                         for a in args)
+        self._forward(event, trainer, *args)
+        if event in ("on_fit_end", "on_exception"):
+            self.close()
+
+    handler.__name__ = event
+    return handler
+
+
+for _event in EVENTS:
+    setattr(SandboxedCallback, _event, _make_event(_event))

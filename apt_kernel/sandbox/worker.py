@@ -1,0 +1,214 @@
+"""The sandbox worker: ``python -I -m apt_kernel.sandbox.worker FD``. It reads its orders from the
+socket FD, confines itself (confine.py), and only then imports plugin code and serves calls.
+
+Modes: ``component`` builds one plugin component (a callback) and calls its methods; ``exec`` runs code
+strings (`PluginSandbox.execute_plugin`)."""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import importlib.util
+import io
+import socket
+import sys
+import traceback
+from types import SimpleNamespace
+from typing import Any
+
+from apt_kernel.sandbox import confine, protocol
+
+OUTPUT_CAP = 1 << 20  # per exec call; the host caps the worker's own stdout/stderr separately
+
+
+def _text(value: Any) -> str:
+    try:
+        return str(value)
+    except BaseException as exc:  # noqa: BLE001 - a hostile __str__ must not take the worker down
+        return f"<unprintable {type(value).__name__}: {type(exc).__name__}>"
+
+
+def describe(exc: BaseException) -> dict:
+    try:
+        trace = "".join(traceback.format_exception(exc))
+    except BaseException:  # noqa: BLE001
+        trace = ""
+    kind = type(exc).__name__
+    message = _text(exc)
+    if isinstance(exc, SystemExit):
+        message = f"the plugin called sys.exit({message})"
+    return {"type": kind, "message": message, "traceback": trace}
+
+
+def plain(value: Any) -> Any:
+    """The JSON-able form of a result; anything else is refused (never pickled)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if type(value).__module__ in ("numpy", "torch") and hasattr(value, "shape"):
+        return value
+    raise TypeError(f"a {type(value).__name__} cannot leave the sandbox: results are plain data or tensors")
+
+
+def confine_self(init: dict) -> list[dict]:
+    limits = init["limits"]
+    confine.seccomp_available()  # load libseccomp while the filesystem is still visible
+    layers = [confine.apply_rlimits(limits["cpu_seconds"], None if limits["gpu"] else limits["memory_mb"],
+                                    limits["open_files"], limits["file_size_mb"])]
+    layers.append(confine.apply_namespaces(limits["network"]))  # needs CAP_SYS_ADMIN or a user namespace
+    layers.append(confine.apply_no_new_privs())
+    layers.append(confine.apply_drop_capabilities())
+    layers.append(confine.apply_landlock(init["read_paths"], init["write_paths"]))
+    layers.append(confine.apply_seccomp(limits["network"]))
+    return [layer.as_dict() for layer in layers]
+
+
+# -- component mode --------------------------------------------------------------------------------
+class TrainerView:
+    """What a sandboxed callback sees of the trainer: read-only numbers, and two decisions it may take."""
+
+    DECISIONS = ("should_stop", "skip_next_step")
+
+    def __init__(self, state: dict) -> None:
+        object.__setattr__(self, "_state", state)
+        object.__setattr__(self, "decisions", {})
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self.decisions:
+            return self.decisions[name]
+        try:
+            return self._state[name]
+        except KeyError:
+            raise AttributeError(f"a sandboxed callback sees only {sorted(self._state)} of the trainer") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self.DECISIONS:
+            raise AttributeError(f"a sandboxed callback may set only {self.DECISIONS}, not {name!r}")
+        self.decisions[name] = bool(value)
+
+    def log(self, message: str) -> None:
+        print(message, flush=True)
+
+
+def load_component(init: dict) -> Any:
+    plugin = init["plugin"]
+    if plugin.get("path"):
+        spec = importlib.util.spec_from_file_location(plugin["module"], plugin["path"])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[plugin["module"]] = module
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(plugin["module"])
+    factories: dict[str, Any] = {}
+    hook = getattr(module, f"register_{init['kind']}s", None)
+    if hook is None:
+        raise LookupError(f"{plugin['module']} has no register_{init['kind']}s hook")
+    hook(register=lambda name, factory, **_: factories.__setitem__(name, factory))
+    if init["name"] not in factories:
+        raise LookupError(f"{plugin['module']} did not register {init['kind']} {init['name']!r}")
+    context = SimpleNamespace(**init["context"], log=lambda message: print(message, flush=True))
+    return factories[init["name"]](dict(init["options"]), context)
+
+
+def overridden_events(component: Any) -> list[str]:
+    from apt_sdk import Callback
+
+    events = [name for name in dir(Callback) if name.startswith("on_") or name in ("state_dict", "load_state_dict")]
+    return [name for name in events if getattr(type(component), name, None) is not getattr(Callback, name, None)]
+
+
+def serve_component(sock: socket.socket, component: Any) -> None:
+    while True:
+        message = protocol.recv(sock, tensors="numpy")
+        if message.get("op") == "close":
+            return
+        view = TrainerView(message.get("trainer") or {})
+        try:
+            method = getattr(component, message["method"])
+            args = message.get("args", [])
+            result = method(view, *args) if message.get("trainer") is not None else method(*args)
+            reply = {"ok": True, "result": plain(result), "decisions": view.decisions}
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: it is the plugin's error, not ours
+            reply = {"ok": False, "error": describe(exc), "decisions": view.decisions}
+        protocol.send(sock, reply)
+
+
+# -- exec mode -------------------------------------------------------------------------------------
+def guard_imports(allowed: list[str] | None) -> None:
+    """A convenience, not the boundary: the OS layers hold even when every import is allowed."""
+    if allowed is None:
+        return
+    allowed_roots = set(allowed)
+    original = builtins.__import__
+
+    def checked_import(name, globals=None, locals=None, fromlist=(), level=0):
+        root = name.split(".")[0]
+        if level == 0 and root not in allowed_roots and root not in sys.builtin_module_names:
+            raise ImportError(f"import of {name!r} is not allowed in this sandbox (allowed: {sorted(allowed_roots)})")
+        return original(name, globals, locals, fromlist, level)
+
+    builtins.__import__ = checked_import
+
+
+class _Capped(io.StringIO):
+    def write(self, text: str) -> int:
+        room = OUTPUT_CAP - self.tell()
+        if room > 0:
+            super().write(text[:room])
+        return len(text)
+
+
+def serve_exec(sock: socket.socket, allowed_imports: list[str] | None) -> None:
+    guard_imports(allowed_imports)
+    while True:
+        message = protocol.recv(sock, tensors="numpy")
+        if message.get("op") == "close":
+            return
+        namespace = {"__name__": "__sandbox__", **(message.get("globals") or {})}
+        out, err = _Capped(), _Capped()
+        sys.stdout, sys.stderr = out, err
+        try:
+            exec(compile(message["code"], "<sandboxed code>", "exec"), namespace)  # noqa: S102 - confined process
+            reply = {"success": True, "error": None}
+            result = namespace.get("result")
+            reply["result"] = plain(result) if result is not None else None
+        except BaseException as exc:  # noqa: BLE001
+            error = describe(exc)
+            reply = {"success": False, "error": f"{error['type']}: {error['message']}", "traceback": error["traceback"]}
+        finally:
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        reply.update(stdout=out.getvalue(), stderr=err.getvalue())
+        try:
+            protocol.send(sock, reply)
+        except TypeError as exc:
+            protocol.send(sock, {"success": False, "error": f"TypeError: {exc}", "stdout": reply["stdout"],
+                                 "stderr": reply["stderr"]})
+
+
+def main() -> None:
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    init = protocol.recv(sock, tensors="numpy")
+    layers = confine_self(init)
+    missing = [layer["name"] for layer in layers if not layer["active"] and layer["name"] in init["require"]]
+    if missing:
+        protocol.send(sock, {"ready": False, "layers": layers, "missing": missing})
+        return
+    if init["mode"] == "exec":
+        protocol.send(sock, {"ready": True, "layers": layers})
+        serve_exec(sock, init.get("allowed_imports"))
+        return
+    try:
+        component = load_component(init)
+        events = overridden_events(component)
+    except BaseException as exc:  # noqa: BLE001
+        protocol.send(sock, {"ready": False, "layers": layers, "error": describe(exc)})
+        return
+    protocol.send(sock, {"ready": True, "layers": layers, "events": events})
+    serve_component(sock, component)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Sandboxed callbacks in real training runs: same losses as in-process, attacks contained with the
+failure policy applied (stop with a checkpoint, or continue), errors attributed to the plugin, the
+plugin never imported by the host, and bad sandbox settings refused before anything runs."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from apt_kernel.runner import run_pipeline
+from conftest import REPO, TINY_PIPELINE, cli
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox's layers are Linux's")
+PLUGINS = str(REPO / "tests" / "plugins")
+
+
+def pipeline(tmp_path, callbacks: str, steps: int = 8, name: str = "run"):
+    path = tmp_path / f"{name}.toml"
+    text = TINY_PIPELINE.format(out=(tmp_path / name).as_posix()).replace("max_steps = 4", f"max_steps = {steps}")
+    path.write_text(text + "eval_every = 2\n" + callbacks)
+    return path
+
+
+def losses(run_dir):
+    saved = torch.load(next((run_dir / "checkpoints").glob("*.pt")), weights_only=False)
+    return saved["loss_history"], saved
+
+
+def test_a_sandboxed_callback_trains_with_the_same_losses_and_is_never_imported_here(tmp_path):
+    callbacks = ('\n[[callbacks]]\nuse = "hostile"\nattack = "none"\n'
+                 '[[callbacks]]\nuse = "early-stopping"\npatience = 9\n')
+    sandboxed = callbacks.replace('attack = "none"\n', 'attack = "none"\nsandbox = true\n').replace(
+        "patience = 9\n", "patience = 9\n[callbacks.limits]\ncpu_seconds = 30\n")
+    plain = run_pipeline(pipeline(tmp_path, callbacks, name="plain"), plugins_dirs=(PLUGINS,))[0]
+    for key in [k for k in sys.modules if "hostile" in k]:
+        del sys.modules[key]
+    boxed = run_pipeline(pipeline(tmp_path, sandboxed, name="boxed"), plugins_dirs=(PLUGINS,))[0]
+    assert not [k for k in sys.modules if "hostile" in k]  # the host never ran the plugin's code
+    assert boxed["loss_history"] == plain["loss_history"] and boxed["steps"] == 8
+    history, saved = losses(tmp_path / "boxed")
+    states = [entry["state"] for entry in saved["callbacks"]]
+    assert any(state.get("seen") == pytest.approx(history) for state in states)  # the plugin's state crossed back
+
+
+def test_an_attack_in_a_sandboxed_callback_stops_the_run_with_a_checkpoint(tmp_path):
+    from apt_plugin_errors import ErrorLogger
+
+    marker = tmp_path / "escaped"
+    callbacks = (f'\n[[callbacks]]\nuse = "hostile"\nattack = "system"\nat_step = 3\ntarget = "{marker}"\n'
+                 'sandbox = true\n[[callbacks]]\nuse = "error-log"\n')
+    result = cli("run", str(pipeline(tmp_path, callbacks)), "--no-progress", "--plugins-dir", PLUGINS)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert not marker.exists()
+    assert "plugin 'hostile'" in result.stderr and "os.system was refused" in result.stderr
+    assert "training stopped at step 3" in result.stderr
+    assert (tmp_path / "run" / "checkpoints" / "apt_model_epoch0_step3.pt").exists()
+    rows = ErrorLogger(tmp_path / "run" / "errors.db").search("os.system was refused")
+    assert rows and rows[-1]["plugin"] == "hostile" and rows[-1]["global_step"] == 3
+
+
+@pytest.mark.parametrize("attack, words", [("exit", "called sys.exit(3)"), ("segfault", "crashed with SIGSEGV")])
+def test_a_plugin_that_exits_or_segfaults_in_a_hook_stops_the_run_cleanly(tmp_path, attack, words):
+    callbacks = (f'\n[[callbacks]]\nuse = "hostile"\nattack = "{attack}"\nat_step = 2\n'
+                 '[callbacks.limits]\non_failure = "continue"\n')
+    result = cli("run", str(pipeline(tmp_path, callbacks)), "--no-progress", "--plugins-dir", PLUGINS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert words in output and "plugin 'hostile'" in output and "the run goes on" in output
+    assert (tmp_path / "run" / "checkpoints" / "apt_model_epoch0_step8.pt").exists()
+
+
+def test_sandbox_settings_are_checked_before_anything_runs(tmp_path):
+    bad_key = pipeline(tmp_path, '\n[[callbacks]]\nuse = "hostile"\nattack = "none"\n[callbacks.limits]\ncpu = 3\n',
+                       name="bad")
+    result = cli("run", str(bad_key), "--plugins-dir", PLUGINS)
+    assert result.returncode == 2 and "callbacks[0]" in result.stderr and "cpu" in result.stderr
+    assert not (tmp_path / "bad").exists()
+    model = pipeline(tmp_path, "", name="model").read_text().replace('use = "apt-lm"', 'use = "apt-lm"\nsandbox = true')
+    (tmp_path / "model.toml").write_text(model)
+    result = cli("run", str(tmp_path / "model.toml"))
+    assert result.returncode == 2 and "only callbacks can run in the sandbox" in result.stderr
+
+
+def test_a_required_layer_that_cannot_be_applied_is_fatal(tmp_path):
+    callbacks = ('\n[[callbacks]]\nuse = "hostile"\nattack = "none"\n[callbacks.limits]\nnetwork = true\n'
+                 'require = ["namespaces"]\n')
+    result = cli("run", str(pipeline(tmp_path, callbacks)), "--no-progress", "--plugins-dir", PLUGINS)
+    assert result.returncode != 0
+    assert "required sandbox layer unavailable: namespaces" in result.stderr
+    assert not list((tmp_path / "run").glob("checkpoints/*.pt"))
+
+
+def test_doctor_sandbox_lists_every_layer():
+    result = cli("plugins", "doctor", "--sandbox")
+    assert result.returncode == 0, result.stderr
+    for layer in ("rlimits", "namespaces", "no_new_privs", "capabilities", "landlock", "seccomp"):
+        assert f"\n{layer} " in "\n" + result.stdout
+    assert "inet socket denied, fork denied" in result.stdout
+
+
+def test_sandbox_all_runs_every_callback_in_a_worker(tmp_path):
+    callbacks = '\n[[callbacks]]\nuse = "hostile"\nattack = "raise"\nat_step = 2\n'
+    result = cli("run", str(pipeline(tmp_path, callbacks)), "--no-progress", "--plugins-dir", PLUGINS, "--sandbox-all")
+    assert result.returncode == 1 and "hostile plugin gives up" in result.stderr and "(sandboxed)" in result.stderr
