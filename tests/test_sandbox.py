@@ -240,3 +240,25 @@ def test_tensors_cross_by_shared_memory(sandbox):
                 x=tensor)
     assert reply["result"]["sum"] == 66.0 and reply["result"]["writeable"] is False
     assert torch.equal(reply["result"]["back"], tensor * 2)
+
+
+def test_the_host_refuses_a_tensor_buffer_the_worker_could_still_change():
+    """A worker that kept write access to a buffer could change a host tensor after the call: the host
+    maps only sealed buffers."""
+    import numpy as np
+
+    from apt_kernel.sandbox import protocol
+
+    host, worker = socket.socketpair()
+    pool = protocol.BufferPool()  # unsealed, as the host sends to workers
+    try:
+        protocol.send(worker, {"x": np.arange(4, dtype=np.float32)}, pool)
+        with pytest.raises(protocol.ProtocolError, match="not sealed"):
+            protocol.recv(host, tensors="torch")
+        protocol.send(worker, {"x": np.arange(4, dtype=np.float32)})  # sealed: accepted, and immutable
+        received = protocol.recv(host, tensors="torch")["x"]
+        assert received.tolist() == [0.0, 1.0, 2.0, 3.0]
+    finally:
+        pool.close()
+        host.close()
+        worker.close()

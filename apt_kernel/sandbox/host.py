@@ -117,6 +117,7 @@ class SandboxWorker:
         self.killed_for: str | None = None
         self.restarts = 0
         self._lock = threading.Lock()
+        self.pool = protocol.BufferPool()  # tensors to this worker go through reused shared buffers
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> dict:
@@ -201,6 +202,7 @@ class SandboxWorker:
         for thread in self.outputs:
             thread.join(timeout=1.0)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        self.pool.close()
         self.proc = None
 
     @property
@@ -221,7 +223,7 @@ class SandboxWorker:
     def _exchange(self, message: dict, timeout: float, doing: str) -> dict:
         try:
             self.sock.settimeout(timeout)
-            protocol.send(self.sock, message)
+            protocol.send(self.sock, message, self.pool)
             return protocol.recv(self.sock, tensors="torch")
         except TimeoutError:
             self._kill(f"ran past its wall time of {timeout:g} s {doing}")
@@ -231,6 +233,8 @@ class SandboxWorker:
             except subprocess.TimeoutExpired:
                 if self.killed_for is None:
                     self._kill(f"broke the protocol: {exc}")
+        finally:
+            self.pool.release()
         raise self._crash_error()
 
     def _crash_error(self) -> SandboxError:

@@ -4,6 +4,7 @@ unpickled: a worker can send only JSON and bytes it fills in itself."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import mmap
 import os
@@ -51,22 +52,64 @@ def _as_array(value: Any):
     return None
 
 
+SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+
 def _memfd(array) -> int:
-    fd = os.memfd_create("apt-tensor", os.MFD_CLOEXEC)
-    size = array.nbytes
-    os.ftruncate(fd, max(size, 1))
-    if size:
-        with mmap.mmap(fd, size) as mapped:
-            mapped[:] = memoryview(array).cast("B")
+    """A sealed memfd holding the array's bytes: once sent, nobody (the sender included) can change it,
+    so the receiver may map it instead of copying it."""
+    fd = os.memfd_create("apt-tensor", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    data = memoryview(array).cast("B") if array.nbytes else memoryview(b"\0")
+    while data:
+        data = data[os.write(fd, data):]
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
     return fd
 
 
-def send(sock: socket.socket, message: dict) -> None:
+class BufferPool:
+    """Shared buffers the host reuses to send tensors to its worker: after the first call their pages
+    exist, so sending is one memcpy instead of allocating fresh pages (5-10x faster for 16 MiB). Only
+    the trusted side may use it: the worker's views of a pooled buffer change when the host reuses it
+    for a later call (a view is valid during its call; copy to keep), and the host never maps a buffer
+    the worker can still write (those are sealed, see `_memfd`)."""
+
+    def __init__(self) -> None:
+        self.free: list[tuple[int, mmap.mmap]] = []
+        self.used: list[tuple[int, mmap.mmap]] = []
+
+    def fill(self, array) -> int:
+        size = max(array.nbytes, 1)
+        fits = [entry for entry in self.free if len(entry[1]) >= size]
+        if fits:
+            entry = min(fits, key=lambda e: len(e[1]))
+            self.free.remove(entry)
+        else:
+            fd = os.memfd_create("apt-tensor-pool", os.MFD_CLOEXEC)
+            os.ftruncate(fd, size)
+            entry = (fd, mmap.mmap(fd, size))
+        if array.nbytes:
+            entry[1][:array.nbytes] = memoryview(array).cast("B")
+        self.used.append(entry)
+        return entry[0]
+
+    def release(self) -> None:
+        """The call is over: its buffers may be reused."""
+        self.free += self.used
+        self.used = []
+
+    def close(self) -> None:
+        for fd, mapped in self.free + self.used:
+            mapped.close()
+            os.close(fd)
+        self.free, self.used = [], []
+
+
+def send(sock: socket.socket, message: dict, pool: BufferPool | None = None) -> None:
     buffers: list = []
     payload = json.dumps(_encode(message, buffers), allow_nan=True, separators=(",", ":")).encode()
     if len(payload) > MAX_MESSAGE:
         raise ValueError(f"message of {len(payload)} bytes is over the {MAX_MESSAGE} byte limit")
-    fds = [_memfd(array) for array, _ in buffers]
+    fds = [pool.fill(array) if pool is not None else _memfd(array) for array, _ in buffers]
     try:
         header = _HEADER.pack(len(payload), len(fds))
         if fds:
@@ -74,30 +117,44 @@ def send(sock: socket.socket, message: dict) -> None:
         else:
             sock.sendall(header + payload)
     finally:
-        for fd in fds:
-            os.close(fd)
+        if pool is None:
+            for fd in fds:
+                os.close(fd)
 
 
-def _recv_exact(sock: socket.socket, size: int, fds: list[int]) -> bytes:
-    chunks, left = [], size
-    while left:
-        data, new_fds, _, _ = socket.recv_fds(sock, min(left, 1 << 20), MAX_FDS)
-        fds.extend(new_fds)
-        if not data:
-            raise ProtocolError("connection closed")
-        chunks.append(data)
-        left -= len(data)
-    return b"".join(chunks)
+def _recv_some(sock: socket.socket, size: int, fds: list[int]) -> bytes:
+    data, new_fds, _, _ = socket.recv_fds(sock, size, MAX_FDS)
+    fds.extend(new_fds)
+    if not data:
+        raise ProtocolError("connection closed")
+    return data
+
+
+def _recv_message(sock: socket.socket, fds: list[int]) -> tuple[bytes, int]:
+    """(payload, fd count). One read usually holds the whole of a small message. The two sides take
+    turns, so more bytes than one message means a peer that does not follow the protocol."""
+    data = _recv_some(sock, 1 << 16, fds)
+    while len(data) < _HEADER.size:
+        data += _recv_some(sock, _HEADER.size - len(data), fds)
+    length, count = _HEADER.unpack_from(data)
+    if length > MAX_MESSAGE or count > MAX_FDS:
+        raise ProtocolError(f"message header out of bounds ({length} bytes, {count} fds)")
+    total = _HEADER.size + length
+    chunks, have = [data], len(data)
+    while have < total:
+        chunk = _recv_some(sock, min(total - have, 1 << 20), fds)
+        chunks.append(chunk)
+        have += len(chunk)
+    if have > total:
+        raise ProtocolError("more than one message at a time")
+    return b"".join(chunks)[_HEADER.size:], count
 
 
 def recv(sock: socket.socket, tensors: str = "torch") -> dict:
     """One message; tensors come back as torch tensors (host) or read-only numpy arrays (worker)."""
     fds: list[int] = []
     try:
-        length, count = _HEADER.unpack(_recv_exact(sock, _HEADER.size, fds))
-        if length > MAX_MESSAGE or count > MAX_FDS:
-            raise ProtocolError(f"message header out of bounds ({length} bytes, {count} fds)")
-        payload = _recv_exact(sock, length, fds)
+        payload, count = _recv_message(sock, fds)
         if len(fds) != count:
             raise ProtocolError(f"expected {count} tensor buffers, got {len(fds)}")
         try:
@@ -133,9 +190,16 @@ def _tensor(spec: dict, fds: list[int], kind: str):
     size = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
     if size < 0 or size > os.fstat(fd).st_size:
         raise ProtocolError(f"tensor of {size} bytes does not fit its buffer")
+    if kind == "torch":  # the host: a buffer from the worker must be sealed, or the worker could change it later
+        try:
+            sealed = fcntl.fcntl(fd, fcntl.F_GET_SEALS) & SEALS == SEALS
+        except OSError:
+            sealed = False
+        if not sealed:
+            raise ProtocolError("a tensor buffer that is not sealed against writes")
     if size == 0:
         array = np.zeros(shape, dtype=np_dtype)
-    else:  # a private copy-on-write mapping: no copy now, and the sender's buffer can never change it
+    else:  # a private copy-on-write mapping of a sealed buffer: no copy, and nobody can change it
         mapped = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         array = np.frombuffer(mapped, dtype=np_dtype).reshape(shape)
     if kind != "torch":

@@ -7,6 +7,7 @@ strings (`PluginSandbox.execute_plugin`)."""
 from __future__ import annotations
 
 import builtins
+import functools
 import importlib
 import importlib.util
 import io
@@ -153,6 +154,11 @@ def guard_imports(allowed: list[str] | None) -> None:
     builtins.__import__ = checked_import
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled(code: str):
+    return compile(code, "<sandboxed code>", "exec")
+
+
 class _Capped(io.StringIO):
     def write(self, text: str) -> int:
         room = OUTPUT_CAP - self.tell()
@@ -171,7 +177,7 @@ def serve_exec(sock: socket.socket, allowed_imports: list[str] | None) -> None:
         out, err = _Capped(), _Capped()
         sys.stdout, sys.stderr = out, err
         try:
-            exec(compile(message["code"], "<sandboxed code>", "exec"), namespace)  # noqa: S102 - confined process
+            exec(_compiled(message["code"]), namespace)  # noqa: S102 - a confined process
             reply = {"success": True, "error": None}
             result = namespace.get("result")
             reply["result"] = plain(result) if result is not None else None
