@@ -28,7 +28,6 @@ from pydantic import (
 from .errors import PipelineError
 from .manifest import ComponentDecl, OptionSpec
 from .registry import closest
-from .sandbox.host import SandboxLimits
 
 
 class ComponentSpec(BaseModel):
@@ -37,7 +36,7 @@ class ComponentSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
     use: StrictStr
     sandbox: StrictBool = False  # run this component in a confined worker process (callbacks)
-    limits: SandboxLimits | None = None  # the sandbox's limits; implies sandbox = true
+    limits: dict[str, Any] | None = None  # the sandbox's limits (SandboxLimits); implies sandbox = true
 
     @property
     def options(self) -> dict[str, Any]:

@@ -16,8 +16,6 @@ from .errors import DuplicateComponentError, PluginLoadError, UserError
 from .kernel import Kernel, PluginHookError
 from .pipeline import PipelineConfig, Source, validate_options
 from .registry import closest
-from .sandbox.callback import SandboxedCallback
-from .sandbox.host import SandboxLimits, SandboxStopped
 from .solver import KERNEL_API, Catalog, solve
 
 
@@ -31,6 +29,7 @@ class Plan:
     providers: dict[str, PluginInfo] = field(default_factory=dict)  # table label -> plugin
     plugins: list[str] = field(default_factory=list)  # to load, dependencies first
     sandboxed: set[str] = field(default_factory=set)  # tables whose component runs in a sandbox worker
+    limits: dict[str, Any] = field(default_factory=dict)  # table -> its SandboxLimits
 
 
 def _provider(kernel: Kernel, table: str, kind: str, name: str, source: Source) -> PluginInfo:
@@ -68,6 +67,7 @@ def plan_pipeline(kernel: Kernel, config: PipelineConfig, data: dict, source: So
                 why = f"plugin {info.name!r} asks for the sandbox, but " if not spec.sandbox else ""
                 raise source.error(table, "sandbox", f"{why}only callbacks can run in the sandbox, not a {kind}")
             plan.sandboxed.add(table)
+            plan.limits[table] = _sandbox_limits(table, spec.limits or {}, source)
     catalog = Catalog()
     for info in kernel.plugins.values():
         if info.manifest is not None and info.status != "failed":
@@ -88,6 +88,21 @@ def plan_pipeline(kernel: Kernel, config: PipelineConfig, data: dict, source: So
 
 
 SPEC_KEYS = ("use", "sandbox", "limits")  # read by the kernel, not options of the component
+
+
+def _sandbox_limits(table: str, limits: dict, source: Source):
+    from pydantic import ValidationError
+
+    from .sandbox.limits import SandboxLimits
+
+    try:
+        return SandboxLimits(**limits)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = "limits." + ".".join(str(p) for p in err["loc"])
+        message = ("unknown key" if err["type"] == "extra_forbidden"
+                   else f"{err['msg'].lower()} (got {err.get('input')!r})")
+        raise source.error(table, key, message) from None
 
 
 def _section(data: dict, table: str) -> dict:
@@ -155,6 +170,11 @@ def _watch(kernel: Kernel, plan: Plan, context: BuildContext) -> None:
 def _raise_if_a_sandbox_stopped(plan: Plan, context: BuildContext, result: dict) -> None:
     """A sandboxed plugin that failed with on_failure = "stop" ended training cleanly (checkpoint saved):
     the run still failed, and says which plugin did it."""
+    if not plan.sandboxed:
+        return
+    from .sandbox.callback import SandboxedCallback
+    from .sandbox.host import SandboxStopped
+
     for table, callback in zip((t for t, kind, _ in plan.config.components() if kind == "callback"),
                                context.callbacks, strict=True):
         reason = callback.stop_reason if isinstance(callback, SandboxedCallback) else None
@@ -186,8 +206,9 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True,
         for table, kind, spec in config.components():
             options = {k: v for k, v in _section(data, table).items() if k not in SPEC_KEYS}
             if table in plan.sandboxed:
-                built = SandboxedCallback(plan.providers[table], spec.use, options, spec.limits or SandboxLimits(),
-                                          context)
+                from .sandbox.callback import SandboxedCallback
+
+                built = SandboxedCallback(plan.providers[table], spec.use, options, plan.limits[table], context)
             else:
                 built = _build(kernel, kind, spec.use, options, context)
             if kind == "encoder":

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from apt_kernel.runner import run_pipeline
-from apt_kernel.sandbox.host import SandboxLimits, SandboxWorker
+from apt_kernel.sandbox.host import SandboxWorker
+from apt_kernel.sandbox.limits import SandboxLimits
 
 PLUGINS = str(Path(__file__).resolve().parent.parent / "tests" / "plugins")
 EXEC = {"mode": "exec", "allowed_imports": None, "plugin": {"name": "bench"}}

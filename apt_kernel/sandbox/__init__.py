@@ -14,8 +14,12 @@ def __getattr__(name: str):
         from .callback import SandboxedCallback
 
         return SandboxedCallback
-    if name in ("SandboxError", "SandboxLimits"):
-        from . import host
+    if name == "SandboxLimits":
+        from .limits import SandboxLimits
 
-        return getattr(host, name)
+        return SandboxLimits
+    if name == "SandboxError":
+        from .host import SandboxError
+
+        return SandboxError
     raise AttributeError(name)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .host import SandboxError, SandboxLimits, SandboxWorker, as_plain, package_dir, read_paths
+from .host import SandboxError, SandboxWorker, as_plain, package_dir, read_paths
+from .limits import SandboxLimits
 
 EVENTS = ("on_fit_start", "on_epoch_start", "on_micro_batch_end", "on_before_optimizer_step", "on_train_batch_end",
           "on_validation_end", "on_epoch_end", "on_checkpoint_saved", "on_fit_end", "on_exception")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .host import SandboxError, SandboxLimits, SandboxWorker
+from .host import SandboxError, SandboxWorker
+from .limits import SandboxLimits
 
 
 class PluginSandbox:

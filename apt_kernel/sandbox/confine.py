@@ -15,8 +15,6 @@ import resource
 import sys
 from dataclasses import asdict, dataclass
 
-LAYERS = ("rlimits", "no_new_privs", "capabilities", "namespaces", "landlock", "seccomp")
-
 
 @dataclass
 class Layer:

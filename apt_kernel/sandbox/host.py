@@ -17,34 +17,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
-
+from ..errors import KernelError, UserError
 from . import protocol
-from .confine import LAYERS, python_read_paths
+from .confine import python_read_paths
+from .limits import SandboxLimits
 
 STARTUP_SECONDS = 60.0  # importing a plugin (torch...) can take a while; separate from the per-call wall time
 OUTPUT_LIMIT = 16 << 20  # bytes a worker may write to stdout + stderr before it is killed
 KEPT_OUTPUT = 64 << 10  # of which the host keeps the last this many, for error messages
 
 
-class SandboxLimits(BaseModel):
-    """``[callbacks.limits]``: what a sandboxed plugin may use."""
-
-    model_config = ConfigDict(extra="forbid")
-    cpu_seconds: int = Field(60, ge=1)
-    memory_mb: int = Field(1024, ge=16)
-    wall_seconds_per_call: float = Field(10.0, gt=0)
-    allow_paths: list[str] = Field(default_factory=list)
-    network: StrictBool = False
-    open_files: int = Field(256, ge=16)
-    file_size_mb: int = Field(1024, ge=1)
-    gpu: StrictBool = False  # CUDA: no RLIMIT_DATA (its virtual reservations), the RSS watchdog only
-    env: list[str] = Field(default_factory=list, description="host environment variables passed through")
-    require: list[str] = Field(default_factory=list, description=f"layers that must be active: {', '.join(LAYERS)}")
-    on_failure: str = Field("stop", pattern="^(stop|continue)$")
-
-
-class SandboxError(Exception):
+class SandboxError(KernelError):
     """A sandboxed plugin failed: it raised, crashed, ran out of a limit or broke the protocol."""
 
     def __init__(self, message: str, *, plugin: str | None = None, kind: str = "SandboxError",
@@ -57,8 +40,8 @@ class SandboxStopped(SandboxError):
     """A sandboxed plugin failed and its failure policy stopped the run (after a clean checkpoint)."""
 
 
-class SandboxUnavailable(SandboxError):
-    """A layer named in ``require`` cannot be applied on this machine."""
+class SandboxUnavailable(UserError, SandboxError):
+    """A layer named in ``require`` cannot be applied on this machine (exit 2: the setup's to fix)."""
 
 
 def package_dir(module: str) -> str | None:
