@@ -140,15 +140,36 @@ def test_hpo_command_errors_exit_2(search_pipeline, tmp_path):
     assert result.returncode == 2 and "trainer.learning_rate: range low 0.1 must be below high 0.01" in result.stderr
 
 
+def torchrun_hpo(pipeline, *extra):
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
+            "-m", "apt_kernel.cli", "hpo", str(pipeline), "--trials", "2", *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+
+
 @pytest.mark.slow
 def test_under_ddp_rank_0_samples_and_every_rank_trains_the_same_params(search_pipeline, tmp_path):
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
-            "-m", "apt_kernel.cli", "hpo", str(search_pipeline), "--trials", "2"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    result = torchrun_hpo(search_pipeline)
     assert result.returncode == 0, result.stdout + result.stderr
     rank0 = re.findall(r"^trial (\d+): \S+ [\d.]+ (\{.*\})$", result.stdout, re.M)
     rank1 = re.findall(r"^\[rank 1\] trial (\d+): \S+ [\d.]+ (\{.*\})$", result.stdout, re.M)
     assert len(rank0) == 2 and rank0 == rank1, result.stdout
     losses = [float(v) for v in re.findall(r"^trial \d+: val_loss ([\d.]+)", result.stdout, re.M)]
     assert all(math.isfinite(v) for v in losses)
+
+
+@pytest.mark.slow
+def test_under_ddp_a_pruned_trial_stops_every_rank_at_the_same_step(search_pipeline, tmp_path):
+    """prune_above = 0: rank 0's pruner stops the trial at its first validation (step 3 of 12); if rank 1
+    went on alone, DDP would hang and torchrun time out."""
+    text = search_pipeline.read_text().replace("[tool.hpo]\n", "[tool.hpo]\nprune_above = 0.0\n")
+    search_pipeline.write_text(text)
+    result = torchrun_hpo(search_pipeline)
+    assert "no trial completed" in result.stderr, result.stdout + result.stderr  # both pruned: nothing to report
+    assert len(re.findall(r"^trial \d+: pruned", result.stdout, re.M)) == 2
+    assert len(re.findall(r"^\[rank 1\] trial \d+: pruned", result.stdout, re.M)) == 2
+    import torch
+
+    for trial in ("trial_000", "trial_001"):
+        saved = torch.load(next((tmp_path / "run" / "hpo" / trial / "checkpoints").glob("*.pt")), weights_only=False)
+        assert saved["global_step"] == 3

@@ -49,6 +49,16 @@ def _init_distributed() -> None:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
+def _pruner(tool: dict):
+    """The median pruner; with ``prune_above = X`` instead a threshold: any report above X is pruned."""
+    from optuna.pruners import MedianPruner, ThresholdPruner
+
+    after = int(tool.get("prune_after_step", 0))
+    if "prune_above" in tool:
+        return ThresholdPruner(upper=float(tool["prune_above"]), n_warmup_steps=after)
+    return MedianPruner(n_startup_trials=int(tool.get("prune_startup_trials", 2)), n_warmup_steps=after)
+
+
 def _shares(total: int, workers: int) -> list[int]:
     return [total // workers + (1 if i < total % workers else 0) for i in range(workers)]
 
@@ -77,7 +87,6 @@ def hpo(pipeline, trials, storage, workers, space_file, study_name, overrides, p
 
 
 def _hpo(pipeline, trials, storage, workers, space_file, study_name, overrides, plugins_dirs, is_worker) -> None:
-    from optuna.pruners import MedianPruner
     from optuna.samplers import TPESampler
 
     from .searcher import HyperparameterSearcher
@@ -97,8 +106,7 @@ def _hpo(pipeline, trials, storage, workers, space_file, study_name, overrides, 
         overrides=overrides, trial_overrides=_trial_overrides(tool), metric=tool.get("metric", "val_loss"),
         direction=tool.get("direction", "minimize"), plugins_dirs=plugins_dirs,
         sampler=TPESampler(seed=tool["seed"]) if "seed" in tool and not is_worker else None,
-        pruner=MedianPruner(n_startup_trials=int(tool.get("prune_startup_trials", 2)),
-                            n_warmup_steps=int(tool.get("prune_after_step", 0))),
+        pruner=_pruner(tool),
         log=lambda message: click.echo(prefix + message))
     if rank == 0 and not is_worker:
         click.echo(f"study {searcher.study_name!r}: {trials} trials, {workers} worker(s), "

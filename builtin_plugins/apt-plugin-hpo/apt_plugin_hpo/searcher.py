@@ -184,7 +184,10 @@ class HyperparameterSearcher:
         data["callbacks"] = [*data.get("callbacks", []), {"use": "optuna-pruning"}]
         with active_trial(trial) as callback:
             result, _ = run_pipeline(data, plugins_dirs=self.plugins_dirs, log=lambda message: None)
-        if callback.pruned:
+        pruned = [callback.pruned]
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast_object_list(pruned, src=0)  # rank 0 decided; every rank stopped at that step
+        if pruned[0]:
             raise optuna.TrialPruned()
         return result.get(self.metric)
 
