@@ -141,19 +141,20 @@ class SandboxWorker:
         return self.ready
 
     def _watch_memory(self, proc: subprocess.Popen) -> None:
-        import psutil
-
-        limit = self.limits.memory_mb << 20
-        try:
-            process = psutil.Process(proc.pid)
-            while proc.poll() is None:
-                rss = process.memory_info().rss + sum(c.memory_info().rss for c in process.children(recursive=True))
-                if rss > limit:
-                    self._kill(f"used {rss >> 20} MiB of memory (limit {self.limits.memory_mb} MiB)")
-                    return
-                time.sleep(0.05)
-        except psutil.Error:
-            return
+        """Anonymous resident memory (RssAnon: the plugin's own data, not the shared libraries every
+        Python maps) against the limit. Without RLIMIT_DATA (gpu = true) this is the memory limit;
+        with it, a backstop with some room, so that it never races the clean MemoryError."""
+        limit = (self.limits.memory_mb + (0 if self.limits.gpu else 32)) << 20
+        while proc.poll() is None:
+            try:
+                with open(f"/proc/{proc.pid}/status") as fh:
+                    anon = next((int(line.split()[1]) << 10 for line in fh if line.startswith("RssAnon:")), 0)
+            except OSError:
+                return
+            if anon > limit:
+                self._kill(f"used {anon >> 20} MiB of memory (limit {self.limits.memory_mb} MiB)")
+                return
+            time.sleep(0.05)
 
     def _kill(self, reason: str) -> None:
         if self.killed_for is None:

@@ -186,6 +186,7 @@ def serve_exec(sock: socket.socket, allowed_imports: list[str] | None) -> None:
             reply = {"success": False, "error": f"{error['type']}: {error['message']}", "traceback": error["traceback"]}
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+            namespace.clear()  # what the code allocated is freed before the reply, not at the next call
         reply.update(stdout=out.getvalue(), stderr=err.getvalue())
         try:
             protocol.send(sock, reply)
