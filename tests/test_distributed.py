@@ -47,9 +47,9 @@ eval_batches = 4
 """
 
 
-def launch(tmp_path, name, *extra, callbacks=""):
+def launch(tmp_path, name, *extra, callbacks="", pipeline=PIPELINE):
     path = tmp_path / f"{name}.toml"
-    path.write_text(PIPELINE + callbacks)
+    path.write_text(pipeline + callbacks)
     args = [sys.executable, "-m", "apt_kernel.cli", "run", str(path), "--no-progress", "--plugins-dir", PLUGINS,
             "--set", f"pipeline.output_dir={str(tmp_path / name)!r}", *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -167,16 +167,10 @@ export = false
 
 def test_token_count_is_global_across_ranks(tmp_path):
     """Ranks get different numbers of real tokens; normalising by each rank's own count would differ."""
-    path = tmp_path / "padded.toml"
-    path.write_text(PADDED)
     runs = {}
     for name, extra in (("one", ["--set", "data.batch_size=8"]),
                         ("two", ["--set", "data.batch_size=4", "--nproc-per-node", "2"])):
-        proc = subprocess.Popen([sys.executable, "-m", "apt_kernel.cli", "run", str(path), "--no-progress",
-                                 "--plugins-dir", PLUGINS, "--set", f"pipeline.output_dir={str(tmp_path / name)!r}",
-                                 *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
-        code, output = done(proc)
+        code, output = done(launch(tmp_path, name, *extra, pipeline=PADDED))
         assert code == 0, output
         runs[name] = torch.load(next((tmp_path / name / "checkpoints").glob("*.pt")), weights_only=True)
     one, two = runs["one"], runs["two"]

@@ -42,7 +42,6 @@ class SandboxedCallback:
                                     echo=lambda line: context.log(f"[{name}] {line}"))
         self.worker.start()  # confinement and the plugin's own errors show up now, before training
         self.events = set(self.worker.ready.get("events", []))
-        self.failures = 0
         self.stop_reason: str | None = None  # set when a failure stopped the run (on_failure = "stop")
 
     def _forward(self, event: str, trainer: Any, *args: Any) -> Any:
@@ -63,7 +62,6 @@ class SandboxedCallback:
         return reply.get("result")
 
     def _failed(self, trainer: Any, kind: str, message: str, trace: str | None) -> None:
-        self.failures += 1
         stop = self.limits.on_failure == "stop"
         self.context.log(f"warning: {message}" + ("; stopping the run at the end of this step" if stop else
                                                   "; the run goes on (on_failure = \"continue\")"))

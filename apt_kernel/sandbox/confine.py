@@ -235,12 +235,6 @@ def apply_seccomp(network: bool = False) -> Layer:
                                   f"{sockets}, no ptrace, signals to itself only")
 
 
-def probe_report(layers: list[Layer]) -> str:
-    width = max(len(layer.name) for layer in layers)
-    return "\n".join(f"{layer.name:<{width}}  {'active' if layer.active else 'UNAVAILABLE'}  {layer.detail}"
-                     for layer in layers)
-
-
 def python_read_paths() -> list[str]:
     """What the interpreter needs to read: its prefix, its import path, shared libraries, a few files."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}

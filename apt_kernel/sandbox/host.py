@@ -249,10 +249,6 @@ class SandboxWorker:
         return self.outputs[0].text() if self.proc is not None else ""
 
 
-def layer_summary(layers: list[dict]) -> str:
-    return ", ".join(f"{layer['name']}{'' if layer['active'] else ' (unavailable)'}" for layer in layers)
-
-
 def probe_layers() -> list[dict]:
     """Start a worker with default limits and report what it managed to apply (doctor --sandbox)."""
     worker = SandboxWorker({"mode": "exec", "plugin": {"name": "probe"}}, SandboxLimits(), "sandbox probe")

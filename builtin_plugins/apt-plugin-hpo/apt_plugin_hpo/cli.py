@@ -93,9 +93,7 @@ def _hpo(pipeline, trials, storage, workers, space_file, study_name, overrides, 
 
     tool = check_pipeline(pipeline, overrides, plugins_dirs=plugins_dirs).get("tool", {}).get("hpo", {})
     trials = trials or int(tool.get("trials", 20))
-    if workers > 1 and storage is None:
-        storage = "journal:" + str(_output_dir(pipeline, overrides, plugins_dirs) / "study.journal")
-    if workers > 1 and storage.startswith("sqlite"):
+    if workers > 1 and storage is not None and storage.startswith("sqlite"):
         raise UserError("SQLite cannot take parallel workers (Optuna's FAQ): use --storage journal:PATH or a "
                         "database server URL, or leave --storage out")
     _init_distributed()
@@ -108,6 +106,8 @@ def _hpo(pipeline, trials, storage, workers, space_file, study_name, overrides, 
         sampler=TPESampler(seed=tool["seed"]) if "seed" in tool and not is_worker else None,
         pruner=_pruner(tool),
         log=lambda message: click.echo(prefix + message))
+    if workers > 1 and storage is None:
+        storage = searcher.storage = "journal:" + str(searcher.output_dir / "study.journal")
     if rank == 0 and not is_worker:
         click.echo(f"study {searcher.study_name!r}: {trials} trials, {workers} worker(s), "
                    f"space {', '.join(searcher.space)}; trial runs in {searcher.output_dir}")
@@ -121,11 +121,6 @@ def _hpo(pipeline, trials, storage, workers, space_file, study_name, overrides, 
     if study is None or is_worker:
         return
     _summary(searcher, study)
-
-
-def _output_dir(pipeline, overrides, plugins_dirs) -> Path:
-    data = check_pipeline(pipeline, overrides, plugins_dirs=plugins_dirs)["pipeline"]
-    return Path(data.get("output_dir") or f"runs/{data['name']}") / "hpo"
 
 
 def _spawn(pipeline, trials, storage, study_name, overrides, plugins_dirs, space_file) -> subprocess.Popen:

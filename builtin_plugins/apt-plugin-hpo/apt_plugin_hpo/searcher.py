@@ -109,15 +109,14 @@ class HyperparameterSearcher:
         self.sampler = sampler
         self.defaults: dict[str, Any] | None = None
         if pipeline is not None:
-            data = check_pipeline(pipeline, self.trial_overrides, plugins_dirs=plugins_dirs)  # fail before any trial
+            # fail before any trial: the pipeline, and every key of the space as an option its plugins accept
+            examples = [f"{key}={_toml_value(_example(self.space[key]))}" for key in self.space]
+            check_pipeline(pipeline, [*self.trial_overrides, *examples], plugins_dirs=plugins_dirs)
+            data = check_pipeline(pipeline, self.trial_overrides, plugins_dirs=plugins_dirs)
             self.base_name = data["pipeline"]["name"]
             self.output_dir = Path(output_dir or Path(data["pipeline"].get("output_dir") or
                                                       f"runs/{self.base_name}") / "hpo")
             self.defaults = {key: value for key in self.space if (value := _lookup(data, key)) is not None}
-            for key in self.space:  # every key must be an option the pipeline's plugins accept
-                low = _example(self.space[key])
-                check_pipeline(pipeline, [*self.trial_overrides, f"{key}={_toml_value(low)}"],
-                               plugins_dirs=plugins_dirs)
         else:
             self.base_name = "objective"
             self.output_dir = Path(output_dir or "runs/hpo")
