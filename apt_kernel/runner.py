@@ -28,8 +28,12 @@ class Plan:
     source: Source
     providers: dict[str, PluginInfo] = field(default_factory=dict)  # table label -> plugin
     plugins: list[str] = field(default_factory=list)  # to load, dependencies first
-    sandboxed: set[str] = field(default_factory=set)  # tables whose component runs in a sandbox worker
-    limits: dict[str, Any] = field(default_factory=dict)  # table -> its SandboxLimits
+    limits: dict[str, Any] = field(default_factory=dict)  # sandboxed table -> its SandboxLimits
+
+    @property
+    def sandboxed(self) -> set[str]:
+        """Tables whose component runs in a sandbox worker."""
+        return set(self.limits)
 
 
 def _provider(kernel: Kernel, table: str, kind: str, name: str, source: Source) -> PluginInfo:
@@ -66,7 +70,6 @@ def plan_pipeline(kernel: Kernel, config: PipelineConfig, data: dict, source: So
             if kind != "callback":
                 why = f"plugin {info.name!r} asks for the sandbox, but " if not spec.sandbox else ""
                 raise source.error(table, "sandbox", f"{why}only callbacks can run in the sandbox, not a {kind}")
-            plan.sandboxed.add(table)
             plan.limits[table] = _sandbox_limits(table, spec.limits or {}, source)
     catalog = Catalog()
     for info in kernel.plugins.values():
@@ -223,18 +226,17 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True,
             (run_dir / "pipeline.json").write_text(json.dumps(data, indent=2))
         if profiler is None:
             result = context.trainer.fit(context)
-            _raise_if_a_sandbox_stopped(plan, context, result)
         else:
             _watch(kernel, plan, context)
             started, profiler.training = time.perf_counter(), True
             result = context.trainer.fit(context)
             profiler.fit_seconds, profiler.training = time.perf_counter() - started, False
-            _raise_if_a_sandbox_stopped(plan, context, result)
             profiler.record(kernel.registry.get("trainer", config.trainer.use).plugin,
                             f"trainer {config.trainer.use}.fit", profiler.fit_seconds)
             if context.is_main:
                 result["profile"] = str(run_dir / "profile.json")
                 profiler.save(run_dir / "profile.json")
+        _raise_if_a_sandbox_stopped(plan, context, result)
     except BaseException as exc:
         error = {"type": type(exc).__name__, "message": str(exc),
                  "traceback": traceback.format_exc(),

@@ -10,7 +10,7 @@ from typing import Any
 
 from apt_sdk import BuildContext, Callback
 
-_TRIAL: list[Any] = []  # the trial of the run in progress, set by HyperparameterSearcher around each run
+_ACTIVE: list[Any] = []  # the pruning callback of the trial in progress (set by HyperparameterSearcher)
 
 
 class PruningCallback(Callback):
@@ -33,13 +33,13 @@ class PruningCallback(Callback):
 def active_trial(trial) -> Iterator[PruningCallback]:
     """Within this block, the `optuna-pruning` callback a pipeline builds reports to ``trial``."""
     callback = PruningCallback(trial)
-    _TRIAL.append(callback)
+    _ACTIVE.append(callback)
     try:
         yield callback
     finally:
-        _TRIAL.pop()
+        _ACTIVE.pop()
 
 
 def build_pruning(options: dict, context: BuildContext) -> PruningCallback:
     # outside a search (a plain `apt-kernel run`) there is no trial: the callback does nothing
-    return _TRIAL[-1] if _TRIAL else PruningCallback()
+    return _ACTIVE[-1] if _ACTIVE else PruningCallback()
