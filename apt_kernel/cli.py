@@ -88,7 +88,7 @@ def _plan(pipeline, overrides, plugins_dirs, strict):
 @click.argument("pipeline", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a pipeline value, e.g. --set trainer.epochs=3 (repeatable).")
-@click.option("--resume", metavar="latest|PATH", help="Continue from a checkpoint (same as trainer.resume_from).")
+@click.option("--resume", metavar="latest|PATH", help="Continue from a checkpoint: latest, a file or a glob.")
 @click.option("--no-progress", is_flag=True, help="Print log lines instead of a progress bar.")
 @click.option("--profile", is_flag=True, help="Time each plugin's hooks, callbacks and components; save profile.json.")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), help="Train with N processes (DDP) via torchrun.")
@@ -101,34 +101,33 @@ def _plan(pipeline, overrides, plugins_dirs, strict):
 def run(pipeline, overrides, resume, no_progress, profile, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id,
         sandbox_all, plugins_dirs, strict):
     """Validate PIPELINE, then train it (on N processes with --nproc-per-node)."""
-    from .errors import RunInterrupted
     from .runner import execute
 
-    overrides = list(overrides) + ([f"trainer.resume_from={resume!r}"] if resume else [])
+    overrides = list(overrides)
     kernel, plan = _plan(pipeline, overrides, plugins_dirs, strict)
     if sandbox_all and len(plan.sandboxed) < len(plan.config.callbacks):
         overrides += [f"callbacks.{i}.sandbox=true" for i in range(len(plan.config.callbacks))]
         kernel, plan = _plan(pipeline, overrides, plugins_dirs, strict)
     if nproc_per_node and "RANK" not in os.environ:  # the launcher: validated, now torchrun takes over
         _exec_torchrun(pipeline, overrides, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id, plugins_dirs, strict,
-                       profile)
+                       profile, resume)
     progress = not no_progress and sys.stderr.isatty()
     profiler = None
     if profile:
         from .profiler import PluginProfiler
 
         profiler = PluginProfiler()
-    try:
-        result, _ = execute(kernel, plan, progress=progress, profiler=profiler)
-    except RunInterrupted as exc:  # the trainer cannot know the command line; say it in full
-        raise RunInterrupted(str(exc).replace("<pipeline>", str(pipeline)), exc.signum) from None
+    resume_command = f"apt-kernel run {pipeline} --resume latest"
+    result, _ = execute(kernel, plan, progress=progress, profiler=profiler, resume=resume,
+                        resume_command=resume_command)
     if int(os.environ.get("RANK", 0)) == 0:
         _summary(pipeline, plan, result)
         if profiler is not None:
             click.echo(f"\nProfile (also in {result['profile']}):\n{profiler.table()}")
 
 
-def _exec_torchrun(pipeline, overrides, nproc, nnodes, endpoint, rdzv_id, plugins_dirs, strict, profile) -> None:
+def _exec_torchrun(pipeline, overrides, nproc, nnodes, endpoint, rdzv_id, plugins_dirs, strict, profile,
+                   resume) -> None:
     """Replace this process with torchrun running `apt-kernel run` in every worker (signals reach it)."""
     from .errors import UserError
 
@@ -143,26 +142,19 @@ def _exec_torchrun(pipeline, overrides, nproc, nnodes, endpoint, rdzv_id, plugin
     worker += [arg for item in overrides for arg in ("--set", item)]
     worker += [arg for d in plugins_dirs for arg in ("--plugins-dir", d)] + (["--strict"] if strict else [])
     worker += ["--profile"] if profile else []
+    worker += ["--resume", resume] if resume else []
     sys.stdout.flush()
     os.execv(sys.executable, launcher + worker)
 
 
 def _summary(pipeline: str, plan, result: dict) -> None:
-    run_dir = plan.config.output_dir
+    """The trainer says what its result means (``summary``: label, text pairs); the kernel prints it."""
     click.echo("")
     click.secho(f"Finished {plan.config.pipeline.name!r}", bold=True)
-    for key in ("train_loss", "val_loss", "best_val_loss", "unigram_entropy"):
-        if result.get(key) is not None:
-            click.echo(f"  {key.replace('_', ' '):<16} {result[key]:.4f}")
-    for key in ("steps", "epochs", "tokens", "seconds", "world_size"):
-        if result.get(key) is not None:
-            click.echo(f"  {key:<16} {result[key]}")
-    click.echo(f"  run dir          {run_dir}")
-    if result.get("checkpoint"):
-        click.echo(f"  last checkpoint  {result['checkpoint']}")
-    if result.get("export_dir"):
-        click.echo(f"  model            {result['export_dir']} (safetensors + config.json + tokenizer/)")
-    click.echo(f"  resume with      apt-kernel run {pipeline} --resume latest --set trainer.epochs=N")
+    for label, value in result.get("summary") or []:
+        click.echo(f"  {label:<16} {value}")
+    click.echo(f"  {'run dir':<16} {plan.config.output_dir}")
+    click.echo(f"  {'resume with':<16} apt-kernel run {pipeline} --resume latest")
 
 
 @main.command()

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .callbacks import CallbackDispatcher
+
 
 def _print(message: str) -> None:
     print(message, flush=True)
@@ -25,13 +27,15 @@ class BuildContext:
     encoders: dict[str, Any] = field(default_factory=dict)
     model: Any = None
     loss: Any = None
-    callbacks: list[Any] = field(default_factory=list)
+    callbacks: CallbackDispatcher = field(default_factory=CallbackDispatcher)
     trainer: Any = None
     log: Callable[[str], None] = _print
     progress: bool = True
     rank: int = 0  # this process's rank under torchrun (RANK), 0 otherwise
     world_size: int = 1
     report_error: Callable[[dict], None] = field(default=lambda error: None)
+    resume: str | None = None  # a checkpoint to continue from: a path, a glob, or "latest"
+    resume_command: str = "run_pipeline(..., resume='latest')"  # how the user resumes this run, for messages
 
     @property
     def is_main(self) -> bool:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -125,12 +126,43 @@ def _apply_status(info: PluginInfo, allow: set[str] | None, deny: set[str], stor
         info.status, info.reason = failure
 
 
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+
+
+def _requires_from_metadata(info: PluginInfo, meta, by_distribution: dict[str, str]) -> None:
+    """A packaged plugin's dependencies on other plugins are its distribution's own requirements
+    (pyproject ``dependencies``), declared once; a manifest ``[requires]`` table must agree with them."""
+    if info.manifest is None or not hasattr(meta, "get_all"):
+        return
+    requires: dict[str, str] = {}
+    for line in meta.get_all("Requires-Dist") or []:
+        head = _normalise(re.split(r"[\s;<>=!~\[(]", line.strip(), maxsplit=1)[0])
+        if head not in by_distribution:
+            continue
+        from packaging.requirements import Requirement  # only for the few lines that name a plugin
+
+        requirement = Requirement(line)
+        if requirement.marker is not None and "extra" in str(requirement.marker):
+            continue  # an optional extra, not a dependency of the plugin itself
+        requires[by_distribution[head]] = str(requirement.specifier) or "*"
+    declared = info.manifest.requires
+    if declared and set(declared) != set(requires):
+        info.status = FAILED
+        info.reason = (f"its {MANIFEST_FILE} [requires] lists {sorted(declared)} but its distribution requires "
+                       f"{sorted(requires) or 'no plugin'}; declare plugin dependencies once, in pyproject.toml "
+                       f"dependencies, and drop [requires] from the manifest")
+        return
+    info.manifest = replace(info.manifest, requires=requires)
+
+
 def discover(plugins_dirs: tuple[str, ...] | list[str] = (), env: dict | None = None) -> list[PluginInfo]:
     """Every plugin visible to this process, with its manifest and status; imports no plugin code."""
     env = env if env is not None else os.environ
     allow, deny = _names(env.get("APT_LOAD_PLUGINS")), _names(env.get("APT_DISABLE_PLUGINS")) or set()
     store = StatusStore(kernel_home(env) / "plugin-status.json")
     found: dict[str, PluginInfo] = {}
+    metadata: dict[str, object] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in found:  # the same distribution seen twice on sys.path: first one wins, as Python's
             continue
@@ -140,7 +172,10 @@ def discover(plugins_dirs: tuple[str, ...] | list[str] = (), env: dict | None = 
             info.manifest = _manifest_for_module(ep.value)
         except ManifestError as exc:
             info.status, info.reason = FAILED, str(exc)
-        found[ep.name] = info
+        found[ep.name], metadata[ep.name] = info, meta
+    by_distribution = {_normalise(i.distribution): i.name for i in found.values() if i.distribution}
+    for name, meta in metadata.items():
+        _requires_from_metadata(found[name], meta, by_distribution)
     for directory in plugins_dirs:
         for path in sorted(Path(directory).glob("*.py")):
             if path.stem.startswith("_") or path.stem in found:

@@ -1,16 +1,21 @@
-"""The plugin contract. Each hook is what a plugin may implement; read this module as the reference.
+"""The plugin contract's hooks: what a plugin module may implement, each with ``@hookimpl``.
+
+Read this module as the reference. A plugin is a module (or object) with hook functions and a static
+manifest (``apt-plugin.toml``) that declares, before any import, every component it registers. A hook
+implementation may take any subset of the spec's parameters, by name; a function named like a hook
+that is not one, or a parameter a spec does not have, is refused when the plugin loads.
 
 Registration hooks receive ``register(name, factory, summary="")``. A factory is called as
-``factory(options, context)``: ``options`` is the plain dict of the component's validated options from
-pipeline.toml, ``context`` the run's ``BuildContext``. Every name a plugin registers must be declared in
-its static manifest (``apt-plugin.toml``), so the kernel knows what a plugin provides before importing it.
-
-Per-step training events are not hooks: they go to the callback objects the pipeline selected, as
-plain method calls (see ``apt_sdk.Callback``). Hook arguments are plain data so a plugin can later run
-in another process.
+``factory(options, context)``: ``options`` is the dict of the component's validated options from
+pipeline.toml, ``context`` the run's ``BuildContext``. What each factory must return is a protocol in
+``apt_kernel.protocols``. Training events are not hooks: they go to ``Callback`` objects
+(``apt_kernel.callbacks``). Lifecycle hook arguments are plain data, so a plugin could run elsewhere.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 
@@ -19,57 +24,102 @@ from .kinds import KINDS, REGISTRATION_HOOKS  # noqa: F401  (re-exported: part o
 hookspec = pluggy.HookspecMarker("apt_kernel")
 hookimpl = pluggy.HookimplMarker("apt_kernel")
 
-
-@hookspec
-def register_data(register):
-    """Register data components (datasets, data modules): ``register(name, factory)``."""
+Register = Callable[..., None]
+"""``register(name: str, factory: Callable[[dict, BuildContext], T], summary: str = "") -> None``"""
 
 
 @hookspec
-def register_models(register):
-    """Register model components: ``register(name, factory)``; the factory returns a model object."""
+def register_data(register: Register) -> None:
+    """Register data components; each factory returns a ``DataModule``.
+
+    :param register: call ``register(name, factory, summary="")`` once per component; ``name`` must be
+        declared under ``[provides.data.<name>]`` in the plugin's manifest.
+    """
 
 
 @hookspec
-def register_losses(register):
-    """Register loss components: ``register(name, factory)``; the factory returns a callable loss."""
+def register_encoders(register: Register) -> None:
+    """Register modality encoders (image, audio, ...); each factory returns an ``Encoder``.
+
+    :param register: as for ``register_data``; names are declared under ``[provides.encoder.<name>]``.
+    """
 
 
 @hookspec
-def register_callbacks(register):
-    """Register training callbacks: ``register(name, factory)``; the factory returns a Callback."""
+def register_models(register: Register) -> None:
+    """Register models; each factory returns a ``Model`` (a ``torch.nn.Module``).
+
+    :param register: as for ``register_data``; names are declared under ``[provides.model.<name>]``.
+        A model factory may read ``context.data`` (built first), e.g. its tokenizer's vocabulary size.
+    """
 
 
 @hookspec
-def register_encoders(register):
-    """Register modality encoders (image, audio, ...): ``register(name, factory)``."""
+def register_losses(register: Register) -> None:
+    """Register losses; each factory returns a ``Loss``: ``loss(outputs, batch) -> (sum, count)``.
+
+    :param register: as for ``register_data``; names are declared under ``[provides.loss.<name>]``.
+    """
 
 
 @hookspec
-def register_trainers(register):
-    """Register trainers: ``register(name, factory)``; the factory returns an object with ``fit(context)``."""
+def register_callbacks(register: Register) -> None:
+    """Register training callbacks; each factory returns a ``Callback``.
+
+    :param register: as for ``register_data``; names are declared under ``[provides.callback.<name>]``.
+    """
 
 
 @hookspec
-def seed_everything(seed: int):
-    """Seed every random number generator this plugin owns, before any component is built."""
+def register_trainers(register: Register) -> None:
+    """Register trainers; each factory returns a ``Trainer`` (``fit(context) -> dict``).
+
+    :param register: as for ``register_data``; names are declared under ``[provides.trainer.<name>]``.
+    """
 
 
 @hookspec
-def pipeline_start(pipeline: dict, run_dir: str):
-    """A validated pipeline (as a plain dict) is about to build its components and train."""
+def seed_everything(seed: int) -> None:
+    """Seed every random number generator this plugin owns, before any component is built.
+
+    :param seed: the pipeline's ``[pipeline] seed``.
+    """
 
 
 @hookspec
-def error_reported(error: dict):
-    """A non-fatal problem during a run (a skipped inf/NaN step, a bad batch), as plain data."""
+def pipeline_start(pipeline: dict[str, Any], run_dir: str) -> None:
+    """A validated pipeline is about to build its components and train.
+
+    :param pipeline: the pipeline as plain data, every component's options filled in.
+    :param run_dir: the run's output folder (it may not exist yet).
+    """
 
 
 @hookspec
-def pipeline_end(pipeline: dict, run_dir: str, result: dict):
-    """A pipeline finished; ``result`` is the trainer's summary (losses, checkpoint paths)."""
+def error_reported(error: dict[str, Any]) -> None:
+    """A non-fatal problem during a run (a skipped inf/NaN step, a bad batch, a failed sandboxed call).
+
+    :param error: plain data: ``type``, ``message``, ``severity``, and where known ``plugin``, ``hook``,
+        ``global_step``, ``epoch``, ``rank``, ``traceback``, ``pipeline``, ``run_dir``.
+    """
 
 
 @hookspec
-def pipeline_error(pipeline: dict, run_dir: str, error: dict):
-    """A pipeline failed; ``error`` holds type, message, traceback, and the plugin and hook at fault."""
+def pipeline_end(pipeline: dict[str, Any], run_dir: str, result: dict[str, Any]) -> None:
+    """A pipeline finished.
+
+    :param pipeline: as in ``pipeline_start``.
+    :param run_dir: the run's output folder.
+    :param result: what the trainer's ``fit`` returned.
+    """
+
+
+@hookspec
+def pipeline_error(pipeline: dict[str, Any], run_dir: str, error: dict[str, Any]) -> None:
+    """A pipeline failed; it is re-raised after this hook.
+
+    :param pipeline: as in ``pipeline_start``.
+    :param run_dir: the run's output folder.
+    :param error: ``type``, ``message``, ``traceback``, and ``plugin`` and ``hook`` where the error is
+        attributable (a failing hook, factory or callback event).
+    """

@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from . import kinds
 from .discovery import FAILED, INSTALLED, PluginInfo, StatusStore, discover, kernel_home, strict_from_env
 from .errors import KernelError, PluginLoadError
-from .registry import Registration, Registry
+from .registry import Registration, Registry, closest
 
 if TYPE_CHECKING:
     import pluggy
@@ -113,12 +114,20 @@ class Kernel:
     def add_plugin(self, obj: Any, info: PluginInfo) -> None:
         """Register an imported plugin object (module or instance) and collect its components."""
         self.plugins.setdefault(info.name, info)
-        self.pm.register(obj, name=info.name)
+        try:
+            self._check_hook_names(obj, info)
+            self.pm.register(obj, name=info.name)
+        except PluginLoadError as exc:
+            self._fail(info, str(exc))
+            return
+        except pluggy_validation_error() as exc:
+            self._fail(info, _describe_validation(info.name, exc))
+            return
         try:
             for kind, hook_name in kinds.REGISTRATION_HOOKS.items():
-                for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                    if impl.plugin_name == info.name:
-                        impl.function(register=self._registrar(info, kind))
+                caller = self._caller(hook_name, info.name)
+                if caller is not None:
+                    caller(register=self._registrar(info, kind))
         except KernelError:
             self.pm.unregister(name=info.name)
             self.registry.remove_plugin(info.name)
@@ -129,6 +138,36 @@ class Kernel:
         self.loaded.add(info.name)
         if self.store.last_failure(info):
             self.store.record(info, INSTALLED, None)
+
+    def _check_hook_names(self, obj: Any, info: PluginInfo) -> None:
+        """A hook implementation whose name is no hook, or a ``register_*`` function pluggy would never
+        call, is a mistake to report now, not as a missing component later."""
+        from . import hookspecs
+
+        known = [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "apt_kernel_spec")]
+        for attr in dir(obj):
+            if attr.startswith("_"):
+                continue
+            value = getattr(obj, attr, None)
+            marked = hasattr(value, "apt_kernel_impl")
+            if not callable(value) or attr in known and marked:
+                continue
+            if marked or attr.startswith("register_"):
+                hint = closest(attr, known)
+                if attr in known:
+                    raise PluginLoadError(f"plugin {info.name!r}: {attr} is not marked with @hookimpl "
+                                          f"(from apt_sdk import hookimpl), so the kernel would never call it")
+                raise PluginLoadError(f"plugin {info.name!r} defines {attr}, which is not a hook"
+                                      + (f" (did you mean {hint}?)" if hint else "")
+                                      + f"; hooks: {', '.join(known)}")
+
+    def _caller(self, hook_name: str, plugin: str):
+        """Pluggy's hook caller restricted to one plugin (None if it does not implement the hook)."""
+        hook = getattr(self.pm.hook, hook_name)
+        if not any(impl.plugin_name == plugin for impl in hook.get_hookimpls()):
+            return None
+        others = [p for name, p in self.pm.list_name_plugin() if name != plugin]
+        return self.pm.subset_hook_caller(hook_name, remove_plugins=others)
 
     def _registrar(self, info: PluginInfo, kind: str) -> Callable[..., None]:
         declared = set(info.manifest.provides.get(kind, {})) if info.manifest else None
@@ -147,16 +186,43 @@ class Kernel:
 
     # -- lifecycle hooks ---------------------------------------------------------------------------
     def call_hook(self, hook_name: str, **kwargs: Any) -> list[Any]:
-        """Call every loaded plugin's implementation of a lifecycle hook, attributing any failure."""
-        results = []
+        """Call every loaded plugin's implementation of a lifecycle hook through pluggy, one plugin at a
+        time so a failure and its time are attributed to the plugin."""
         if self._pm is None:
             return []
+        results = []
         for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
-            function = impl.function
-            if self.profiler is not None:
-                function = self.profiler.timed(impl.plugin_name, f"hook {hook_name}", function)
+            caller = self._caller(hook_name, impl.plugin_name)
+            started = time.perf_counter()
             try:
-                results.append(function(**{arg: kwargs[arg] for arg in impl.argnames}))
+                results.extend(caller(**kwargs))
             except Exception as exc:
                 raise PluginHookError(impl.plugin_name, hook_name, exc) from exc
+            finally:
+                if self.profiler is not None:
+                    self.profiler.record(impl.plugin_name, f"hook {hook_name}", time.perf_counter() - started)
         return results
+
+
+def pluggy_validation_error() -> type[Exception]:
+    from pluggy import PluginValidationError
+
+    return PluginValidationError
+
+
+def _describe_validation(plugin: str, exc: Exception) -> str:
+    """Pluggy's refusal of a hook implementation, said in the plugin author's terms."""
+    import inspect
+    import re
+
+    from . import hookspecs
+
+    text = str(exc)
+    hook = re.search(r"for hook '(\w+)'", text)
+    wrong = re.search(r"Argument\(s\) (\{.*?\})", text)
+    spec = getattr(hookspecs, hook.group(1), None) if hook else None
+    if spec is None or wrong is None:
+        return f"plugin {plugin!r}: {text}"
+    allowed = ", ".join(inspect.signature(spec).parameters)
+    return (f"plugin {plugin!r}: its {hook.group(1)} takes {wrong.group(1)}, which the hook does not pass "
+            f"(it passes: {allowed})")

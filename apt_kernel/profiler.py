@@ -1,8 +1,9 @@
 """Where a run's time goes, per plugin: `apt-kernel run --profile`, and `profile_plugin` for one call.
 
-With profiling on, the kernel times every lifecycle hook and component factory, each callback event,
-the model's forward, the loss and the data iterator, attributed to the plugin that registered them,
-and the trainer's whole `fit` as the reference. With it off nothing is wrapped: zero overhead.
+With profiling on, the kernel times every lifecycle hook and component factory, each callback event
+(in the callback dispatcher), the model's forward (torch module hooks), the loss and the data iterator
+(wrappers; no plugin object is patched), attributed to the plugin that registered them, and the
+trainer's whole `fit` as the reference. With it off nothing is wrapped: zero overhead.
 """
 
 from __future__ import annotations
@@ -15,10 +16,6 @@ from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
 from typing import Any
-
-CALLBACK_EVENTS = ("on_fit_start", "on_epoch_start", "on_micro_batch_end", "on_before_optimizer_step",
-                   "on_train_batch_end", "on_validation_end", "on_epoch_end", "on_checkpoint_saved", "on_fit_end",
-                   "on_exception")
 
 
 def profile_plugin(func: Callable, *args: Any, **kwargs: Any) -> tuple[Any, dict]:
@@ -70,13 +67,6 @@ class PluginProfiler:
         return wrapper
 
     # -- what gets wrapped ------------------------------------------------------------------------
-    def watch_callback(self, callback: Any, plugin: str, name: str) -> None:
-        """Time the events this callback object actually implements."""
-        for event in CALLBACK_EVENTS:
-            method = getattr(callback, event, None)
-            if method is not None and getattr(method, "__module__", None) != "apt_sdk.components":  # not no-ops
-                setattr(callback, event, self.timed(plugin, f"callback {name}.{event}", method))
-
     def watch_model(self, model: Any, plugin: str, name: str) -> None:
         """Time the forward pass with module hooks (backward runs in autograd, outside any plugin)."""
         if not hasattr(model, "register_forward_pre_hook"):
@@ -87,24 +77,9 @@ class PluginProfiler:
             lambda module, args, output: self.record(plugin, f"model {name}.forward",
                                                      time.perf_counter() - starts.pop()))
 
-    def watch_data(self, data: Any, plugin: str, name: str) -> None:
-        """Time each batch the data component produces."""
-        if not hasattr(data, "train_batches"):
-            return
-        produce = data.train_batches
-
-        def train_batches(*args, **kwargs) -> Iterator:
-            batches = iter(produce(*args, **kwargs))
-            while True:
-                start = time.perf_counter()
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    return
-                self.record(plugin, f"data {name}.batch", time.perf_counter() - start)
-                yield batch
-
-        data.train_batches = train_batches
+    def timed_data(self, data: Any, plugin: str, name: str) -> Any:
+        """A stand-in for the data component that times each training batch it produces."""
+        return _TimedData(data, self, plugin, f"data {name}.batch")
 
     # -- report -----------------------------------------------------------------------------------
     def rows(self) -> list[dict]:
@@ -144,3 +119,24 @@ class PluginProfiler:
         lines.append(f"training {self.fit_seconds or 0:.2f} s (share is of that); "
                      f"peak memory {peak_rss_mb():.0f} MiB RSS")
         return "\n".join(lines)
+
+
+class _TimedData:
+    """Delegates everything to the data component; times ``train_batches`` one batch at a time."""
+
+    def __init__(self, data: Any, profiler: PluginProfiler, plugin: str, what: str) -> None:
+        self._data, self._profiler, self._plugin, self._what = data, profiler, plugin, what
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._data, name)
+
+    def train_batches(self, *args: Any, **kwargs: Any) -> Iterator:
+        batches = iter(self._data.train_batches(*args, **kwargs))
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            self._profiler.record(self._plugin, self._what, time.perf_counter() - start)
+            yield batch

@@ -159,14 +159,13 @@ def _build(kernel: Kernel, kind: str, name: str, options: dict, context: BuildCo
 
 
 def _watch(kernel: Kernel, plan: Plan, context: BuildContext) -> None:
-    """With --profile: time what each plugin's components do during training."""
+    """With --profile: time the model's forward, the loss and the data (callbacks and hooks are timed
+    where they are dispatched). Wrappers and torch's module hooks only: no plugin object is patched."""
     profiler = kernel.profiler
-    owner = {table: plan.providers[table].name if table in plan.sandboxed
-             else kernel.registry.get(kind, spec.use).plugin for table, kind, spec in plan.config.components()}
-    for index, (callback, spec) in enumerate(zip(context.callbacks, plan.config.callbacks, strict=True)):
-        profiler.watch_callback(callback, owner[f"callbacks[{index}]"], spec.use)
+    owner = {kind: kernel.registry.get(kind, spec.use).plugin for table, kind, spec in plan.config.components()
+             if table in ("model", "data", "loss")}
     profiler.watch_model(context.model, owner["model"], plan.config.model.use)
-    profiler.watch_data(context.data, owner["data"], plan.config.data.use)
+    context.data = profiler.timed_data(context.data, owner["data"], plan.config.data.use)
     context.loss = profiler.timed(owner["loss"], f"loss {plan.config.loss.use}", context.loss)
 
 
@@ -182,14 +181,16 @@ def _raise_if_a_sandbox_stopped(plan: Plan, context: BuildContext, result: dict)
                                context.callbacks, strict=True):
         reason = callback.stop_reason if isinstance(callback, SandboxedCallback) else None
         if reason:
-            saved = f"; last checkpoint: {result['checkpoint']}" if result.get("checkpoint") else ""
             raise PluginHookError(plan.providers[table].name, f"{table} (sandboxed)",
-                                  SandboxStopped(f"{reason}; training stopped at step {result.get('steps')}{saved}"))
+                                  SandboxStopped(reason))
 
 
-def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True,
-            profiler=None) -> tuple[dict, BuildContext]:
-    """Load, build and fit. Returns the trainer's result and the context holding every component."""
+def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True, profiler=None,
+            resume: str | None = None, resume_command: str | None = None) -> tuple[dict, BuildContext]:
+    """Load, build and fit. Returns the trainer's result and the context holding every component.
+
+    ``resume`` (a checkpoint path, a glob or ``"latest"``) is handed to the trainer in the context;
+    ``resume_command`` is how the user would resume this run, for the trainer's messages."""
     kernel.profiler = profiler
     load_components(kernel, plan)
     config, data = plan.config, plan.data
@@ -198,7 +199,11 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True,
     context = BuildContext(config.pipeline.name, config.pipeline.seed, run_dir, data, progress=progress and rank == 0,
                            rank=rank, world_size=world_size,
                            report_error=lambda error: kernel.call_hook("error_reported", error={
-                               "pipeline": config.pipeline.name, "run_dir": str(run_dir), **error}))
+                               "pipeline": config.pipeline.name, "run_dir": str(run_dir), **error}),
+                           resume=resume)
+    context.callbacks.profiler = profiler
+    if resume_command is not None:
+        context.resume_command = resume_command
     if rank != 0:
         context.log = lambda message: None  # one voice: rank 0 logs for everyone
     elif log is not None:
@@ -217,7 +222,7 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True,
             if kind == "encoder":
                 context.encoders[table.split(".", 1)[1]] = built
             elif kind == "callback":
-                context.callbacks.append(built)
+                context.callbacks.add(built, plan.providers[table].name, spec.use)
             else:
                 setattr(context, kind, built)
         # only now, with every component built, is the run valid enough to leave files behind
@@ -265,10 +270,11 @@ def _plan(pipeline: str | Path | dict, overrides: list[str] | None, kernel: Kern
 
 def run_pipeline(pipeline: str | Path | dict, overrides: list[str] | None = None, *,
                  kernel: Kernel | None = None, plugins_dirs: tuple[str, ...] = (), log=None,
-                 progress: bool = False) -> tuple[dict, BuildContext]:
-    """Run a pipeline from a path, TOML text or dict, in this process (the Python API of ``run``)."""
+                 progress: bool = False, resume: str | None = None) -> tuple[dict, BuildContext]:
+    """Run a pipeline from a path, TOML text or dict, in this process (the Python API of ``run``).
+    ``resume`` continues from a checkpoint: a path, a glob, or ``"latest"``."""
     kernel = kernel or Kernel(plugins_dirs)
-    return execute(kernel, _plan(pipeline, overrides, kernel), log=log, progress=progress)
+    return execute(kernel, _plan(pipeline, overrides, kernel), log=log, progress=progress, resume=resume)
 
 
 def check_pipeline(pipeline: str | Path | dict, overrides: list[str] | None = None, *,

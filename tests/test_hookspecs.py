@@ -13,12 +13,16 @@ from apt_sdk import Callback, hookimpl
 SPECS = [name for name, f in vars(hookspecs).items() if callable(f) and hasattr(f, "apt_kernel_spec")]
 
 
-def test_every_hookspec_has_a_docstring():
+def test_every_hookspec_is_typed_and_documents_each_parameter():
     assert set(SPECS) >= set(hookspecs.REGISTRATION_HOOKS.values()) | {
         "seed_everything", "pipeline_start", "pipeline_end", "pipeline_error"}
     for name in SPECS:
-        doc = inspect.getdoc(getattr(hookspecs, name))
-        assert doc and len(doc.splitlines()) <= 3, name
+        spec = getattr(hookspecs, name)
+        doc = inspect.getdoc(spec)
+        assert doc, name
+        for parameter in inspect.signature(spec).parameters.values():
+            assert f":param {parameter.name}:" in doc, (name, parameter.name)
+            assert parameter.annotation is not inspect.Parameter.empty, (name, parameter.name)
 
 
 def _manifest(**provides):
@@ -116,9 +120,13 @@ def test_pipeline_error_hook_gets_the_failing_plugin(tiny_pipeline):
     kernel.add(recorder, {"kernel_api": "^1.0"}, name="recorder")
     kernel.add(BoomPlugin(), _manifest(callback=["boom"]), name="boom-plugin")
     text = tiny_pipeline.read_text() + '\n[[callbacks]]\nuse = "boom"\n'
-    with pytest.raises(RuntimeError, match="boom"):
+    from apt_sdk import CallbackError
+
+    with pytest.raises(CallbackError, match="plugin 'boom-plugin' callback 'boom' failed in on_fit_start: "
+                                            "RuntimeError: boom") as raised:
         run_pipeline(text, kernel=kernel)
-    assert recorder.calls[-1] == ("pipeline_error", "RuntimeError", None)
+    assert isinstance(raised.value.__cause__, RuntimeError)
+    assert recorder.calls[-1] == ("pipeline_error", "CallbackError", "boom-plugin")
 
     class BadFactory:
         @hookimpl

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..callbacks import EVENTS
 from .host import SandboxError, SandboxWorker, as_plain, package_dir, read_paths
 from .limits import SandboxLimits
 
-EVENTS = ("on_fit_start", "on_epoch_start", "on_micro_batch_end", "on_before_optimizer_step", "on_train_batch_end",
-          "on_validation_end", "on_epoch_end", "on_checkpoint_saved", "on_fit_end", "on_exception")
-
 
 def _trainer_view(trainer: Any) -> dict:
-    history = getattr(trainer, "loss_history", [])
-    return {"global_step": trainer.global_step, "epoch": trainer.epoch, "is_main": trainer.is_main,
-            "should_stop": bool(trainer.should_stop), "last_metrics": as_plain(dict(trainer.last_metrics)),
-            "recent_losses": [float(x) for x in history[-20:]]}
+    """The plain-data part of the ``TrainerState`` protocol (model, optimizer, data stay here)."""
+    return {"step": trainer.step, "epoch": trainer.epoch, "is_main": trainer.is_main, "rank": trainer.rank,
+            "world_size": trainer.world_size, "run_dir": str(trainer.run_dir),
+            "should_stop": bool(trainer.should_stop), "skip_next_step": bool(trainer.skip_next_step),
+            "metrics": as_plain(dict(trainer.metrics)), "losses": [float(x) for x in trainer.losses[-20:]]}
 
 
 class SandboxedCallback:
@@ -54,6 +53,8 @@ class SandboxedCallback:
         for decision, value in reply.get("decisions", {}).items():
             if decision in ("should_stop", "skip_next_step") and value:
                 setattr(trainer, decision, True)
+        for report in reply.get("reports", []):
+            self.context.report_error({**report, "plugin": self.plugin.name, "hook": f"callback {self.name}"})
         if not reply.get("ok"):
             error = reply.get("error", {})
             return self._failed(trainer, error.get("type", "Error"),
@@ -71,8 +72,12 @@ class SandboxedCallback:
                                    "epoch": getattr(trainer, "epoch", None), "rank": self.context.rank})
         if stop and trainer is not None:
             trainer.should_stop = True
-            self.stop_reason = self.stop_reason or message
+            self.stop_reason = self.stop_reason or f"{message}; training stopped at step {trainer.step}"
         return None
+
+    def implemented_events(self) -> set[str]:
+        """What the plugin's class overrides, as its worker reported at start."""
+        return self.events
 
     def state_dict(self) -> dict:
         if "state_dict" not in self.events:

@@ -69,13 +69,22 @@ def confine_self(init: dict) -> list[dict]:
 
 # -- component mode --------------------------------------------------------------------------------
 class TrainerView:
-    """What a sandboxed callback sees of the trainer: read-only numbers, and two decisions it may take."""
+    """The ``TrainerState`` a sandboxed callback sees: read-only numbers, no model, optimizer or data
+    (they live in the training process), and two decisions it may take."""
 
     DECISIONS = ("should_stop", "skip_next_step")
+    IN_PROCESS_ONLY = ("model", "optimizer", "data")
 
     def __init__(self, state: dict) -> None:
+        from pathlib import Path
+
+        state = dict(state)
+        if "run_dir" in state:
+            state["run_dir"] = Path(state["run_dir"])
+        state.update(dict.fromkeys(self.IN_PROCESS_ONLY))
         object.__setattr__(self, "_state", state)
         object.__setattr__(self, "decisions", {})
+        object.__setattr__(self, "reports", [])
 
     def __getattr__(self, name: str) -> Any:
         if name in self.decisions:
@@ -92,6 +101,9 @@ class TrainerView:
 
     def log(self, message: str) -> None:
         print(message, flush=True)
+
+    def report_error(self, error: dict) -> None:
+        self.reports.append(plain(dict(error)))
 
 
 def load_component(init: dict) -> Any:
@@ -115,10 +127,9 @@ def load_component(init: dict) -> Any:
 
 
 def overridden_events(component: Any) -> list[str]:
-    from apt_sdk import Callback
+    from apt_kernel.callbacks import implemented_events
 
-    events = [name for name in dir(Callback) if name.startswith("on_") or name in ("state_dict", "load_state_dict")]
-    return [name for name in events if getattr(type(component), name, None) is not getattr(Callback, name, None)]
+    return sorted(implemented_events(component))
 
 
 def serve_component(sock: socket.socket, component: Any) -> None:
@@ -131,9 +142,9 @@ def serve_component(sock: socket.socket, component: Any) -> None:
             method = getattr(component, message["method"])
             args = message.get("args", [])
             result = method(view, *args) if message.get("trainer") is not None else method(*args)
-            reply = {"ok": True, "result": plain(result), "decisions": view.decisions}
+            reply = {"ok": True, "result": plain(result), "decisions": view.decisions, "reports": view.reports}
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: it is the plugin's error, not ours
-            reply = {"ok": False, "error": describe(exc), "decisions": view.decisions}
+            reply = {"ok": False, "error": describe(exc), "decisions": view.decisions, "reports": view.reports}
         protocol.send(sock, reply)
 
 

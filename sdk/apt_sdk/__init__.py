@@ -1,20 +1,26 @@
-"""The SDK for APT Kernel plugins: everything a plugin needs, and nothing it should not depend on.
+"""The SDK for APT Kernel plugins: the contract a plugin is written against, and nothing else.
 
-A plugin is a module with ``@hookimpl`` functions (see ``apt_kernel.hookspecs``) and a static
-``apt-plugin.toml`` manifest. Components are built by factories ``factory(options, context)``.
+- hooks: ``hookimpl`` marks a plugin's implementations of ``apt_kernel.hookspecs``;
+- component protocols: ``DataModule``, ``Tokenizer``, ``Model``, ``Loss``, ``Encoder``, ``Trainer``,
+  and ``TrainerState`` (what a callback sees);
+- ``Callback`` (subclass it) and ``EVENTS``, the training events;
+- ``BuildContext``: a factory's second argument, ``factory(options, context)``;
+- errors: ``UserError`` (exit 2, no traceback), ``PipelineError``, ``RunInterrupted``;
+- ``run_pipeline`` / ``check_pipeline``: run or validate a pipeline from Python.
+
+Test helpers for plugin authors are in ``apt_sdk.testing`` (pytest fixtures ``apt_kernel``, ``run_pipeline``).
 """
 
 from apt_kernel import KERNEL_API_VERSION
+from apt_kernel.callbacks import EVENTS, Callback, CallbackError
 from apt_kernel.context import BuildContext
 from apt_kernel.errors import PipelineError, RunInterrupted, UserError
 from apt_kernel.hookspecs import hookimpl
-from apt_kernel.manifest import MANIFEST_FILE, Manifest, parse_manifest, read_manifest_file
+from apt_kernel.protocols import Batch, DataModule, Encoder, Loss, Model, Tokenizer, Trainer, TrainerState
 from apt_kernel.runner import check_pipeline, run_pipeline
 
-from .components import Callback, DataModule, Encoder, Loss, Trainer
-
 __all__ = [
-    "KERNEL_API_VERSION", "MANIFEST_FILE", "BuildContext", "Callback", "DataModule", "Encoder", "Loss",
-    "Manifest", "PipelineError", "RunInterrupted", "Trainer", "UserError", "check_pipeline", "hookimpl",
-    "parse_manifest", "read_manifest_file", "run_pipeline",
+    "EVENTS", "KERNEL_API_VERSION", "Batch", "BuildContext", "Callback", "CallbackError", "DataModule", "Encoder",
+    "Loss", "Model", "PipelineError", "RunInterrupted", "Tokenizer", "Trainer", "TrainerState", "UserError",
+    "check_pipeline", "hookimpl", "run_pipeline",
 ]

@@ -2,6 +2,7 @@
 
 ``apt_kernel``: an isolated kernel with autoload off; add in-process plugins with ``add_plugin``.
 ``run_pipeline``: run TOML text against the installed plugins, output under ``tmp_path``.
+``read_manifest_file(path)``: read and check a plugin's ``apt-plugin.toml`` as the kernel does.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import pytest
 
 from apt_kernel.discovery import PluginInfo
 from apt_kernel.kernel import Kernel
-from apt_kernel.manifest import Manifest, parse_manifest
+from apt_kernel.manifest import Manifest, parse_manifest, read_manifest_file
 from apt_kernel.runner import execute, plan_pipeline
+
+__all__ = ["IsolatedKernel", "apt_kernel", "read_manifest_file", "run_pipeline"]
 
 
 class IsolatedKernel(Kernel):

@@ -45,8 +45,10 @@ class ErrorLog(Callback):
                                 rank=failure["rank"], epoch=trainer.epoch, global_step=failure["step"],
                                 checkpoint_path=getattr(error, "checkpoint", None))
             return
-        self.record(error, plugin=getattr(error, "plugin", None), rank=trainer.context.rank, epoch=trainer.epoch,
-                    global_step=trainer.global_step)
+        original = getattr(error, "original", None) or error  # a CallbackError wraps what the callback raised
+        self.logged.add((type(original).__name__, str(original)))
+        self.record(original, plugin=getattr(error, "plugin", None), hook=getattr(error, "hook", None),
+                    rank=trainer.rank, epoch=trainer.epoch, global_step=trainer.step)
 
 
 def build_error_log(options: dict, context: BuildContext) -> ErrorLog:

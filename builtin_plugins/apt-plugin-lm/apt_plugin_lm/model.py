@@ -279,6 +279,15 @@ class APTLargeModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token, forward and backward (PaLM appendix B, as nanoGPT's estimate_mfu):
+        6 per weight (position embeddings are a lookup, not a matmul) plus 12 * layers * d_model * T for
+        the attention scores and their weighted sum. The autopoietic refinement's extra work is not
+        counted: MFU measures useful model FLOPs, not the method's overhead."""
+        weights = self.num_parameters() - self.pos.weight.numel()
+        layers = self.config.num_layers + self.config.num_encoder_layers
+        return 6.0 * weights + 12.0 * layers * self.config.d_model * seq_len
+
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_length: int = 100, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,

@@ -28,13 +28,18 @@ class TextSamples(Callback):
         return tokenizer.decode(out[0].tolist())
 
     def _show(self, trainer, when: str) -> None:
+        if trainer.model is None:  # sandboxed: the model stays in the training process
+            if when == "before":
+                trainer.log("text-samples: a sandboxed callback sees no model, so it writes no samples; "
+                            "run it in-process (sandbox = false)")
+            return
         text = self.generate(trainer)  # on every rank: a sharded (FSDP) model needs all of them
         if not trainer.is_main:  # one sample per run, not one per rank
             return
         self.samples[when] = text
         trainer.log(f"--- sample {when} training ---\n{text}\n---")
         with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(f"--- {when} training (step {trainer.global_step}) ---\n{text}\n\n")
+            fh.write(f"--- {when} training (step {trainer.step}) ---\n{text}\n\n")
 
     def on_fit_start(self, trainer) -> None:
         self._show(trainer, "before")
@@ -42,3 +47,6 @@ class TextSamples(Callback):
     def on_fit_end(self, trainer, result: dict) -> None:
         self._show(trainer, "after")
         result["samples"] = dict(self.samples)
+        entropy = getattr(trainer.data, "unigram_entropy", None)
+        if entropy is not None and "summary" in result:  # the loss a model that ignores context would reach
+            result["summary"].append(("unigram entropy", f"{entropy:.4f}"))

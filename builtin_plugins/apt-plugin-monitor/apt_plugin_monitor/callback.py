@@ -20,10 +20,14 @@ class GradientMonitorCallback(Callback):
         self.anomalies: list[dict] = []
 
     def on_fit_start(self, trainer) -> None:
+        if trainer.model is None:  # sandboxed: the gradients stay in the training process
+            trainer.log("gradient-monitor: this callback reads the model's gradients, which a sandboxed callback "
+                        "cannot see; run it in-process (sandbox = false) to monitor gradients")
+            return
         self.monitor = GradientMonitor(trainer.model, vanishing=self.vanishing, exploding=self.exploding)
 
     def on_before_optimizer_step(self, trainer, step: int) -> None:
-        if step % self.every:
+        if self.monitor is None or step % self.every:
             return
         total = self.monitor.log_gradient_norms(step)
         broken = [i for i in self.monitor.detect_gradient_anomalies() if i["kind"] in ("nan", "inf")]
@@ -31,11 +35,11 @@ class GradientMonitorCallback(Callback):
             return
         layers = [i["layer"] for i in broken]
         event = {"type": "NonFiniteGradients", "severity": "warning" if self.on_anomaly != "stop" else "error",
-                 "global_step": step, "epoch": trainer.epoch, "rank": trainer.context.rank,
+                 "global_step": step, "epoch": trainer.epoch, "rank": trainer.rank,
                  "message": f"step {step}: non-finite gradients in {len(layers)} layer(s): {', '.join(layers[:5])}",
                  "layers": layers, "total_norm": total, "action": self.on_anomaly}
         self.anomalies.append(event)
-        trainer.context.report_error(event)
+        trainer.report_error(event)
         trainer.log(f"gradient monitor: {event['message']} ({self.on_anomaly})")
         if self.on_anomaly == "skip_step":
             trainer.skip_next_step = True
@@ -60,7 +64,8 @@ class GradientMonitorCallback(Callback):
 
 class TensorBoardCallback(Callback):
     """Scalars every `every` steps (read at that interval only), histograms every `histogram_every`,
-    the graph and attention maps at the start and end, the gradient-flow figure if a monitor runs."""
+    the graph and attention maps at the start and end, and the gradient-flow figure if a
+    gradient-monitor listed before this callback wrote one. Sandboxed, it sees no model: scalars only."""
 
     def __init__(self, log_dir: Path, every: int, histogram_every: int, attention: bool, graph: bool,
                  use_wandb: bool) -> None:
@@ -81,36 +86,39 @@ class TensorBoardCallback(Callback):
         if getattr(self.visualizer, "message", None):
             trainer.log(self.visualizer.message)
         trainer.log(f"TensorBoard: tensorboard --logdir {self.log_dir}")
+        if trainer.model is None:
+            trainer.log("tensorboard: sandboxed, it sees no model: scalars only (no graph, histograms, attention)")
+            return
         if self.graph:
             self.visualizer.log_graph(trainer.model, self._example(trainer))
         if self.attention:
-            self.visualizer.log_attention(trainer.model, self._example(trainer), trainer.global_step)
+            self.visualizer.log_attention(trainer.model, self._example(trainer), trainer.step)
 
     def on_before_optimizer_step(self, trainer, step: int) -> None:
+        if trainer.model is None:
+            return
         if self.visualizer is not None and self.histogram_every and step % self.histogram_every == 0:
             self.visualizer.log_histograms(trainer.model, step)
 
     def on_train_batch_end(self, trainer, step: int, metrics: dict) -> None:
         if self.visualizer is not None and step % self.every == 0:
             values = {"loss": metrics["loss"], "lr": metrics["lr"]}
-            if "tokens_per_s" in trainer.last_metrics:
-                values["tokens_per_s"] = trainer.last_metrics["tokens_per_s"]
+            if "tokens_per_s" in trainer.metrics:
+                values["tokens_per_s"] = trainer.metrics["tokens_per_s"]
             self.visualizer.log_scalars(step, values, "train")
 
     def on_validation_end(self, trainer, metrics: dict) -> None:
         if self.visualizer is not None:
-            self.visualizer.log_scalars(trainer.global_step, {"loss": metrics["val_loss"]}, "val")
+            self.visualizer.log_scalars(trainer.step, {"loss": metrics["val_loss"]}, "val")
 
     def on_fit_end(self, trainer, result: dict) -> None:
         if self.visualizer is None:
             return
-        step = trainer.global_step
-        if self.attention:
+        step = trainer.step
+        if self.attention and trainer.model is not None:
             self.visualizer.log_attention(trainer.model, self._example(trainer), step)
-        for callback in trainer.context.callbacks:
-            if isinstance(callback, GradientMonitorCallback) and callback.monitor and callback.monitor.steps:
-                self.visualizer.log_figure("gradients/flow", callback.monitor.plot_gradient_flow(
-                    self.log_dir / "gradient_flow.png"), step)
+        if result.get("gradient_flow"):
+            self.visualizer.log_image_file("gradients/flow", Path(result["gradient_flow"]), step)
         self.visualizer.close()
         result["tensorboard"] = str(self.log_dir)
 

@@ -42,6 +42,12 @@ class TrainingVisualizer:
     def log_figure(self, tag: str, figure, step: int) -> None:
         self.writer.add_figure(tag, figure, step)
 
+    def log_image_file(self, tag: str, path: Path, step: int) -> None:
+        """A PNG another callback wrote (the gradient-flow figure), as an image."""
+        from matplotlib.image import imread
+
+        self.writer.add_image(tag, imread(path)[..., :3], step, dataformats="HWC")
+
     def log_graph(self, model: torch.nn.Module, example: torch.Tensor) -> bool:
         try:
             self.writer.add_graph(model, example)

@@ -201,7 +201,7 @@ class CheckpointManager:
         state = self.read(path)
         model.load_state_dict(state["model_state_dict"])
         if optimizer is not None and state.get("optimizer_state_dict") is not None:
-            from .trainer import load_optimizer_state
+            from .state import load_optimizer_state
 
             load_optimizer_state(model, optimizer, state["optimizer_state_dict"])
         if scheduler is not None and state.get("scheduler_state_dict") is not None:

@@ -32,9 +32,9 @@ class EarlyStopping(Callback):
         if self.monitor not in metrics:
             return
         if self.update(float(metrics[self.monitor])):
-            self.stopped_step = trainer.global_step
+            self.stopped_step = trainer.step
             trainer.should_stop = True
-            trainer.log(f"early stopping at step {trainer.global_step}: {self.monitor} has not improved on "
+            trainer.log(f"early stopping at step {trainer.step}: {self.monitor} has not improved on "
                         f"{self.best:.4f} for {self.wait} validation(s)")
 
     def state_dict(self) -> dict:

@@ -1,4 +1,5 @@
-"""``train_model``: the original one-call API, built as a pipeline of the same plugins ``apt-kernel run`` uses."""
+"""``train_model``: the original one-call API, built as a pipeline of the same plugins ``apt-kernel run`` uses
+(this plugin's data, model and loss; the ``apt-trainer`` and ``early-stopping`` of apt-plugin-trainer)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,71 @@
+"""Where training runs: the device, and the process group under torchrun (DDP, FSDP)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from apt_sdk import UserError
+
+KNOWN_DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"[trainer] device = {name!r} but no CUDA device is available")
+        return torch.device(name if ":" in name else f"cuda:{local_rank}")
+    return torch.device(name)
+
+
+def shard_model(model: torch.nn.Module) -> None:
+    """FSDP2: shard every block of the model's layer lists, then the rest, across all ranks."""
+    from torch.distributed.fsdp import fully_shard
+
+    for child in model.modules():
+        if isinstance(child, torch.nn.ModuleList):
+            for block in child:
+                fully_shard(block)
+    fully_shard(model)
+
+
+class Distributed:
+    """The process group under torchrun (RANK/WORLD_SIZE set), or a single process."""
+
+    def __init__(self, device_option: str) -> None:
+        self.rank, self.world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.device = pick_device(device_option, self.local_rank)
+        self.started_group = False
+        # under torchrun (RANK set) the group exists even for one process: FSDP needs it
+        if "RANK" in os.environ and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(backend)
+            self.started_group = True
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def gather(self, obj: Any) -> list:
+        if not self.enabled:
+            return [obj]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.started_group:
+            dist.destroy_process_group()

@@ -1,0 +1,145 @@
+"""A training run's whole state, for checkpoints that resume exactly: what is saved, and how it comes back.
+
+A checkpoint holds model and optimizer (gathered whole under FSDP), scheduler, scaler, the position
+inside the epoch, every rank's RNG states, the callbacks' states keyed by name, and the pipeline.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+
+def rng_state() -> dict:
+    """This process's RNG states as checkpoint-safe values (tensors, ints, tuples)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_tuples(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict) -> None:
+    """Load an optimizer state saved plain (keyed by index) or by FSDP (keyed by parameter name)."""
+    if any(isinstance(key, str) for key in state.get("state", {})):
+        set_optimizer_state_dict(model, optimizer, state)
+    else:
+        optimizer.load_state_dict(state)
+
+
+def model_and_optimizer_state(trainer: Trainer) -> tuple[dict, dict]:
+    if not trainer.fsdp:
+        return trainer.model.state_dict(), trainer.optimizer.state_dict()
+    # gathered whole on rank 0 (a collective: every rank calls it); optimizer state keyed by name
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return (get_model_state_dict(trainer.model, options=options),
+            get_optimizer_state_dict(trainer.model, trainer.optimizer, options=options))
+
+
+def capture(trainer: Trainer, epoch_complete: bool) -> dict:
+    """Everything needed to continue this run exactly (a collective under DDP/FSDP)."""
+    model_state, optimizer_state = model_and_optimizer_state(trainer)
+    config = getattr(trainer.model, "config", None)
+    return {
+        "model_state_dict": model_state,
+        "optimizer_state_dict": optimizer_state,
+        "scheduler_state_dict": trainer.scheduler.state_dict(),
+        "scaler_state_dict": trainer.scaler.state_dict() if trainer.scaler else None,
+        "epoch": trainer.epoch,
+        "global_step": trainer.global_step,
+        "loss_history": list(trainer.loss_history),
+        "metrics": {k: float(v) for k, v in trainer.last_metrics.items()},
+        "position": {"epoch": trainer.epoch, "batches_done": trainer.batches_done, "epoch_complete": epoch_complete},
+        "best_val": trainer.best_val,
+        "callbacks": trainer.context.callbacks.state_dicts(),
+        "rng": trainer.dist.gather(rng_state()),  # every rank's, indexed by rank
+        "world_size": trainer.dist.world_size,
+        "config": config.to_dict() if hasattr(config, "to_dict") else None,
+        "pipeline": trainer.context.config,
+        "pipeline_hash": trainer.pipeline_hash,
+    }
+
+
+def restore(trainer: Trainer, path: Path, state: dict) -> tuple[int, int]:
+    """Load ``state`` (read from ``path``) into the trainer; returns (epoch, batch) to continue from."""
+    if trainer.fsdp:
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_model_state_dict(trainer.model, state["model_state_dict"], options=options)
+        set_optimizer_state_dict(trainer.model, trainer.optimizer, state["optimizer_state_dict"], options=options)
+    else:
+        trainer.model.load_state_dict(state["model_state_dict"])
+        load_optimizer_state(trainer.model, trainer.optimizer, state["optimizer_state_dict"])
+    trainer.scheduler.load_state_dict(state["scheduler_state_dict"])
+    if trainer.scaler is not None and state.get("scaler_state_dict"):
+        trainer.scaler.load_state_dict(state["scaler_state_dict"])
+    trainer.global_step, trainer.loss_history = state["global_step"], list(state["loss_history"])
+    trainer.last_metrics = dict(state.get("metrics") or {})
+    trainer.best_val = state.get("best_val", trainer.last_metrics.get("val_loss"))
+    trainer.context.callbacks.load_state_dicts(state.get("callbacks") or [])
+    rngs = state.get("rng") or []
+    if len(rngs) == trainer.dist.world_size:
+        set_rng_state(rngs[trainer.dist.rank])
+    elif rngs:
+        trainer.log(f"note: {path} was written by {len(rngs)} processes, this run has {trainer.dist.world_size}: "
+                    "random streams are not continued exactly")
+    position = state.get("position") or {"epoch": state["epoch"], "batches_done": 0, "epoch_complete": True}
+    if state.get("pipeline_hash") and state["pipeline_hash"] != trainer.pipeline_hash:
+        trainer.log("note: the pipeline differs from the one that wrote the checkpoint")
+    trainer.log(f"resumed from {path} (epoch {position['epoch']}, step {trainer.global_step})")
+    if position["epoch_complete"]:
+        return position["epoch"] + 1, 0
+    return position["epoch"], position["batches_done"]
+
+
+def export(trainer: Trainer, directory: Path) -> Path | None:
+    """The trained model for inference: ``save_pretrained`` where the model has it, else safetensors;
+    the data's tokenizer beside it. Rank 0 writes (under FSDP every rank helps gather first)."""
+    model = trainer.model
+    if trainer.fsdp:
+        full = model_and_optimizer_state(trainer)[0]
+        if not trainer.is_main:
+            return None
+        model = type(trainer.model)(trainer.model.config)
+        model.load_state_dict(full)
+    elif not trainer.is_main:
+        return None
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(directory)
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        from safetensors.torch import save_model
+
+        save_model(model, str(directory / "model.safetensors"))
+    tokenizer: Any = getattr(trainer.data, "tokenizer", None)
+    if tokenizer is not None and hasattr(tokenizer, "save"):
+        tokenizer.save(directory / "tokenizer")
+    return directory
