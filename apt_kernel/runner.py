@@ -216,7 +216,9 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True, prof
             if table in plan.sandboxed:
                 from .sandbox.callback import SandboxedCallback
 
-                built = SandboxedCallback(plan.providers[table], spec.use, options, plan.limits[table], context)
+                info = plan.providers[table]
+                needs = tuple(kernel.plugins[d] for d in info.manifest.requires if d in kernel.plugins)
+                built = SandboxedCallback(info, spec.use, options, plan.limits[table], context, needs)
             else:
                 built = _build(kernel, kind, spec.use, options, context)
             if kind == "encoder":

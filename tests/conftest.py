@@ -58,12 +58,13 @@ def tiny_pipeline(tmp_path: Path) -> Path:
 
 
 def make_plugin(site: Path, name: str, body: str, manifest: str | None = None, version: str = "1.0.0",
-                module: str | None = None, entry: str | None = None) -> None:
+                module: str | None = None, entry: str | None = None, requires: tuple[str, ...] = ()) -> None:
     """Install a fake plugin distribution into ``site``: dist-info with an entry point + a package."""
     module = module or name.replace("-", "_")
     dist = site / f"{module}-{version}.dist-info"
     dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    requires_dist = "".join(f"Requires-Dist: {r}\n" for r in requires)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{requires_dist}")
     (dist / "entry_points.txt").write_text(f"[apt_kernel.plugins]\n{name} = {entry or module + '.plugin'}\n")
     package = site / module
     package.mkdir()

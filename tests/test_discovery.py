@@ -39,7 +39,7 @@ from apt_sdk import Callback, hookimpl
 
 class Good(Callback):
     def on_train_batch_end(self, trainer, step, metrics):
-        trainer.context.run_dir.joinpath("good.txt").write_text(str(step))
+        trainer.run_dir.joinpath("good.txt").write_text(str(step))
 
 @hookimpl
 def register_callbacks(register):
@@ -75,7 +75,7 @@ def test_validate_imports_no_plugin_code(broken_site, tiny_pipeline):
 def test_doctor_reports_failures_and_crashes(broken_site):
     site, _ = broken_site
     result = cli("plugins", "doctor", "--json", env_extra=with_site(site))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # a failed plugin is a failed check
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["raises-plugin"]["status"] == "failed"
     assert "RuntimeError: kaboom at import" in rows["raises-plugin"]["reason"]

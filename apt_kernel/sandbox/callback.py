@@ -24,12 +24,16 @@ def _trainer_view(trainer: Any) -> dict:
 
 
 class SandboxedCallback:
-    def __init__(self, plugin: Any, name: str, options: dict, limits: SandboxLimits, context: Any) -> None:
+    def __init__(self, plugin: Any, name: str, options: dict, limits: SandboxLimits, context: Any,
+                 dependencies: tuple[Any, ...] = ()) -> None:
         self.plugin, self.name, self.limits, self.context = plugin, name, limits, context
         allow = [str(path).replace("${run_dir}", str(context.run_dir)) for path in limits.allow_paths]
+        if any("${run_dir}" in str(path) for path in limits.allow_paths):
+            context.run_dir.mkdir(parents=True, exist_ok=True)  # Landlock grants only a folder that exists
         limits = limits.model_copy(update={"allow_paths": allow})
-        module_dir = package_dir(plugin.module) if not plugin.path else None
-        extra_read = [p for p in (module_dir, plugin.path) if p]
+        # the plugin's own package and those of the plugins it declares it needs (it may import them)
+        packages = [package_dir(info.module) for info in (plugin, *dependencies) if not info.path]
+        extra_read = [p for p in (*packages, plugin.path) if p]
         init = {"mode": "component", "kind": "callback", "name": name, "options": options,
                 "plugin": {"name": plugin.name, "module": plugin.module if not plugin.path else
                            f"apt_local_plugins.{plugin.name}", "path": plugin.path},

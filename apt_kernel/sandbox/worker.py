@@ -14,7 +14,7 @@ import io
 import socket
 import sys
 import traceback
-from types import SimpleNamespace
+from pathlib import Path
 from typing import Any
 
 from apt_kernel.sandbox import confine, protocol
@@ -76,8 +76,6 @@ class TrainerView:
     IN_PROCESS_ONLY = ("model", "optimizer", "data")
 
     def __init__(self, state: dict) -> None:
-        from pathlib import Path
-
         state = dict(state)
         if "run_dir" in state:
             state["run_dir"] = Path(state["run_dir"])
@@ -122,7 +120,10 @@ def load_component(init: dict) -> Any:
     hook(register=lambda name, factory, **_: factories.__setitem__(name, factory))
     if init["name"] not in factories:
         raise LookupError(f"{plugin['module']} did not register {init['kind']} {init['name']!r}")
-    context = SimpleNamespace(**init["context"], log=lambda message: print(message, flush=True))
+    from apt_kernel.context import BuildContext
+
+    fields = dict(init["context"], run_dir=Path(init["context"]["run_dir"]))  # a factory gets what it gets in-process
+    context = BuildContext(**fields, log=lambda message: print(message, flush=True), progress=False)
     return factories[init["name"]](dict(init["options"]), context)
 
 
