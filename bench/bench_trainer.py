@@ -22,7 +22,7 @@ import torch
 
 from apt_kernel.runner import run_pipeline
 from apt_plugin_trainer.checkpoint import CheckpointManager
-from apt_plugin_trainer.trainer import param_groups
+from apt_plugin_trainer.optim import param_groups
 
 PIPELINE = {
     "pipeline": {"name": "bench", "seed": 0},

@@ -92,7 +92,7 @@ def single(tmp_path_factory):
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, single):
     code, output = done(launch(tmp_path, "two", "--nproc-per-node", "2", callbacks=rank_check(tmp_path, "two")))
     assert code == 0, output
-    assert "world_size       2" in output
+    assert "processes        2" in output
     for name, value in params(tmp_path, "two").items():
         torch.testing.assert_close(value, single[name], atol=1e-6, rtol=0, msg=name)
     lines = Path(f"{tmp_path / 'two'}.ranks").read_text().split("\n")[:-1]
@@ -105,7 +105,7 @@ def test_two_nodes_rendezvous_on_localhost(tmp_path, single):
                     "--rdzv-id", "test-two-nodes") for _ in range(2)]
     results = [done(node, timeout=120) for node in nodes]
     assert all(code == 0 for code, _ in results), results
-    assert any("world_size       2" in output for _, output in results)
+    assert any("processes        2" in output for _, output in results)
     for name, value in params(tmp_path, "nodes").items():
         torch.testing.assert_close(value, single[name], atol=1e-6, rtol=0, msg=name)
 
@@ -183,7 +183,7 @@ def test_token_count_is_global_across_ranks(tmp_path):
 def test_fsdp_shards_trains_like_one_process_and_resumes(tmp_path, single):
     from apt_plugin_lm.model import APTConfig, APTLargeModel
     from apt_plugin_trainer import CheckpointManager
-    from apt_plugin_trainer.trainer import param_groups
+    from apt_plugin_trainer.optim import param_groups
 
     fsdp = ("--nproc-per-node", "2", "--set", "trainer.strategy='fsdp'")
     code, output = done(launch(tmp_path, "fsdp", *fsdp, "--set", "trainer.export=true"))

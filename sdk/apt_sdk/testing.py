@@ -2,11 +2,18 @@
 
 ``apt_kernel``: an isolated kernel with autoload off; add in-process plugins with ``add_plugin``.
 ``run_pipeline``: run TOML text against the installed plugins, output under ``tmp_path``.
+``cli(*args)``: run ``apt-kernel ARGS`` in a child process, as a user would.
 ``read_manifest_file(path)``: read and check a plugin's ``apt-plugin.toml`` as the kernel does.
+
+Every test gets its own plugin-status memory (``APT_KERNEL_HOME`` under ``tmp_path``) and no
+``APT_*_PLUGINS`` selection from the environment, so a test never reads or writes the user's cache.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +24,7 @@ from apt_kernel.kernel import Kernel
 from apt_kernel.manifest import Manifest, parse_manifest, read_manifest_file
 from apt_kernel.runner import execute, plan_pipeline
 
-__all__ = ["IsolatedKernel", "apt_kernel", "read_manifest_file", "run_pipeline"]
+__all__ = ["IsolatedKernel", "apt_kernel", "cli", "read_manifest_file", "run_pipeline"]
 
 
 class IsolatedKernel(Kernel):
@@ -30,6 +37,22 @@ class IsolatedKernel(Kernel):
         info = PluginInfo(name, module=getattr(plugin, "__name__", name), version=version, manifest=manifest)
         self.plugins[name] = info
         self.add_plugin(plugin, info)
+
+
+@pytest.fixture(autouse=True)
+def _apt_kernel_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APT_KERNEL_HOME", str(tmp_path / "apt-home"))
+    for name in ("APT_LOAD_PLUGINS", "APT_DISABLE_PLUGINS", "APT_STRICT_PLUGINS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def cli(*args: str, env_extra: dict | None = None, cwd: Path | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess:
+    """``apt-kernel ARGS`` in a child process with this interpreter; output captured as text."""
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "apt_kernel.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture

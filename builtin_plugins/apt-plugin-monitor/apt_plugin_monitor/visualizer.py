@@ -96,3 +96,12 @@ class TrainingVisualizer:
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
+
+
+def read_events(log_dir: str | Path):
+    """What a TensorBoard log folder holds, read back with TensorBoard's own reader (every sample kept)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0, "images": 0})
+    accumulator.Reload()
+    return accumulator

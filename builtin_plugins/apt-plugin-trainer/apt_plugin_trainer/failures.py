@@ -65,9 +65,12 @@ class DistributedErrorHandler:
     def _raise_everywhere(self) -> None:
         local = None
         if self.error is not None:
-            local = {"rank": dist.get_rank(), "type": type(self.error).__name__, "message": _text(self.error),
+            # a plugin's error arrives wrapped (CallbackError): report what it raised, attributed to it
+            original = getattr(self.error, "original", None) or self.error
+            local = {"rank": dist.get_rank(), "type": type(original).__name__, "message": _text(original),
                      "traceback": _text(lambda: "".join(traceback.format_exception(self.error))),
-                     "plugin": getattr(self.error, "plugin", None), "step": self.step}
+                     "plugin": getattr(self.error, "plugin", None), "hook": getattr(self.error, "hook", None),
+                     "step": self.step}
         gathered: list = [None] * self.world_size
         dist.all_gather_object(gathered, local, group=self.group)
         failures = [f for f in gathered if f is not None]

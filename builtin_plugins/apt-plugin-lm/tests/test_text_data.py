@@ -1,5 +1,7 @@
 """Tokenizers (char, BPE, local pretrained via transformers) and the text data component."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -7,7 +9,8 @@ from apt_plugin_lm.corpus import stdlib_docstrings
 from apt_plugin_lm.data import IGNORE_INDEX, TextDataModule, build_text_data, read_texts
 from apt_plugin_lm.tokenization import BPETokenizer, CharTokenizer, PretrainedTokenizer, load_tokenizer
 from apt_sdk import UserError
-from conftest import SHARED_DATA
+
+SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"  # beside the repository
 
 TEXTS = stdlib_docstrings(60_000)
 

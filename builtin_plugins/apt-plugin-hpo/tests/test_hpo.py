@@ -16,8 +16,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from apt_plugin_hpo import HyperparameterSearcher, parse_space
+from apt_plugin_lm.testing import TINY_PIPELINE
 from apt_sdk import UserError
-from conftest import TINY_PIPELINE, cli
+from apt_sdk.testing import cli
 
 SEARCH = """
 [tool.hpo]

@@ -8,7 +8,7 @@ import torch
 
 from apt_plugin_lm.model import APTConfig, APTLargeModel
 from apt_plugin_trainer import CheckpointManager, train_model
-from apt_plugin_trainer.trainer import param_groups
+from apt_plugin_trainer.optim import param_groups
 from apt_sdk import UserError
 
 TEXTS = [

@@ -1,0 +1,69 @@
+"""Each builtin plugin's own tests pass in an environment holding only the kernel, the SDK, the plugin and
+the plugins its pyproject declares (dependencies and extras): no undeclared plugin is there to lean on.
+
+The environment is a fresh venv whose site-packages links the third-party packages of this one (torch and
+friends, so nothing is downloaded) but none of the project's distributions; those are pip-installed
+into it, editable and without dependencies, exactly the declared set."""
+
+import re
+import subprocess
+import sys
+import sysconfig
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from conftest import REPO
+
+PLUGINS = {p.name: p for p in sorted((REPO / "builtin_plugins").iterdir()) if (p / "tests").is_dir()}
+PROJECT = re.compile(r"(?i)^(__editable__|apt[-_])")
+
+
+def declared(name: str, with_extras: bool = True) -> set[str]:
+    """The builtin plugins ``name`` requires, transitively (its extras too, but not its dependencies')."""
+    project = tomllib.loads((REPO / "builtin_plugins" / name / "pyproject.toml").read_text())["project"]
+    requirements = list(project.get("dependencies", []))
+    if with_extras:
+        requirements += [r for group in project.get("optional-dependencies", {}).values() for r in group]
+    direct = {Requirement(r).name for r in requirements} & set(PLUGINS)
+    return direct.union(*(declared(d, with_extras=False) for d in direct)) if direct else set()
+
+
+def make_env(root: Path, plugins: set[str]) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    site = next((root / "lib").glob("python3*/site-packages"))
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not PROJECT.match(entry.name):
+            (site / entry.name).symlink_to(entry)
+    python = root / "bin" / "python"
+    editable = [arg for path in [REPO, REPO / "sdk", *(REPO / "builtin_plugins" / p for p in sorted(plugins))]
+                for arg in ("-e", str(path))]
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                              *editable], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    return python
+
+
+def test_declared_plugin_dependencies_are_what_the_code_needs():
+    assert declared("apt-plugin-errors") == {"apt-plugin-trainer"}  # not the trainer's own [lm] extra
+    assert declared("apt-plugin-hpo") == {"apt-plugin-lm", "apt-plugin-trainer"}  # its [test] extra
+    assert declared("apt-plugin-monitor") == set()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plugin", sorted(PLUGINS))
+def test_a_plugins_own_tests_pass_with_only_what_it_declares(plugin, tmp_path):
+    present = {plugin} | declared(plugin)
+    python = make_env(tmp_path / "env", present)
+    absent = sorted(set(PLUGINS) - present)
+    probe = ("import importlib.util, sys; "
+             "print([m for m in sys.argv[1:] if importlib.util.find_spec(m) is not None])")
+    found = subprocess.run([str(python), "-c", probe, *(p.replace("-", "_") for p in absent)],
+                           capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert found.stdout.strip() == "[]", f"undeclared plugins importable: {found.stdout}"
+    tests = subprocess.run([str(python), "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider",
+                            str(PLUGINS[plugin] / "tests")], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
+    assert re.search(r"\d+ passed", tests.stdout)
