@@ -15,6 +15,7 @@ What makes it trustworthy, and why:
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -236,7 +237,7 @@ class Trainer:
                 self._save_after_failure(exc)
             self._call("on_exception", exc)
             self._restore_handlers(previous_handlers)
-            self.dist.close()
+            self._close()
             raise
         self.progress.close()
         self._restore_handlers(previous_handlers)
@@ -249,8 +250,16 @@ class Trainer:
                 result["export_dir"] = str(exported)
                 result["summary"].append(("model", f"{exported} (weights, config, tokenizer)"))
         self._call("on_fit_end", result)
-        self.dist.close()
+        self._close()
         return result
+
+    def _close(self) -> None:
+        """Let go of the DDP wrapper, then of the process group. DDP holds the group: left alive until the
+        interpreter exits, gloo's threads may still hold work with Python tensors during finalisation
+        and abort the process ("terminate called without an active exception")."""
+        self.train_module = None
+        gc.collect()
+        self.dist.close()
 
     def _end_epoch(self, epoch: int, val_loss: float | None, last_path: Path | None) -> tuple:
         """Validation (unless it just ran), the epoch's checkpoint and its callbacks."""
