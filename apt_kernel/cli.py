@@ -117,11 +117,10 @@ def run(pipeline, overrides, resume, no_progress, profile, nproc_per_node, nnode
         from .profiler import PluginProfiler
 
         profiler = PluginProfiler()
-    resume_command = f"apt-kernel run {pipeline} --resume latest"
-    result, _ = execute(kernel, plan, progress=progress, profiler=profiler, resume=resume,
-                        resume_command=resume_command)
+    result, context = execute(kernel, plan, progress=progress, profiler=profiler, resume=resume,
+                              resume_command=f"apt-kernel run {pipeline} --resume latest")
     if int(os.environ.get("RANK", 0)) == 0:
-        _summary(pipeline, plan, result)
+        _summary(plan, result, context.resume_command)
         if profiler is not None:
             click.echo(f"\nProfile (also in {result['profile']}):\n{profiler.table()}")
 
@@ -147,14 +146,14 @@ def _exec_torchrun(pipeline, overrides, nproc, nnodes, endpoint, rdzv_id, plugin
     os.execv(sys.executable, launcher + worker)
 
 
-def _summary(pipeline: str, plan, result: dict) -> None:
+def _summary(plan, result: dict, resume_command: str) -> None:
     """The trainer says what its result means (``summary``: label, text pairs); the kernel prints it."""
     click.echo("")
     click.secho(f"Finished {plan.config.pipeline.name!r}", bold=True)
     for label, value in result.get("summary") or []:
         click.echo(f"  {label:<16} {value}")
     click.echo(f"  {'run dir':<16} {plan.config.output_dir}")
-    click.echo(f"  {'resume with':<16} apt-kernel run {pipeline} --resume latest")
+    click.echo(f"  {'resume with':<16} {resume_command}")
 
 
 @main.command()

@@ -18,9 +18,8 @@ kernel = Kernel(plugins_dirs=json.loads(sys.argv[2]), strict=False)
 kernel.load([sys.argv[1]])
 info = kernel.plugins[sys.argv[1]]
 names = {k: kernel.registry.names(k) for k in ("data", "encoder", "model", "loss", "callback", "trainer")}
-missing = [f"{k} {n!r}" for k, declared in (info.manifest.provides if info.manifest else {}).items()
-           for n in declared if n not in names[k]]
-if info.status == "installed" and missing:
+missing = kernel.unregistered(info.name) if info.status == "installed" else []
+if missing:
     info.status = "failed"
     info.reason = f"declares {', '.join(missing)} in its manifest but did not register it"
 print("APT-DOCTOR " + json.dumps({"status": info.status, "reason": info.reason,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 import time
@@ -114,14 +116,16 @@ class Kernel:
     def add_plugin(self, obj: Any, info: PluginInfo) -> None:
         """Register an imported plugin object (module or instance) and collect its components."""
         self.plugins.setdefault(info.name, info)
+        from pluggy import PluginValidationError
+
         try:
-            self._check_hook_names(obj, info)
+            self._check_hooks(obj, info)
             self.pm.register(obj, name=info.name)
         except PluginLoadError as exc:
             self._fail(info, str(exc))
             return
-        except pluggy_validation_error() as exc:
-            self._fail(info, _describe_validation(info.name, exc))
+        except PluginValidationError as exc:  # what pluggy refuses beyond the checks above
+            self._fail(info, f"plugin {info.name!r}: {exc}")
             return
         try:
             for kind, hook_name in kinds.REGISTRATION_HOOKS.items():
@@ -139,27 +143,37 @@ class Kernel:
         if self.store.last_failure(info):
             self.store.record(info, INSTALLED, None)
 
-    def _check_hook_names(self, obj: Any, info: PluginInfo) -> None:
-        """A hook implementation whose name is no hook, or a ``register_*`` function pluggy would never
-        call, is a mistake to report now, not as a missing component later."""
-        from . import hookspecs
-
-        known = [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "apt_kernel_spec")]
+    def _check_hooks(self, obj: Any, info: PluginInfo) -> None:
+        """A function named like a hook that is none, a hook pluggy would never call (no @hookimpl), or a
+        hook argument the spec does not pass: each is a mistake to report now, with the plugin's name,
+        not as a missing component later."""
+        specs = _hook_specs()
         for attr in dir(obj):
-            if attr.startswith("_"):
+            value = getattr(obj, attr, None) if not attr.startswith("_") else None
+            if not callable(value):
                 continue
-            value = getattr(obj, attr, None)
             marked = hasattr(value, "apt_kernel_impl")
-            if not callable(value) or attr in known and marked:
-                continue
-            if marked or attr.startswith("register_"):
-                hint = closest(attr, known)
-                if attr in known:
-                    raise PluginLoadError(f"plugin {info.name!r}: {attr} is not marked with @hookimpl "
-                                          f"(from apt_sdk import hookimpl), so the kernel would never call it")
+            if attr in specs and marked:
+                wrong = set(_argnames(value)) - set(_argnames(specs[attr]))
+                if wrong:
+                    raise PluginLoadError(
+                        f"plugin {info.name!r}: its {attr} takes {{{', '.join(map(repr, sorted(wrong)))}}}, which "
+                        f"the hook does not pass (it passes: {', '.join(_argnames(specs[attr]))})")
+            elif attr in specs:
+                raise PluginLoadError(f"plugin {info.name!r}: {attr} is not marked with @hookimpl "
+                                      f"(from apt_sdk import hookimpl), so the kernel would never call it")
+            elif marked or attr.startswith("register_"):
+                hint = closest(attr, list(specs))
                 raise PluginLoadError(f"plugin {info.name!r} defines {attr}, which is not a hook"
                                       + (f" (did you mean {hint}?)" if hint else "")
-                                      + f"; hooks: {', '.join(known)}")
+                                      + f"; hooks: {', '.join(specs)}")
+
+    def unregistered(self, name: str) -> list[str]:
+        """Components a loaded plugin declares in its manifest but did not register ("callback 'x'")."""
+        manifest = self.plugins[name].manifest
+        return [f"{kind} {component!r}" for kind, declared in (manifest.provides if manifest else {}).items()
+                for component in declared if (reg := self.registry.get(kind, component)) is None
+                or reg.plugin != name]
 
     def _caller(self, hook_name: str, plugin: str):
         """Pluggy's hook caller restricted to one plugin (None if it does not implement the hook)."""
@@ -204,25 +218,14 @@ class Kernel:
         return results
 
 
-def pluggy_validation_error() -> type[Exception]:
-    from pluggy import PluginValidationError
-
-    return PluginValidationError
-
-
-def _describe_validation(plugin: str, exc: Exception) -> str:
-    """Pluggy's refusal of a hook implementation, said in the plugin author's terms."""
-    import inspect
-    import re
-
+@functools.cache
+def _hook_specs() -> dict[str, Callable]:
     from . import hookspecs
 
-    text = str(exc)
-    hook = re.search(r"for hook '(\w+)'", text)
-    wrong = re.search(r"Argument\(s\) (\{.*?\})", text)
-    spec = getattr(hookspecs, hook.group(1), None) if hook else None
-    if spec is None or wrong is None:
-        return f"plugin {plugin!r}: {text}"
-    allowed = ", ".join(inspect.signature(spec).parameters)
-    return (f"plugin {plugin!r}: its {hook.group(1)} takes {wrong.group(1)}, which the hook does not pass "
-            f"(it passes: {allowed})")
+    return {name: f for name, f in vars(hookspecs).items() if hasattr(f, "apt_kernel_spec")}
+
+
+def _argnames(function: Callable) -> list[str]:
+    """The arguments pluggy passes by name: those without defaults (``self`` is bound already)."""
+    return [p.name for p in inspect.signature(function).parameters.values()
+            if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]

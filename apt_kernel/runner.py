@@ -169,7 +169,7 @@ def _watch(kernel: Kernel, plan: Plan, context: BuildContext) -> None:
     context.loss = profiler.timed(owner["loss"], f"loss {plan.config.loss.use}", context.loss)
 
 
-def _raise_if_a_sandbox_stopped(plan: Plan, context: BuildContext, result: dict) -> None:
+def _raise_if_a_sandbox_stopped(plan: Plan, context: BuildContext) -> None:
     """A sandboxed plugin that failed with on_failure = "stop" ended training cleanly (checkpoint saved):
     the run still failed, and says which plugin did it."""
     if not plan.sandboxed:
@@ -243,7 +243,7 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True, prof
             if context.is_main:
                 result["profile"] = str(run_dir / "profile.json")
                 profiler.save(run_dir / "profile.json")
-        _raise_if_a_sandbox_stopped(plan, context, result)
+        _raise_if_a_sandbox_stopped(plan, context)
     except BaseException as exc:
         error = {"type": type(exc).__name__, "message": str(exc),
                  "traceback": traceback.format_exc(),

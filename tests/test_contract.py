@@ -250,3 +250,18 @@ def test_mfu_comes_from_the_model_or_is_left_out():
     model = APTLargeModel(APTConfig(vocab_size=100, d_model=32, num_heads=2, num_layers=3, d_ff=64, max_seq_len=64))
     weights = sum(p.numel() for p in model.parameters()) - 64 * 32
     assert model.flops_per_token(64) == 6 * weights + 12 * 3 * 32 * 64
+
+
+def test_mfu_is_per_device(monkeypatch):
+    """The trainer's token rate is global (summed over ranks): MFU divides it over every device's peak.
+    (The first version multiplied it by the world size instead.)"""
+    from apt_plugin_trainer.progress import PEAK_BF16_FLOPS, mfu
+
+    class Model:
+        def flops_per_token(self, seq_len: int) -> float:
+            return 1e9 * seq_len
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    one = mfu(Model(), torch.device("cuda"), 1e5, 64, 1)
+    assert one == pytest.approx(1e5 * 64e9 / PEAK_BF16_FLOPS["H200"])
+    assert mfu(Model(), torch.device("cuda"), 1e5, 64, 2) == pytest.approx(one / 2)

@@ -258,7 +258,8 @@ class Trainer:
         interpreter exits, gloo's threads may still hold work with Python tensors during finalisation
         and abort the process ("terminate called without an active exception")."""
         self.train_module = None
-        gc.collect()
+        if self.dist.started_group:
+            gc.collect()
         self.dist.close()
 
     def _end_epoch(self, epoch: int, val_loss: float | None, last_path: Path | None) -> tuple:
