@@ -89,6 +89,8 @@ def _plan(pipeline, overrides, plugins_dirs, strict):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a pipeline value, e.g. --set trainer.epochs=3 (repeatable).")
 @click.option("--resume", metavar="latest|PATH", help="Continue from a checkpoint: latest, a file or a glob.")
+@click.option("--overwrite", is_flag=True,
+              help="The output folder holds a run: move it aside (to <dir>.replaced-<time>) and start over.")
 @click.option("--no-progress", is_flag=True, help="Print log lines instead of a progress bar.")
 @click.option("--profile", is_flag=True, help="Time each plugin's hooks, callbacks and components; save profile.json.")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), help="Train with N processes (DDP) via torchrun.")
@@ -98,7 +100,7 @@ def _plan(pipeline, overrides, plugins_dirs, strict):
 @click.option("--sandbox-all", is_flag=True, help="Run every callback in a sandbox worker (docs/sandbox.md).")
 @_plugin_options
 @_user_errors
-def run(pipeline, overrides, resume, no_progress, profile, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id,
+def run(pipeline, overrides, resume, overwrite, no_progress, profile, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id,
         sandbox_all, plugins_dirs, strict):
     """Validate PIPELINE, then train it (on N processes with --nproc-per-node)."""
     from .runner import execute
@@ -109,6 +111,14 @@ def run(pipeline, overrides, resume, no_progress, profile, nproc_per_node, nnode
         overrides += [f"callbacks.{i}.sandbox=true" for i in range(len(plan.config.callbacks))]
         kernel, plan = _plan(pipeline, overrides, plugins_dirs, strict)
     if nproc_per_node and "RANK" not in os.environ:  # the launcher: validated, now torchrun takes over
+        from .rundir import RunFolder
+
+        folder = RunFolder(plan.config.output_dir)
+        folder.check(bool(resume), overwrite)  # refused here, the user sees exit 2 rather than torchrun's
+        if overwrite:
+            folder.claim(overwrite=True).release()
+            if folder.moved_to is not None:
+                click.echo(f"--overwrite: the previous run in {folder.path} was moved to {folder.moved_to}")
         _exec_torchrun(pipeline, overrides, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id, plugins_dirs, strict,
                        profile, resume)
     progress = not no_progress and sys.stderr.isatty()
@@ -117,7 +127,7 @@ def run(pipeline, overrides, resume, no_progress, profile, nproc_per_node, nnode
         from .profiler import PluginProfiler
 
         profiler = PluginProfiler()
-    result, context = execute(kernel, plan, progress=progress, profiler=profiler, resume=resume,
+    result, context = execute(kernel, plan, progress=progress, profiler=profiler, resume=resume, overwrite=overwrite,
                               resume_command=f"apt-kernel run {pipeline} --resume latest")
     if int(os.environ.get("RANK", 0)) == 0:
         _summary(plan, result, context.resume_command)

@@ -8,13 +8,14 @@ fatal. The outcome of the last load attempt or doctor run is remembered in ``$AP
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import re
 import time
 from dataclasses import dataclass, field, fields, replace
-from importlib.metadata import entry_points
+from importlib.metadata import distributions, entry_points
 from pathlib import Path
 
 from . import KERNEL_API_VERSION
@@ -37,6 +38,24 @@ class PluginInfo:
     manifest: Manifest | None = field(default=None, repr=False)
     status: str = INSTALLED
     reason: str | None = None
+    code: str | None = field(default=None, repr=False)  # the file or folder its code is in
+
+    def fingerprint(self) -> str:
+        """What a load outcome depends on: the plugin's own files (paths, sizes, mtimes) and every
+        installed distribution's name and version (a missing dependency may have been installed)."""
+        digest = hashlib.sha256(f"{self.name} {self.version}".encode())
+        root = Path(self.code) if self.code else None
+        files = sorted(p for p in root.rglob("*") if "__pycache__" not in p.parts) if root and root.is_dir() \
+            else [root] if root else []
+        for path in files:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        for dist in sorted(f"{d.metadata['Name']}=={d.version}" for d in distributions()):
+            digest.update(dist.encode())
+        return digest.hexdigest()
 
     def provides(self) -> dict[str, list[str]]:
         if self.manifest is None:
@@ -69,7 +88,10 @@ def kernel_home(env: dict | None = None) -> Path:
 
 
 class StatusStore:
-    """Remembers per plugin+version whether its last load (or doctor check) failed, and why."""
+    """Remembers whether a plugin's last load (or doctor check) failed, and why, together with the
+    fingerprint of what that outcome depended on (``PluginInfo.fingerprint``): a failure is reported
+    from memory only while nothing changed, so editing or reinstalling a plugin, or installing what it
+    was missing, always gets it imported again."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -82,7 +104,8 @@ class StatusStore:
 
     def record(self, info: PluginInfo, status: str, reason: str | None) -> None:
         data = self.read()
-        data[info.name] = {"version": info.version, "status": status, "reason": reason, "when": time.time()}
+        data[info.name] = {"version": info.version, "status": status, "reason": reason, "when": time.time(),
+                           "fingerprint": info.fingerprint() if status in (FAILED, CRASHED) else None}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -90,23 +113,27 @@ class StatusStore:
 
     def last_failure(self, info: PluginInfo) -> tuple[str, str] | None:
         entry = self.read().get(info.name)
-        if entry and entry.get("version") == info.version and entry.get("status") in (FAILED, CRASHED):
-            return entry["status"], entry.get("reason") or "unknown reason"
-        return None
+        if not entry or entry.get("status") not in (FAILED, CRASHED):
+            return None
+        if entry.get("version") != info.version or entry.get("fingerprint") != info.fingerprint():
+            return None  # the code or its environment changed since: the failure says nothing now
+        return entry["status"], entry.get("reason") or "unknown reason"
 
 
-def _manifest_for_module(module: str) -> Manifest:
-    top = module.split(":")[0].split(".")[0]
+def _manifest_for_module(info: PluginInfo) -> Manifest:
+    top = info.module.split(":")[0].split(".")[0]
     spec = importlib.util.find_spec(top)  # finds a top-level package without importing it
     if spec is None:
         raise ManifestError(f"module {top!r} is not installed")
     if spec.submodule_search_locations:
         for location in spec.submodule_search_locations:
+            info.code = location
             candidate = Path(location) / MANIFEST_FILE
             if candidate.exists():
                 return read_manifest_file(candidate)
         raise ManifestError(f"no manifest: package {top!r} has no {MANIFEST_FILE}")
     if spec.origin and spec.origin.endswith(".py"):
+        info.code = spec.origin
         return read_module_manifest(Path(spec.origin))
     raise ManifestError(f"no manifest for module {top!r}")
 
@@ -169,7 +196,7 @@ def discover(plugins_dirs: tuple[str, ...] | list[str] = (), env: dict | None = 
         meta = ep.dist.metadata if ep.dist else {}  # parsed once: .name and .version each re-read it
         info = PluginInfo(ep.name, ep.value, meta.get("Version", "0"), meta.get("Name"))
         try:
-            info.manifest = _manifest_for_module(ep.value)
+            info.manifest = _manifest_for_module(info)
         except ManifestError as exc:
             info.status, info.reason = FAILED, str(exc)
         found[ep.name], metadata[ep.name] = info, meta
@@ -180,7 +207,7 @@ def discover(plugins_dirs: tuple[str, ...] | list[str] = (), env: dict | None = 
         for path in sorted(Path(directory).glob("*.py")):
             if path.stem.startswith("_") or path.stem in found:
                 continue
-            info = PluginInfo(path.stem, path.stem, "0", None, path=str(path.resolve()))
+            info = PluginInfo(path.stem, path.stem, "0", None, path=str(path.resolve()), code=str(path.resolve()))
             try:
                 info.manifest = read_module_manifest(path)
                 info.version = info.manifest.version or "0"

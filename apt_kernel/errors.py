@@ -23,6 +23,16 @@ class PipelineError(UserError):
         super().__init__(f"{': '.join(where)}: {message}" if where else message)
 
 
+class OptionError(UserError):
+    """Raised by a component factory for an option value it cannot work with (``d_model`` not divisible
+    by ``n_heads``). The kernel turns it into a ``PipelineError`` naming the pipeline file, table, key
+    and line, like every other pipeline error. ``table`` names another table than the component's own."""
+
+    def __init__(self, key: str | None, message: str, table: str | None = None) -> None:
+        self.key, self.table, self.detail = key, table, message
+        super().__init__(f"{key}: {message}" if key else message)
+
+
 class DuplicateComponentError(UserError):
     """Two plugins registered the same component name for the same kind."""
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .kinds import KINDS
-from .versions import InvalidRange, parse_range
+from .versions import InvalidRange, parse_range, parse_version
 
 MANIFEST_FILE = "apt-plugin.toml"
 OPTION_TYPES = ("str", "int", "float", "bool", "path", "list", "dict", "any")
@@ -129,6 +129,15 @@ def _range(value: Any, where: str) -> str:
     return value
 
 
+def _version(value: Any, where: str) -> str:
+    _check(value, (str,), where, "a version string")
+    try:
+        parse_version(value)
+    except InvalidRange:
+        raise ManifestError(f"{where}: {value!r} is not a version (PEP 440, e.g. \"0.1.0\")") from None
+    return value
+
+
 def parse_manifest(data: dict, origin: str) -> Manifest:
     where = f"invalid manifest {origin}"
     _check(data, (dict,), where, "a table")
@@ -149,7 +158,7 @@ def parse_manifest(data: dict, origin: str) -> Manifest:
     return Manifest(
         commands=dict(commands),
         kernel_api=_range(data["kernel_api"], f"{where}: kernel_api"),
-        version=None if version is None else _check(version, (str,), f"{where}: version", "a string"),
+        version=None if version is None else _version(version, f"{where}: version"),
         capabilities=[_check(c, (str,), f"{where}: capabilities", "strings") for c in capabilities],
         sandbox=_check(data.get("sandbox", False), (bool,), f"{where}: sandbox", "true or false"),
         requires={name: _range(spec, f"{where}: requires.{name}") for name, spec in requires.items()},

@@ -8,6 +8,7 @@ where it can be found, the line.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -110,11 +111,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise PipelineError(f"--set {text!r}: expected KEY=VALUE, e.g. --set trainer.epochs=3")
+    parts = [part.strip() for part in key.split(".")]
+    if not all(parts):
+        raise PipelineError(f"--set {text!r}: the key {key.strip()!r} has an empty part; keys are dotted names "
+                            f"such as trainer.epochs")
     try:
         parsed = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value
-    return [part.strip() for part in key.split(".")], parsed
+    return parts, parsed
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict[str, str]:
@@ -132,6 +137,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict[str, str]:
             target = node
         if isinstance(target, list):
             raise PipelineError(f"--set {text}: give a key inside the table, e.g. callbacks.0.use")
+        if isinstance(target.get(path[-1]), dict | list) and not isinstance(value, dict | list):
+            name = ".".join(path)
+            raise PipelineError(f"--set {text}: {name} is a table, not a value; set a key inside it, "
+                                f"e.g. --set {name}.<key>={value}")
         target[path[-1]] = value
         applied[".".join(path)] = text.partition("=")[2]
     return applied
@@ -177,6 +186,12 @@ def _table_key(loc: list[str]) -> tuple[str, str | None]:
     return loc[0], ".".join(loc[1:]) or None
 
 
+def _lookup(data: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
+
+
 def _combine(problems: list[PipelineError]) -> PipelineError:
     if len(problems) == 1:
         return problems[0]
@@ -203,8 +218,23 @@ def parse_pipeline(text: str, name: str = "<pipeline>", overrides: list[str] | N
     return validate_pipeline(data, Source(name, text, apply_overrides(data, overrides or [])))
 
 
+def _non_finite(value: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _non_finite(v, (*path, str(k)))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _non_finite(v, (*path, str(i)))]
+    return []
+
+
 def validate_pipeline(data: dict, source: Source) -> tuple[PipelineConfig, dict, Source]:
     """Check tables and keys of an already-parsed pipeline (overrides applied)."""
+    # TOML has inf and nan; no option means them (a learning rate of inf skips every step silently)
+    problems = [source.error(*_table_key(list(path)), "must be a finite number (got "
+                             f"{_lookup(data, path)!r})") for path in _non_finite(data)]
+    if problems:
+        raise _combine(problems)
     try:
         return PipelineConfig.model_validate(data), data, source
     except ValidationError as exc:

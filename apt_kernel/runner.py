@@ -12,10 +12,11 @@ from typing import Any
 
 from .context import BuildContext
 from .discovery import INSTALLED, PluginInfo
-from .errors import DuplicateComponentError, PluginLoadError, UserError
+from .errors import DuplicateComponentError, OptionError, PluginLoadError, UserError
 from .kernel import Kernel, PluginHookError
 from .pipeline import PipelineConfig, Source, validate_options
 from .registry import closest
+from .rundir import RunFolder, check_path
 from .solver import KERNEL_API, Catalog, solve
 
 
@@ -59,8 +60,10 @@ def _provider(kernel: Kernel, table: str, kind: str, name: str, source: Source) 
 def plan_pipeline(kernel: Kernel, config: PipelineConfig, data: dict, source: Source) -> Plan:
     """Validate components and options against manifests and solve plugin versions; imports nothing."""
     plan = Plan(config, json.loads(json.dumps(data)), source)
-    if config.output_dir.exists() and not config.output_dir.is_dir():
-        raise source.error("pipeline", "output_dir", f"{config.output_dir} exists and is not a folder")
+    try:
+        check_path(config.output_dir)
+    except UserError as exc:
+        raise source.error("pipeline", "output_dir", str(exc)) from None
     for table, kind, spec in config.components():
         info = _provider(kernel, table, kind, spec.use, source)
         options = validate_options(table, kind, spec, info.manifest.provides[kind][spec.use], source)
@@ -103,8 +106,9 @@ def _sandbox_limits(table: str, limits: dict, source: Source):
     except ValidationError as exc:
         err = exc.errors()[0]
         key = "limits." + ".".join(str(p) for p in err["loc"])
-        message = ("unknown key" if err["type"] == "extra_forbidden"
-                   else f"{err['msg'].lower()} (got {err.get('input')!r})")
+        message = ("unknown key" if err["type"] == "extra_forbidden" else
+                   err["msg"].removeprefix("Value error, ") if err["type"] == "value_error" else
+                   f"{err['msg'].lower()} (got {err.get('input')!r})")
         raise source.error(table, key, message) from None
 
 
@@ -145,13 +149,16 @@ def load_components(kernel: Kernel, plan: Plan) -> None:
                                   f"but did not register it")
 
 
-def _build(kernel: Kernel, kind: str, name: str, options: dict, context: BuildContext) -> Any:
+def _build(kernel: Kernel, kind: str, name: str, options: dict, context: BuildContext, source: Source,
+           table: str) -> Any:
     registration = kernel.registry.get(kind, name)
     factory = registration.factory
     if kernel.profiler is not None:
         factory = kernel.profiler.timed(registration.plugin, f"{kind} factory {name}", factory)
     try:
         return factory(dict(options), context)
+    except OptionError as exc:  # the factory names the key; the pipeline's file and line are ours to add
+        raise source.error(exc.table or table, exc.key, exc.detail) from None
     except UserError:
         raise
     except Exception as exc:
@@ -186,11 +193,14 @@ def _raise_if_a_sandbox_stopped(plan: Plan, context: BuildContext) -> None:
 
 
 def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True, profiler=None,
-            resume: str | None = None, resume_command: str | None = None) -> tuple[dict, BuildContext]:
+            resume: str | None = None, resume_command: str | None = None,
+            overwrite: bool = False) -> tuple[dict, BuildContext]:
     """Load, build and fit. Returns the trainer's result and the context holding every component.
 
     ``resume`` (a checkpoint path, a glob or ``"latest"``) is handed to the trainer in the context;
-    ``resume_command`` is how the user would resume this run, for the trainer's messages."""
+    ``resume_command`` is how the user would resume this run, for the trainer's messages. The run
+    folder is this run's alone while it runs (``rundir``); one that holds another run is refused
+    unless the run resumes it or ``overwrite`` moves the old run aside."""
     kernel.profiler = profiler
     load_components(kernel, plan)
     config, data = plan.config, plan.data
@@ -208,6 +218,9 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True, prof
         context.log = lambda message: None  # one voice: rank 0 logs for everyone
     elif log is not None:
         context.log = log
+    folder = RunFolder(run_dir)
+    if context.is_main:  # a folder in use is refused before anything is built (its contents once the
+        folder.check(resume=True, overwrite=False)  # trainer has read its options: they may resume)
     kernel.call_hook("seed_everything", seed=config.pipeline.seed)
     kernel.call_hook("pipeline_start", pipeline=data, run_dir=str(run_dir))
     try:
@@ -220,7 +233,7 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True, prof
                 needs = tuple(kernel.plugins[d] for d in info.manifest.requires if d in kernel.plugins)
                 built = SandboxedCallback(info, spec.use, options, plan.limits[table], context, needs)
             else:
-                built = _build(kernel, kind, spec.use, options, context)
+                built = _build(kernel, kind, spec.use, options, context, plan.source, table)
             if kind == "encoder":
                 context.encoders[table.split(".", 1)[1]] = built
             elif kind == "callback":
@@ -228,23 +241,20 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True, prof
             else:
                 setattr(context, kind, built)
         # only now, with every component built, is the run valid enough to leave files behind
-        run_dir.mkdir(parents=True, exist_ok=True)
         if context.is_main:
-            (run_dir / "pipeline.json").write_text(json.dumps(data, indent=2))
-        if profiler is None:
-            result = context.trainer.fit(context)
+            folder.claim(bool(context.resume), overwrite)  # the trainer may have set resume from its options
+            if folder.moved_to is not None:
+                context.log(f"--overwrite: the previous run in {run_dir} was moved to {folder.moved_to}")
+            if not context.resume:  # a resumed run's record is replaced once the trainer has accepted it
+                _write_pipeline(run_dir, data)
         else:
-            _watch(kernel, plan, context)
-            started, profiler.training = time.perf_counter(), True
-            result = context.trainer.fit(context)
-            profiler.fit_seconds, profiler.training = time.perf_counter() - started, False
-            profiler.record(kernel.registry.get("trainer", config.trainer.use).plugin,
-                            f"trainer {config.trainer.use}.fit", profiler.fit_seconds)
-            if context.is_main:
-                result["profile"] = str(run_dir / "profile.json")
-                profiler.save(run_dir / "profile.json")
+            run_dir.mkdir(parents=True, exist_ok=True)
+        result = _fit(kernel, plan, context, profiler)
         _raise_if_a_sandbox_stopped(plan, context)
     except BaseException as exc:
+        if context.resume and context.is_main and not isinstance(exc, UserError) and folder.locked:
+            _write_pipeline(run_dir, data)  # it trained with this pipeline before failing
+        folder.release()
         error = {"type": type(exc).__name__, "message": str(exc),
                  "traceback": traceback.format_exc(),
                  "plugin": getattr(exc, "plugin", None), "hook": getattr(exc, "hook", None)}
@@ -253,8 +263,30 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True, prof
         except PluginHookError as hook_exc:
             context.log(f"warning: {hook_exc}")
         raise
+    if context.resume and context.is_main:
+        _write_pipeline(run_dir, data)
+    folder.release()
     kernel.call_hook("pipeline_end", pipeline=data, run_dir=str(run_dir), result=result)
     return result, context
+
+
+def _write_pipeline(run_dir: Path, data: dict) -> None:
+    (run_dir / "pipeline.json").write_text(json.dumps(data, indent=2, allow_nan=False))
+
+
+def _fit(kernel: Kernel, plan: Plan, context: BuildContext, profiler) -> dict:
+    if profiler is None:
+        return context.trainer.fit(context)
+    _watch(kernel, plan, context)
+    started, profiler.training = time.perf_counter(), True
+    result = context.trainer.fit(context)
+    profiler.fit_seconds, profiler.training = time.perf_counter() - started, False
+    profiler.record(kernel.registry.get("trainer", plan.config.trainer.use).plugin,
+                    f"trainer {plan.config.trainer.use}.fit", profiler.fit_seconds)
+    if context.is_main:
+        result["profile"] = str(context.run_dir / "profile.json")
+        profiler.save(context.run_dir / "profile.json")
+    return result
 
 
 def _plan(pipeline: str | Path | dict, overrides: list[str] | None, kernel: Kernel) -> Plan:
@@ -272,11 +304,14 @@ def _plan(pipeline: str | Path | dict, overrides: list[str] | None, kernel: Kern
 
 def run_pipeline(pipeline: str | Path | dict, overrides: list[str] | None = None, *,
                  kernel: Kernel | None = None, plugins_dirs: tuple[str, ...] = (), log=None,
-                 progress: bool = False, resume: str | None = None) -> tuple[dict, BuildContext]:
+                 progress: bool = False, resume: str | None = None,
+                 overwrite: bool = False) -> tuple[dict, BuildContext]:
     """Run a pipeline from a path, TOML text or dict, in this process (the Python API of ``run``).
-    ``resume`` continues from a checkpoint: a path, a glob, or ``"latest"``."""
+    ``resume`` continues from a checkpoint: a path, a glob, or ``"latest"``; ``overwrite`` moves a
+    previous run in the output folder aside instead of refusing it."""
     kernel = kernel or Kernel(plugins_dirs)
-    return execute(kernel, _plan(pipeline, overrides, kernel), log=log, progress=progress, resume=resume)
+    return execute(kernel, _plan(pipeline, overrides, kernel), log=log, progress=progress, resume=resume,
+                   overwrite=overwrite)
 
 
 def check_pipeline(pipeline: str | Path | dict, overrides: list[str] | None = None, *,

@@ -39,10 +39,12 @@ def test_run_prints_a_summary_and_writes_the_run(tiny_pipeline, tmp_path):
     run = tmp_path / "run"
     assert json.loads((run / "pipeline.json").read_text())["model"]["d_model"] == 32
     assert (run / "metadata.json").exists() and (run / "model" / "config.json").exists()
-    resumed = cli("run", str(tiny_pipeline), "--no-progress", "--resume", "latest", "--set", "trainer.epochs=2")
+    resumed = cli("run", str(tiny_pipeline), "--no-progress", "--resume", "latest", "--set", "trainer.max_steps=8")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout + resumed.stderr
+    assert "trainer.max_steps: 4 in the checkpoint, 8 now" in resumed.stdout  # the note names what changed
     assert len(list((run / "checkpoints").glob("*.pt"))) == 2
+    assert json.loads((run / "pipeline.json").read_text())["trainer"]["max_steps"] == 8
 
 
 @pytest.mark.slow

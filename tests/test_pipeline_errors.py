@@ -89,7 +89,8 @@ def test_missing_pipeline_file(tmp_path):
 def test_data_error_from_component_is_a_user_error(tmp_path, good):
     both = good.replace('corpus = "python-stdlib-docs"', 'corpus = "python-stdlib-docs"\ntexts = ["a"]')
     err = run_bad(tmp_path, both)
-    assert "[data] give exactly one of path, texts or corpus (got texts, corpus)" in err
+    assert "[data] corpus: give exactly one of path, texts or corpus (got texts, corpus)" in err
+    assert "line " in err  # a component's option error points at the pipeline's line like the rest
 
 
 def incompatible_site(tmp_path):
@@ -142,4 +143,65 @@ def test_output_dir_that_is_a_file(tmp_path, good):
     path.write_text(good)
     result = cli("run", str(path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "[pipeline] output_dir: " in result.stderr and "exists and is not a folder" in result.stderr
+    assert "[pipeline] output_dir: " in result.stderr and "is a file: choose a folder" in result.stderr
+
+
+# -- inputs a hostile user tried (issue 10): one line, exit 2, nothing written ------------------------
+def test_a_typo_in_limits_require_names_the_known_layers(tmp_path, good):
+    text = good + '\n[[callbacks]]\nuse = "early-stopping"\nlimits = { require = ["landlok"] }\n'
+    err = run_bad(tmp_path, text)
+    assert "[callbacks[0]] limits.require: unknown sandbox layer 'landlok' (did you mean 'landlock'?)" in err
+    assert "layers: rlimits, no_new_privs, capabilities, namespaces, landlock, seccomp" in err
+
+
+def test_non_finite_option_values_are_refused(tmp_path, good):
+    err = run_bad(tmp_path, good.replace("max_steps = 4", "max_steps = 4\nlearning_rate = inf"))
+    assert "line 27: [trainer] learning_rate: must be a finite number (got inf)" in err
+    err = run_bad(tmp_path, good, "--set", "model.dropout=nan")
+    assert "[model] dropout (from --set model.dropout=nan): must be a finite number (got nan)" in err
+
+
+def test_output_dir_below_a_file(tmp_path, good):
+    (tmp_path / "afile").write_text("x")
+    below = (tmp_path / "afile" / "run").as_posix()
+    err = run_bad(tmp_path, good.replace(f'"{(tmp_path / "run").as_posix()}"', f'"{below}"'))
+    assert "[pipeline] output_dir: " in err and "is below" in err and "which is a file" in err
+
+
+def test_an_output_dir_the_os_refuses(tmp_path, good):
+    """/sys refuses new folders even to root (a read-only filesystem gives the same path: an OSError)."""
+    target = "/sys/apt-kernel-test-run"
+    err = run_bad(tmp_path, good.replace(f'"{(tmp_path / "run").as_posix()}"', f'"{target}"'))
+    assert f"cannot create the run folder {target}:" in err
+
+
+def test_an_unknown_device(tmp_path, good):
+    err = run_bad(tmp_path, good, "--set", 'trainer.device="tpu"')
+    assert "[trainer] device (from --set trainer.device=\"tpu\"): unknown device 'tpu'" in err
+    assert "auto, cpu, cuda, cuda:N, mps" in err
+
+
+def test_max_seq_len_below_block_size_is_found_before_anything_is_created(tmp_path, good):
+    err = run_bad(tmp_path, good.replace("d_ff = 64", "d_ff = 64\nmax_seq_len = 16"))
+    assert "line 20: [model] max_seq_len: 16 is smaller than the data's block_size (32)" in err
+
+
+def test_d_model_not_divisible_by_heads_names_its_line(tmp_path, good):
+    err = run_bad(tmp_path, good.replace("num_heads = 2", "num_heads = 3"))
+    assert "bad.toml: line 17: [model] num_heads: d_model = 32 is not divisible by num_heads = 3" in err
+
+
+def test_set_with_an_empty_key_part_or_a_whole_table(tmp_path, good):
+    err = run_bad(tmp_path, good, "--set", "trainer..epochs=3")
+    assert "--set 'trainer..epochs=3': the key 'trainer..epochs' has an empty part" in err
+    err = run_bad(tmp_path, good, "--set", "trainer=3")
+    assert "--set trainer=3: trainer is a table, not a value; set a key inside it" in err
+
+
+def test_errors_list_on_a_file_that_is_not_sqlite(tmp_path):
+    bogus = tmp_path / "errors.db"
+    bogus.write_text("not a database\n" * 100)
+    result = cli("errors", "list", "--db", str(bogus))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{bogus} is not an error log (file is not a database)" in result.stderr
+    assert bogus.read_text() == "not a database\n" * 100  # nothing lost

@@ -58,6 +58,8 @@ class SandboxedCallback:
             if decision in ("should_stop", "skip_next_step") and value:
                 setattr(trainer, decision, True)
         for report in reply.get("reports", []):
+            if report.get("type") == "SandboxDenied":
+                trainer.log(f"warning: plugin {self.plugin.name!r} ({self.name}): {report.get('message')}")
             self.context.report_error({**report, "plugin": self.plugin.name, "hook": f"callback {self.name}"})
         if not reply.get("ok"):
             error = reply.get("error", {})

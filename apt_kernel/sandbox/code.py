@@ -10,9 +10,10 @@ from .limits import SandboxLimits
 
 class PluginSandbox:
     """Run code strings in a confined worker process (started on first use, reused, restarted after a
-    crash). ``allowed_imports`` is a convenience list (an import outside it fails with "not allowed");
-    the OS layers hold whatever it says. ``resource_limits`` takes ``max_memory_mb`` and
-    ``max_cpu_time_sec`` (the original's keys) or any `SandboxLimits` field."""
+    crash). ``allowed_imports`` lists what the code itself may import (another import fails with "not
+    allowed"; what an allowed library imports internally is not checked): a convenience, the OS layers
+    hold whatever it says. ``resource_limits`` takes ``max_memory_mb`` and ``max_cpu_time_sec`` (the
+    original's keys) or any `SandboxLimits` field."""
 
     def __init__(self, allowed_imports: list[str] | None = None, resource_limits: dict[str, Any] | None = None) -> None:
         limits = dict(resource_limits or {})
@@ -25,13 +26,16 @@ class PluginSandbox:
         self.worker = SandboxWorker({"mode": "exec", "allowed_imports": self.allowed_imports,
                                      "plugin": {"name": "<code>"}}, self.limits, "sandboxed code")
 
-    def execute_plugin(self, code: str, globals_dict: dict[str, Any] | None = None) -> dict[str, Any]:
-        """{"success", "error", "stdout", "stderr", "result"}: ``result`` is the code's ``result`` variable."""
+    def execute_plugin(self, plugin_code: str, globals_dict: dict[str, Any] | None = None) -> dict[str, Any]:
+        """{"success", "error", "stdout", "stderr", "result", "denied"}: ``result`` is the code's ``result``
+        variable, ``denied`` the actions the sandbox refused (a process started with os.system, ...).
+        stdout and stderr are captured up to 1 MiB each per call; output past that is dropped."""
+        code = plugin_code
         try:
             reply = self.worker.call({"code": code, "globals": globals_dict or {}})
         except SandboxError as exc:
             return {"success": False, "error": str(exc), "stdout": self.worker.stdout(), "stderr": "",
-                    "result": None, "crashed": True}
+                    "result": None, "crashed": True, "denied": []}
         reply.setdefault("result", None)
         reply["crashed"] = False
         return reply

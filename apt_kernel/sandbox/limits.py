@@ -3,7 +3,7 @@ does not import the sandbox machinery."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 LAYERS = ("rlimits", "no_new_privs", "capabilities", "namespaces", "landlock", "seccomp")
 
@@ -23,3 +23,16 @@ class SandboxLimits(BaseModel):
     env: list[str] = Field(default_factory=list, description="host environment variables passed through")
     require: list[str] = Field(default_factory=list, description=f"layers that must be active: {', '.join(LAYERS)}")
     on_failure: str = Field("stop", pattern="^(stop|continue)$")
+
+    @field_validator("require")
+    @classmethod
+    def _known_layers(cls, value: list[str]) -> list[str]:
+        # a misspelt layer would otherwise silently drop the guarantee the user asked for
+        from ..registry import closest
+
+        for name in value:
+            if name not in LAYERS:
+                hint = closest(name, list(LAYERS))
+                raise ValueError(f"unknown sandbox layer {name!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+                                 + f"; layers: {', '.join(LAYERS)}")
+        return value

@@ -54,6 +54,30 @@ def plain(value: Any) -> Any:
     raise TypeError(f"a {type(value).__name__} cannot leave the sandbox: results are plain data or tensors")
 
 
+# Starting a process is what seccomp denies; Python's audit events let the worker say so by name
+# instead of leaving the plugin with a bare -1 from os.system.
+PROCESS_EVENTS = ("os.system", "subprocess.Popen", "os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn")
+_denied: list[str] = []
+
+
+def report_denied_actions(layers: list[dict]) -> None:
+    if not any(layer["name"] == "seccomp" and layer["active"] for layer in layers):
+        return  # nothing is denied then: the other layers confine what such a process could do
+
+    def hook(event: str, args: tuple) -> None:
+        if event in PROCESS_EVENTS:
+            what = _text(args[0])[:200] if args else ""
+            _denied.append(f"{event}({what}) was denied: a sandboxed plugin cannot start processes")
+
+    sys.addaudithook(hook)
+
+
+def take_denied() -> list[str]:
+    denied = list(_denied)
+    _denied.clear()
+    return denied
+
+
 def confine_self(init: dict) -> list[dict]:
     limits = init["limits"]
     confine.seccomp_available()  # load libseccomp while the filesystem is still visible
@@ -143,15 +167,21 @@ def serve_component(sock: socket.socket, component: Any) -> None:
             method = getattr(component, message["method"])
             args = message.get("args", [])
             result = method(view, *args) if message.get("trainer") is not None else method(*args)
-            reply = {"ok": True, "result": plain(result), "decisions": view.decisions, "reports": view.reports}
+            reply = {"ok": True, "result": plain(result), "decisions": view.decisions}
         except BaseException as exc:  # noqa: BLE001 - SystemExit too: it is the plugin's error, not ours
-            reply = {"ok": False, "error": describe(exc), "decisions": view.decisions, "reports": view.reports}
+            reply = {"ok": False, "error": describe(exc), "decisions": view.decisions}
+        reply["reports"] = view.reports + [{"type": "SandboxDenied", "severity": "warning", "message": message}
+                                           for message in take_denied()]
         protocol.send(sock, reply)
 
 
 # -- exec mode -------------------------------------------------------------------------------------
+SANDBOXED = "__sandbox__"  # the __name__ of the code's namespace
+
+
 def guard_imports(allowed: list[str] | None) -> None:
-    """A convenience, not the boundary: the OS layers hold even when every import is allowed."""
+    """What the code itself may import. An allowed library's own imports are its business (numpy
+    imports os): the list is a convenience, not the boundary, and the OS layers hold either way."""
     if allowed is None:
         return
     allowed_roots = set(allowed)
@@ -159,7 +189,8 @@ def guard_imports(allowed: list[str] | None) -> None:
 
     def checked_import(name, globals=None, locals=None, fromlist=(), level=0):
         root = name.split(".")[0]
-        if level == 0 and root not in allowed_roots and root not in sys.builtin_module_names:
+        by_code = globals is not None and globals.get("__name__") == SANDBOXED
+        if by_code and level == 0 and root not in allowed_roots and root not in sys.builtin_module_names:
             raise ImportError(f"import of {name!r} is not allowed in this sandbox (allowed: {sorted(allowed_roots)})")
         return original(name, globals, locals, fromlist, level)
 
@@ -185,7 +216,7 @@ def serve_exec(sock: socket.socket, allowed_imports: list[str] | None) -> None:
         message = protocol.recv(sock, tensors="numpy")
         if message.get("op") == "close":
             return
-        namespace = {"__name__": "__sandbox__", **(message.get("globals") or {})}
+        namespace = {**(message.get("globals") or {}), "__name__": SANDBOXED}
         out, err = _Capped(), _Capped()
         sys.stdout, sys.stderr = out, err
         try:
@@ -199,7 +230,7 @@ def serve_exec(sock: socket.socket, allowed_imports: list[str] | None) -> None:
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
             namespace.clear()  # what the code allocated is freed before the reply, not at the next call
-        reply.update(stdout=out.getvalue(), stderr=err.getvalue())
+        reply.update(stdout=out.getvalue(), stderr=err.getvalue(), denied=take_denied())
         try:
             protocol.send(sock, reply)
         except TypeError as exc:
@@ -215,6 +246,7 @@ def main() -> None:
     if missing:
         protocol.send(sock, {"ready": False, "layers": layers, "missing": missing})
         return
+    report_denied_actions(layers)
     if init["mode"] == "exec":
         protocol.send(sock, {"ready": True, "layers": layers})
         serve_exec(sock, init.get("allowed_imports"))

@@ -5,7 +5,8 @@
   and ``TrainerState`` (what a callback sees);
 - ``Callback`` (subclass it) and ``EVENTS``, the training events;
 - ``BuildContext``: a factory's second argument, ``factory(options, context)``;
-- errors: ``UserError`` (exit 2, no traceback), ``PipelineError``, ``RunInterrupted``;
+- errors: ``UserError`` (exit 2, no traceback), ``OptionError`` (a bad option, reported with the pipeline's
+  file and line), ``PipelineError``, ``RunInterrupted``;
 - ``run_pipeline`` / ``check_pipeline``: run or validate a pipeline from Python.
 
 Test helpers for plugin authors are in ``apt_sdk.testing`` (pytest fixtures ``apt_kernel``, ``run_pipeline``).
@@ -14,13 +15,14 @@ Test helpers for plugin authors are in ``apt_sdk.testing`` (pytest fixtures ``ap
 from apt_kernel import KERNEL_API_VERSION
 from apt_kernel.callbacks import EVENTS, Callback, CallbackError
 from apt_kernel.context import BuildContext
-from apt_kernel.errors import PipelineError, RunInterrupted, UserError
+from apt_kernel.errors import OptionError, PipelineError, RunInterrupted, UserError
 from apt_kernel.hookspecs import hookimpl
 from apt_kernel.protocols import Batch, DataModule, Encoder, Loss, Model, Tokenizer, Trainer, TrainerState
 from apt_kernel.runner import check_pipeline, run_pipeline
 
 __all__ = [
     "EVENTS", "KERNEL_API_VERSION", "Batch", "BuildContext", "Callback", "CallbackError", "DataModule", "Encoder",
-    "Loss", "Model", "PipelineError", "RunInterrupted", "Tokenizer", "Trainer", "TrainerState", "UserError",
+    "Loss", "Model", "OptionError",
+    "PipelineError", "RunInterrupted", "Tokenizer", "Trainer", "TrainerState", "UserError",
     "check_pipeline", "hookimpl", "run_pipeline",
 ]

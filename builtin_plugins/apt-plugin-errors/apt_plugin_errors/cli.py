@@ -8,7 +8,15 @@ from pathlib import Path
 
 import click
 
+from apt_sdk import UserError
+
 from .logger import ErrorLogger
+
+
+class BadInput(click.ClickException):
+    """The user's input is wrong: one line, exit 2, as the kernel's own commands do."""
+
+    exit_code = 2
 
 
 def _logger(db: str) -> ErrorLogger:
@@ -17,7 +25,10 @@ def _logger(db: str) -> ErrorLogger:
         path = path / "errors.db"
     if not path.exists():
         raise click.UsageError(f"no error database at {path}: pass --db <run dir> or the .db file")
-    return ErrorLogger(path)
+    try:
+        return ErrorLogger(path)
+    except UserError as exc:
+        raise BadInput(str(exc)) from None
 
 
 db_option = click.option("--db", default=".", show_default=True, help="A run folder or an errors.db file.")

@@ -19,6 +19,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from apt_sdk import UserError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS errors (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -89,7 +91,13 @@ class ErrorLogger:
         self.db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA busy_timeout=60000")
-        self._initialise()
+        try:
+            self._initialise()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            self.db.close()
+            raise UserError(f"{self.db_path} is not an error log ({exc}): pass a run folder or its errors.db") from None
 
     def _initialise(self) -> None:
         # Switching to WAL needs an exclusive lock, and SQLite answers BUSY at once (no busy handler)

@@ -176,7 +176,8 @@ class HyperparameterSearcher:
         return float(value)
 
     def _train(self, number: int, params: dict, trial) -> float:
-        run_dir = self.output_dir / f"trial_{number:03d}"
+        # trial numbers count per study: two studies sharing output_dir must not share trial folders
+        run_dir = self.output_dir / self.study_name / f"trial_{number:03d}"
         overrides = [*self.trial_overrides, f"pipeline.output_dir={_toml_value(str(run_dir))}",
                      *(f"{key}={_toml_value(value)}" for key, value in params.items())]
         data = check_pipeline(self.pipeline, overrides, plugins_dirs=self.plugins_dirs)

@@ -90,7 +90,8 @@ def test_trials_train_for_real_and_a_pruned_trial_stops_early(search_pipeline, t
     assert trial.value == trial.intermediate_values[12] and 2.0 < trial.value < 5.0
     import torch
 
-    saved = torch.load(next((searcher.output_dir / "trial_000" / "checkpoints").glob("*.pt")), weights_only=False)
+    trial_dir = searcher.output_dir / searcher.study_name / "trial_000"
+    saved = torch.load(next((trial_dir / "checkpoints").glob("*.pt")), weights_only=False)
     assert saved["global_step"] == 12
 
     pruning = HyperparameterSearcher({"trainer.learning_rate": (1e-4, 1e-2)}, n_trials=1, pipeline=search_pipeline,
@@ -172,5 +173,6 @@ def test_under_ddp_a_pruned_trial_stops_every_rank_at_the_same_step(search_pipel
     import torch
 
     for trial in ("trial_000", "trial_001"):
-        saved = torch.load(next((tmp_path / "run" / "hpo" / trial / "checkpoints").glob("*.pt")), weights_only=False)
+        checkpoints = tmp_path / "run" / "hpo" / "tiny-hpo" / trial / "checkpoints"
+        saved = torch.load(next(checkpoints.glob("*.pt")), weights_only=False)
         assert saved["global_step"] == 3

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DistributedSampler
 
-from apt_sdk import UserError
+from apt_sdk import OptionError
 
 from .corpus import stdlib_docstrings
 from .tokenization import Tokenizer, build_tokenizer
@@ -35,7 +35,7 @@ def read_texts(path: str | Path) -> list[str]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
         if not files:
-            raise UserError(f"[data] path: folder {path} holds no text files ({', '.join(sorted(TEXT_SUFFIXES))})")
+            raise OptionError("path", f"folder {path} holds no text files ({', '.join(sorted(TEXT_SUFFIXES))})")
     else:
         files = [path]
     texts = []
@@ -43,7 +43,7 @@ def read_texts(path: str | Path) -> list[str]:
         try:
             texts.append(file.read_text(encoding="utf-8"))
         except UnicodeDecodeError as exc:
-            raise UserError(f"[data] path: {file} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            raise OptionError("path", f"{file} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return texts
 
 
@@ -62,7 +62,7 @@ class TextDataModule:
             self.train_ids = torch.tensor(stream[: len(stream) - n_val], dtype=torch.long)
             self.val_ids = torch.tensor(stream[len(stream) - n_val:], dtype=torch.long)
             if len(self.train_ids) < 2 * (block_size + 1):
-                raise UserError(f"[data] corpus too small: {len(self.train_ids)} training tokens for "
+                raise OptionError("block_size", f"the corpus is too small: {len(self.train_ids)} training tokens for "
                                 f"block_size {block_size}; lower block_size or add text")
             self.block_size = block_size
             self.val_block = min(block_size, max(len(self.val_ids) - 1, 0))
@@ -70,7 +70,7 @@ class TextDataModule:
         else:
             docs = [[tokenizer.bos_id, *tokenizer.encode(t), tokenizer.eos_id] for t in texts if t]
             if not docs:
-                raise UserError("[data] texts: no non-empty text given")
+                raise OptionError("texts", "no non-empty text given")
             n_val = max(1, round(len(docs) * val_fraction)) if len(docs) > 1 else 0
             self.train_docs = docs[: len(docs) - n_val]
             self.val_docs = docs[len(docs) - n_val:] or docs  # one text: validate on it (said in the log)
@@ -139,7 +139,8 @@ class TextDataModule:
 def build_text_data(options: dict, seed: int) -> TextDataModule:
     sources = [k for k in ("path", "texts", "corpus") if options.get(k)]
     if len(sources) != 1:
-        raise UserError(f"[data] give exactly one of path, texts or corpus (got {', '.join(sources) or 'none'})")
+        raise OptionError(sources[-1] if sources else "corpus",
+                          f"give exactly one of path, texts or corpus (got {', '.join(sources) or 'none'})")
     if options.get("path"):
         texts = read_texts(options["path"])
     elif options.get("texts"):
@@ -152,7 +153,7 @@ def build_text_data(options: dict, seed: int) -> TextDataModule:
     try:
         tokenizer = build_tokenizer(options["tokenizer"], texts, options["bpe_vocab_size"])
     except (FileNotFoundError, OSError, ValueError) as exc:
-        raise UserError(f"[data] tokenizer: cannot load {options['tokenizer']!r}: {exc}") from None
+        raise OptionError("tokenizer", f"cannot load {options['tokenizer']!r}: {exc}") from None
     return TextDataModule(texts, tokenizer, block_size=options["block_size"], batch_size=options["batch_size"],
                           val_fraction=options["val_fraction"], packing=packing, seed=seed)
 

@@ -110,7 +110,7 @@ def test_file_and_folder_sources(tmp_path):
 
 
 def test_corpus_too_small_is_a_clear_error():
-    with pytest.raises(UserError, match="corpus too small"):
+    with pytest.raises(UserError, match="block_size: the corpus is too small"):
         build_text_data(options(texts=["tiny"], packing=True, block_size=64), seed=0)
 
 

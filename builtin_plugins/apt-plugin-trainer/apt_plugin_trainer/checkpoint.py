@@ -6,8 +6,10 @@
 
 A save writes a temp file in the same folder, fsyncs it and renames it into place, then rewrites
 metadata.json the same way, so a crash leaves either the old or the new state, never half of one.
-Leftover partial files are removed when a manager opens the folder and are never chosen. Under
-DDP only rank 0 writes; every rank can read.
+A partial file is named after its writer's PID: one whose writer is dead is removed when a manager
+opens the folder for writing, one whose writer lives is left alone (it may be a running save), and
+neither is ever chosen. metadata.json is strict JSON (a non-finite metric is ``null``). Under DDP only
+rank 0 writes; every rank can read. A manager that only loads creates nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -45,12 +48,16 @@ class _HashingFile:
 def _atomic_write(path: Path, write) -> str:
     """Write through ``write(file)`` into a temp file beside ``path``, fsync, rename; return the sha256."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    with open(tmp, "wb") as fh:
-        hashing = _HashingFile(fh)
-        write(hashing)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            hashing = _HashingFile(fh)
+            write(hashing)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -67,6 +74,37 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _writer_alive(leftover: Path) -> bool:
+    """``.<name>.<pid>.tmp`` is being written by process <pid> if that process exists."""
+    pid = leftover.name.removesuffix(TMP_SUFFIX).rsplit(".", 1)[-1]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def load_model_state(model: torch.nn.Module, saved: dict, path: str | Path) -> None:
+    """``model.load_state_dict``, with an error naming each tensor that does not fit instead of torch's."""
+    expected = model.state_dict()
+    problems = [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(expected[k].shape)} in the model"
+                for k, v in saved.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    problems += [f"{k}: missing from the checkpoint" for k in expected if k not in saved]
+    problems += [f"{k}: in the checkpoint, not in the model" for k in saved if k not in expected]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise UserError(f"checkpoint {path} does not fit this model: " + "; ".join(problems[:5]) + more)
+    model.load_state_dict(saved)
+
+
 def _plain(value: Any) -> Any:
     """Config objects become dicts so the checkpoint loads with weights_only=True."""
     if hasattr(value, "to_dict"):
@@ -81,23 +119,43 @@ class CheckpointManager:
         self.temp_dir = self.save_dir / "temp"
         self.metadata_path = self.save_dir / "metadata.json"
         self.keep_last, self.rank = keep_last, rank
-        if rank == 0:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            for folder in (self.dir, self.temp_dir, self.save_dir):
-                for leftover in folder.glob(f".*{TMP_SUFFIX}"):
+        self._cleaned = False
+
+    def _prepare(self) -> None:
+        """Before the first write: the folders, and partial files left by dead writers gone."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self._cleaned:
+            return
+        for folder in (self.dir, self.temp_dir, self.save_dir):
+            for leftover in folder.glob(f".*{TMP_SUFFIX}"):
+                if not _writer_alive(leftover):
                     leftover.unlink(missing_ok=True)
+        self._cleaned = True
 
     # -- metadata ----------------------------------------------------------------------------------
     def metadata(self) -> dict:
         try:
-            return json.loads(self.metadata_path.read_text())
+            data = json.loads(self.metadata_path.read_text())
         except FileNotFoundError:
             return {"checkpoints": []}
         except ValueError as exc:
             raise UserError(f"{self.metadata_path} is not valid JSON ({exc}); remove it to start over") from None
+        self._check_metadata(data)
+        return data
+
+    def _check_metadata(self, data: Any) -> None:
+        where = f"{self.metadata_path} is not a checkpoint record"
+        if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), list):
+            raise UserError(f"{where}: expected {{\"checkpoints\": [...]}}, got {json.dumps(data)[:80]}")
+        for i, entry in enumerate(data["checkpoints"]):
+            if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) \
+                    or not isinstance(entry.get("global_step"), int):
+                raise UserError(f"{where}: checkpoints[{i}] needs \"file\" and \"global_step\", "
+                                f"got {json.dumps(entry)[:80]}")
 
     def _write_metadata(self, data: dict) -> None:
-        _atomic_write(self.metadata_path, lambda fh: fh.write(json.dumps(data, indent=2).encode()))
+        text = json.dumps(data, indent=2, allow_nan=False)
+        _atomic_write(self.metadata_path, lambda fh: fh.write(text.encode()))
 
     def checkpoints(self) -> list[dict]:
         """Recorded checkpoints whose file exists, oldest first."""
@@ -123,6 +181,7 @@ class CheckpointManager:
         path = self.dir / f"apt_model_epoch{epoch}_step{global_step}.pt"
         if self.rank != 0:
             return path
+        self._prepare()
         digest = _atomic_write(path, lambda fh: torch.save(state, fh))
         if tokenizer is not None:
             tokenizer.save(self.save_dir / "tokenizer")
@@ -133,7 +192,8 @@ class CheckpointManager:
                 entry["is_best"] = False
         data["checkpoints"].append({
             "file": path.name, "epoch": int(epoch), "global_step": int(global_step),
-            "metrics": state["metrics"], "is_best": bool(is_best), "sha256": digest, "time": time.time(),
+            "metrics": {k: _finite(v) for k, v in state["metrics"].items()}, "is_best": bool(is_best),
+            "sha256": digest, "time": time.time(),
         })
         self._prune(data)
         self._write_metadata(data)
@@ -144,6 +204,7 @@ class CheckpointManager:
         path = self.temp_dir / f"apt_temp_step{state['global_step']}.pt"
         if self.rank != 0:
             return path
+        self._prepare()
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, lambda fh: torch.save(state, fh))
         for old in self.temp_dir.glob("apt_temp_step*.pt"):
@@ -188,6 +249,11 @@ class CheckpointManager:
             candidates = [(c["global_step"], 1, self.dir / c["file"]) for c in recorded]
             candidates += [(step, 0, path) for step, path in self._temp_checkpoints()]
             if not candidates:
+                unrecorded = sorted(self.dir.glob(CHECKPOINT_GLOB), key=lambda p: p.stat().st_mtime)
+                if unrecorded and not self.metadata_path.exists():
+                    raise UserError(f"{self.metadata_path} is missing, so the {len(unrecorded)} checkpoint(s) in "
+                                    f"{self.dir} are not recorded; resume from a file instead, e.g. "
+                                    f"--resume {unrecorded[-1]} (resume_from=... in Python)")
                 raise UserError(f"no checkpoint to resume from in {self.dir} or {self.temp_dir}")
             return max(candidates)[2]
         matches = sorted(glob.glob(str(spec)))
@@ -199,7 +265,7 @@ class CheckpointManager:
                         latest: bool = False, best: bool = False) -> tuple[int, int, list, dict]:
         path = self.resolve(checkpoint_path, latest=latest, best=best)
         state = self.read(path)
-        model.load_state_dict(state["model_state_dict"])
+        load_model_state(model, state["model_state_dict"], path)
         if optimizer is not None and state.get("optimizer_state_dict") is not None:
             from .state import load_optimizer_state
 

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from apt_sdk import UserError
+from apt_sdk import OptionError, UserError
 
-KNOWN_DEVICES = ("auto", "cpu", "cuda", "mps")
+KNOWN_DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+def check_device(name: str) -> None:
+    """At build time, so a run that cannot start leaves nothing behind."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise OptionError("device", f"unknown device {name!r}; devices: {', '.join(KNOWN_DEVICES)}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise OptionError("device", f"{name!r} but no CUDA device is available (use \"auto\" or \"cpu\")")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise OptionError("device", f"{name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise OptionError("device", "'mps' but no MPS device is available")
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:

@@ -6,8 +6,12 @@ from apt_sdk import BuildContext, hookimpl
 
 
 def build_trainer(options: dict, context: BuildContext):
+    from .distributed import check_device
     from .trainer import Trainer
 
+    check_device(options["device"])
+    if options["resume_from"] and not context.resume:
+        context.resume = options["resume_from"]  # the kernel then knows this run continues its folder's run
     return Trainer(options, context)
 
 

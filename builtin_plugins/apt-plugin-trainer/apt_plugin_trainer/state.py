@@ -20,6 +20,10 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from apt_sdk import UserError
+
+from .checkpoint import load_model_state
+
 if TYPE_CHECKING:
     from .trainer import Trainer
 
@@ -89,15 +93,50 @@ def capture(trainer: Trainer, epoch_complete: bool) -> dict:
     }
 
 
+IGNORED_CHANGES = {"trainer.resume_from"}  # how a run was resumed is not a change of the run
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        return {k: v for key, value in data.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    if isinstance(data, list) and any(isinstance(v, dict) for v in data):
+        return {k: v for i, value in enumerate(data) for k, v in _flat(value, f"{prefix}{i}.").items()}
+    return {prefix[:-1]: data}
+
+
+def pipeline_changes(saved: dict | None, now: dict) -> list[str]:
+    """``key: old in the checkpoint, new now`` for each pipeline value that differs."""
+    if not saved:
+        return []
+    before, after = _flat(saved), _flat(now)
+    missing = "(not set)"
+    return [f"{key}: {before.get(key, missing)!r} in the checkpoint, {after.get(key, missing)!r} now"
+            for key in sorted(before.keys() | after.keys())
+            if key not in IGNORED_CHANGES and before.get(key, missing) != after.get(key, missing)]
+
+
+def _load_model_and_optimizer(trainer: Trainer, path: Path, state: dict, changes: list[str]) -> None:
+    """Nothing is written before this succeeds; a checkpoint that does not fit names what changed."""
+    try:
+        if trainer.fsdp:
+            options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+            set_model_state_dict(trainer.model, state["model_state_dict"], options=options)
+            set_optimizer_state_dict(trainer.model, trainer.optimizer, state["optimizer_state_dict"], options=options)
+        else:
+            load_model_state(trainer.model, state["model_state_dict"], path)
+            load_optimizer_state(trainer.model, trainer.optimizer, state["optimizer_state_dict"])
+    except (UserError, RuntimeError, ValueError, KeyError) as exc:
+        detail = str(exc).removeprefix(f"checkpoint {path} ")
+        changed = ("the pipeline differs from the checkpoint's: " + "; ".join(changes) + "; so the checkpoint "
+                   ) if changes else "the checkpoint "
+        raise UserError(f"cannot resume from {path}: {changed}{detail}.\nResume with the settings the run was "
+                        f"started with, or start a new run (--overwrite, or another output_dir)") from None
+
+
 def restore(trainer: Trainer, path: Path, state: dict) -> tuple[int, int]:
     """Load ``state`` (read from ``path``) into the trainer; returns (epoch, batch) to continue from."""
-    if trainer.fsdp:
-        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-        set_model_state_dict(trainer.model, state["model_state_dict"], options=options)
-        set_optimizer_state_dict(trainer.model, trainer.optimizer, state["optimizer_state_dict"], options=options)
-    else:
-        trainer.model.load_state_dict(state["model_state_dict"])
-        load_optimizer_state(trainer.model, trainer.optimizer, state["optimizer_state_dict"])
+    changes = pipeline_changes(state.get("pipeline"), trainer.context.config)
+    _load_model_and_optimizer(trainer, path, state, changes)
     trainer.scheduler.load_state_dict(state["scheduler_state_dict"])
     if trainer.scaler is not None and state.get("scaler_state_dict"):
         trainer.scaler.load_state_dict(state["scaler_state_dict"])
@@ -112,8 +151,9 @@ def restore(trainer: Trainer, path: Path, state: dict) -> tuple[int, int]:
         trainer.log(f"note: {path} was written by {len(rngs)} processes, this run has {trainer.dist.world_size}: "
                     "random streams are not continued exactly")
     position = state.get("position") or {"epoch": state["epoch"], "batches_done": 0, "epoch_complete": True}
-    if state.get("pipeline_hash") and state["pipeline_hash"] != trainer.pipeline_hash:
-        trainer.log("note: the pipeline differs from the one that wrote the checkpoint")
+    trainer.epoch = position["epoch"]
+    if changes:
+        trainer.log("note: the pipeline differs from the checkpoint's: " + "; ".join(changes))
     trainer.log(f"resumed from {path} (epoch {position['epoch']}, step {trainer.global_step})")
     if position["epoch_complete"]:
         return position["epoch"] + 1, 0

@@ -55,6 +55,7 @@ class Trainer:
         self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, loss, skipped) on device
         self._signal: int | None = None
         self.dist: Distributed | None = None
+        self.resumed_from: Path | None = None
 
     # -- the TrainerState callbacks see (apt_sdk.TrainerState) -----------------------------------
     @property
@@ -174,6 +175,7 @@ class Trainer:
 
     def _resume(self, spec: str) -> tuple[int, int]:
         path = self.manager.resolve(spec)
+        self.resumed_from = path
         return state.restore(self, path, self.manager.read(path))
 
     def _install_signal_handlers(self) -> dict:
@@ -190,9 +192,11 @@ class Trainer:
         self._setup(context)
         resume = context.resume or o["resume_from"]
         start_epoch, start_batch = self._resume(resume) if resume else (0, 0)
-        previous_handlers = self._install_signal_handlers()
         self.tokens = torch.zeros((), device=self.device)
         started = time.perf_counter()
+        if resume and self._finished(start_epoch):
+            return self._nothing_to_do(started)
+        previous_handlers = self._install_signal_handlers()
         self.throughput = Throughput()
         deadline = started + o["max_time_minutes"] * 60 if o["max_time_minutes"] else None
         context.model.train()
@@ -204,6 +208,9 @@ class Trainer:
                 self.epoch, self.batches_done = epoch, start_batch if epoch == start_epoch else 0
                 self._call("on_epoch_start", epoch)
                 for first, window in guarded(self, windows(self, epoch, self.batches_done)):
+                    if self._at_max_steps():  # resumed at the limit: only the end of the run is left
+                        self.should_stop = True
+                        break
                     train_step(self, window, first)
                     if not self.errors.failed:
                         with self.errors.capture(self.global_step):
@@ -253,6 +260,26 @@ class Trainer:
         self._close()
         return result
 
+    def _at_max_steps(self) -> bool:
+        return bool(self.o["max_steps"]) and self.global_step >= self.o["max_steps"]
+
+    def _finished(self, start_epoch: int) -> bool:
+        """Nothing left: every epoch done, or max_steps reached and its final checkpoint written (a temp
+        checkpoint at max_steps, from a kill, still needs the validation and checkpoint of the end)."""
+        recorded = any(c["global_step"] == self.global_step for c in self.manager.checkpoints())
+        return start_epoch >= self.o["epochs"] or (self._at_max_steps() and recorded)
+
+    def _nothing_to_do(self, started: float) -> dict:
+        """A finished run resumed with the limits it finished under: no step past them."""
+        limit = f"max_steps = {self.o['max_steps']}" if self._at_max_steps() else f"epochs = {self.o['epochs']}"
+        message = (f"nothing to train: the run already finished at step {self.global_step} ({limit}); "
+                   f"raise {limit.split(' ')[0]} to train further")
+        self.log(message)
+        result = self._result(self.last_metrics.get("val_loss"), self.resumed_from, started)
+        result["summary"].insert(0, ("nothing to do", message.split(": ", 1)[1]))
+        self._close()
+        return result
+
     def _close(self) -> None:
         """Let go of the DDP wrapper, then of the process group. DDP holds the group: left alive until the
         interpreter exits, gloo's threads may still hold work with Python tensors during finalisation
@@ -269,7 +296,8 @@ class Trainer:
         if not (o["eval_every"] and self.global_step % o["eval_every"] == 0):
             val_loss = validation(self)  # else it just ran at this step
         flush(self)
-        is_best = val_loss is not None and (self.best_val is None or val_loss < self.best_val)
+        finite = val_loss is not None and math.isfinite(val_loss)  # a NaN validation is never the best
+        is_best = finite and (self.best_val is None or val_loss < self.best_val)
         if is_best:
             self.best_val = val_loss
         self.last_metrics.update(train_loss=self._recent_loss())
