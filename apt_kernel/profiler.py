@@ -18,15 +18,54 @@ from pathlib import Path
 from typing import Any
 
 
+class _PeakDuring:
+    """The process's peak RSS during a call, not over its lifetime: Linux resets its high-water mark
+    (VmHWM) when "5" is written to /proc/self/clear_refs; elsewhere a thread samples RSS every 2 ms."""
+
+    def __init__(self, process) -> None:
+        self.process, self.peak, self._thread = process, 0, None
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.exact = True
+        except OSError:
+            self.exact = False
+
+    def __enter__(self) -> _PeakDuring:
+        self.peak = self.process.memory_info().rss
+        if not self.exact:
+            import threading
+
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        if self.exact:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak = max(self.peak, int(line.split()[1]) * 1024)
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
 def profile_plugin(func: Callable, *args: Any, **kwargs: Any) -> tuple[Any, dict]:
-    """Call ``func`` once; return its result and time, CPU time and memory change (psutil)."""
+    """Call ``func`` once; return its result and its time, CPU time, memory change and the peak
+    memory while it ran (``peak_rss_mb``; ``peak_delta_mb`` above the RSS it started with)."""
     import psutil
 
     process = psutil.Process()
     rss, cpu = process.memory_info().rss, process.cpu_times()
-    start = time.perf_counter()
-    result = func(*args, **kwargs)
-    elapsed = time.perf_counter() - start
+    with _PeakDuring(process) as peak:
+        start = time.perf_counter()
+        result = func(*args, **kwargs)
+        elapsed = time.perf_counter() - start
     after = process.cpu_times()
     cpu_seconds = (after.user - cpu.user) + (after.system - cpu.system)
     return result, {
@@ -34,7 +73,8 @@ def profile_plugin(func: Callable, *args: Any, **kwargs: Any) -> tuple[Any, dict
         "cpu_time_s": cpu_seconds,
         "cpu_percent": 100.0 * cpu_seconds / elapsed if elapsed > 0 else 0.0,
         "memory_delta_mb": (process.memory_info().rss - rss) / 2**20,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak.peak / 2**20,
+        "peak_delta_mb": (peak.peak - rss) / 2**20,
     }
 
 
@@ -50,6 +90,40 @@ class PluginProfiler:
         self.phase: dict[tuple[str, str], str] = {}  # "setup" (before fit) or "training"
         self.training = False
         self.fit_seconds: float | None = None
+        self.calls: dict[str, list[dict]] = {}  # profile_plugin's measurements, per plugin name
+
+    # -- the original API: profile one call, then ask for the plugin's statistics ---------------------
+    def profile_plugin(self, plugin_func: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Call ``plugin_func(*args, **kwargs)``, measure it (``profile_plugin``) under its name, return its
+        result. The measurement is kept even when the call raises."""
+        name = getattr(plugin_func, "__name__", type(plugin_func).__name__)
+        started = time.perf_counter()
+        try:
+            result, stats = profile_plugin(plugin_func, *args, **kwargs)
+        except BaseException:
+            self.calls.setdefault(name, []).append({"execution_time_s": time.perf_counter() - started,
+                                                    "failed": True})
+            raise
+        self.calls.setdefault(name, []).append(stats)
+        self.record(name, "profile_plugin call", stats["execution_time_s"])
+        return result
+
+    def get_plugin_stats(self, plugin_name: str) -> dict:
+        """Aggregates over every ``profile_plugin`` call of ``plugin_name``: calls, failures, total / mean /
+        max time, CPU time, the highest peak RSS and the largest rise above the starting RSS."""
+        if plugin_name not in self.calls:
+            known = ", ".join(sorted(self.calls)) or "none yet"
+            raise KeyError(f"no profiled calls of {plugin_name!r} (profiled: {known})")
+        calls = self.calls[plugin_name]
+        ok = [c for c in calls if not c.get("failed")]
+        times = [c["execution_time_s"] for c in calls]
+        return {
+            "calls": len(calls), "failures": len(calls) - len(ok), "total_time_s": sum(times),
+            "mean_time_s": sum(times) / len(times), "max_time_s": max(times),
+            "cpu_time_s": sum(c["cpu_time_s"] for c in ok),
+            "peak_rss_mb": max((c["peak_rss_mb"] for c in ok), default=None),
+            "max_peak_delta_mb": max((c["peak_delta_mb"] for c in ok), default=None),
+        }
 
     def record(self, plugin: str, what: str, seconds: float) -> None:
         self.samples.setdefault((plugin, what), []).append(seconds)

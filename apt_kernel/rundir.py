@@ -76,9 +76,15 @@ class RunFolder:
                     raise _refuse_existing(self.path)
                 if not dry_run:
                     self._move_aside()
+        except BaseException:
+            self.release()
+            raise
         finally:
             if dry_run:
                 self.release()
+        if not dry_run:  # the holder's PID, for the message a refused run prints
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
         return self
 
     def _lock(self) -> None:
@@ -94,8 +100,6 @@ class RunFolder:
             os.close(fd)
             raise UserError(f"{self.path} is in use by another run (PID {holder}); wait for it to finish or "
                             f"choose another output_dir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
     def _move_aside(self) -> None:

@@ -19,6 +19,7 @@ def create_plugin(name: str, directory: str | Path = ".") -> Path:
     if not module.isidentifier() or keyword.iskeyword(module) or dist != name.lower():
         raise UserError(f"plugin name {name!r}: use letters, digits and dashes, starting with a letter "
                         f"(e.g. my-callback)")
+    _refuse_shadowing(dist, module)
     target = Path(directory) / dist
     if target.exists():
         raise UserError(f"{target} already exists; choose another name or --dir")
@@ -35,6 +36,26 @@ def create_plugin(name: str, directory: str | Path = ".") -> Path:
     return target
 
 
+def _refuse_shadowing(dist: str, module: str) -> None:
+    """``pip install -e`` of a package named like an installed one replaces it (a distribution) or hides
+    it (a module: ``import json`` would import the plugin)."""
+    import importlib.util
+    import sys
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        installed = distribution(dist)
+    except PackageNotFoundError:
+        installed = None
+    if installed is not None:
+        raise UserError(f"plugin name {dist!r}: a distribution of that name is installed "
+                        f"({installed.metadata['Name']} {installed.version}); installing the plugin would replace "
+                        f"it. Choose another name (e.g. {_other(dist)})")
+    if module in sys.stdlib_module_names or importlib.util.find_spec(module) is not None:
+        raise UserError(f"plugin name {dist!r}: a module named {module!r} already exists; the plugin's package "
+                        f"would shadow it. Choose another name (e.g. {_other(dist)})")
+
+
 def _walk(node):
     for child in sorted(node.iterdir(), key=lambda c: c.name):
         if child.is_dir():
@@ -42,3 +63,7 @@ def _walk(node):
                 yield from _walk(child)
         else:
             yield child
+
+
+def _other(dist: str) -> str:
+    return f"{dist}-plugin" if dist.startswith("apt-plugin-") else f"apt-plugin-{dist}"

@@ -5,6 +5,7 @@ statistics beside the checkpoints when training ends."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from apt_sdk import Callback
@@ -30,7 +31,7 @@ class GradientMonitorCallback(Callback):
         if self.monitor is None or step % self.every:
             return
         total = self.monitor.log_gradient_norms(step)
-        broken = [i for i in self.monitor.detect_gradient_anomalies() if i["kind"] in ("nan", "inf")]
+        broken = [i for i in self.monitor.last_anomalies() if i["kind"] in ("nan", "inf")]
         if not broken:
             return
         layers = [i["layer"] for i in broken]
@@ -52,7 +53,7 @@ class GradientMonitorCallback(Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.monitor.plot_gradient_flow(self.out_dir / "gradient_flow.png")
         stats = {"steps": self.monitor.steps, "layers": self.monitor.get_gradient_stats(), "anomalies": self.anomalies}
-        (self.out_dir / "gradient_stats.json").write_text(json.dumps(stats, indent=2))
+        (self.out_dir / "gradient_stats.json").write_text(json.dumps(_strict(stats), indent=2, allow_nan=False))
         result["gradient_flow"] = str(self.out_dir / "gradient_flow.png")
 
     def state_dict(self) -> dict:
@@ -125,3 +126,14 @@ class TensorBoardCallback(Callback):
     def on_exception(self, trainer, error: BaseException) -> None:
         if self.visualizer is not None:
             self.visualizer.close()
+
+
+def _strict(value):
+    """JSON without NaN/Infinity (which strict parsers refuse): a non-finite number becomes null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value

@@ -58,8 +58,13 @@ class GradientMonitor:
         return total
 
     def detect_gradient_anomalies(self) -> list[dict]:
-        """Problems in the most recent norms (from check_gradient_flow or log_gradient_norms)."""
-        return self._issues(self.last or self._norms())
+        """Problems in the gradients as they are now (a NaN that appeared since the last check included)."""
+        self.last = self._norms()
+        return self._issues(self.last)
+
+    def last_anomalies(self) -> list[dict]:
+        """Problems in the norms just recorded by log_gradient_norms (no new read of the gradients)."""
+        return self._issues(self.last)
 
     def get_gradient_stats(self) -> dict[str, dict[str, float]]:
         """Per layer over the logged steps: mean, std, min, max of the gradient norm."""
@@ -71,8 +76,9 @@ class GradientMonitor:
             stats[layer] = {"mean": mean, "std": std, "min": min(finite), "max": max(finite)}
         return stats
 
-    def plot_gradient_flow(self, save_path: str | Path):
-        """A PNG of each layer's mean gradient norm, log scale; returns the matplotlib figure."""
+    def plot_gradient_flow(self, save_path: str | Path | None = None):
+        """Each layer's mean gradient norm, log scale; returns the matplotlib figure, also saved as a PNG
+        at ``save_path`` when one is given."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -91,7 +97,8 @@ class GradientMonitor:
         axis.set_title(f"Gradient flow ({len(self.steps)} logged steps)")
         axis.legend(fontsize=7)
         figure.tight_layout()
-        Path(save_path).parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(save_path, dpi=110)
-        plt.close(figure)
+        if save_path is not None:
+            Path(save_path).parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(save_path, dpi=110)
+        plt.close(figure)  # out of pyplot's registry; the figure itself stays usable (savefig, add_figure)
         return figure

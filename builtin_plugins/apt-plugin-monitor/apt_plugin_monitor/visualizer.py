@@ -93,6 +93,61 @@ class TrainingVisualizer:
             plt.close(figure)
         return len(layers)
 
+    # -- the original TrainingVisualizer's names, for code ported from it -----------------------------
+    def log_training_step(self, metrics: dict[str, float], step: int) -> None:
+        """Scalars under ``train/``."""
+        self.log_scalars(step, metrics, "train")
+
+    def log_validation_step(self, metrics: dict[str, float], step: int) -> None:
+        """Scalars under ``val/``."""
+        self.log_scalars(step, metrics, "val")
+
+    def plot_model_architecture(self, model: torch.nn.Module, input_sample: torch.Tensor) -> bool:
+        """The model's graph, traced on ``input_sample`` (TensorBoard's Graphs tab)."""
+        return self.log_graph(model, input_sample)
+
+    def plot_gradient_flow(self, model: torch.nn.Module, step: int):
+        """The per-layer gradient norms of ``model`` as they are now, as a figure at ``gradients/flow``."""
+        from .gradients import GradientMonitor
+
+        monitor = GradientMonitor(model)
+        monitor.log_gradient_norms(step)
+        figure = monitor.plot_gradient_flow()
+        self.writer.add_figure("gradients/flow", figure, step)
+        return figure
+
+    def plot_weight_distributions(self, model: torch.nn.Module, step: int) -> None:
+        """A histogram of every parameter, under ``weights/``."""
+        self.log_histograms(model, step, gradients=False)
+
+    def log_attention_weights(self, attention_weights, step: int) -> int:
+        """Heatmaps of attention probabilities: one tensor or a list of them (one per layer), each
+        ``[batch, heads, T, T]``, ``[heads, T, T]`` or ``[T, T]``; the first sample, averaged over heads."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        layers = attention_weights if isinstance(attention_weights, list | tuple) else [attention_weights]
+        for index, weights in enumerate(layers):
+            matrix = torch.as_tensor(weights).detach().float().cpu()
+            if matrix.dim() == 4:
+                matrix = matrix[0]
+            if matrix.dim() == 3:
+                matrix = matrix.mean(0)
+            if matrix.dim() != 2:
+                raise ValueError(f"attention weights of layer {index} have shape {tuple(weights.shape)}; expected "
+                                 "[batch, heads, T, T], [heads, T, T] or [T, T]")
+            figure, axis = plt.subplots(figsize=(4, 4))
+            axis.imshow(matrix.numpy(), cmap="viridis", vmin=0)
+            axis.set_title(f"layer {index}, mean over heads", fontsize=8)
+            axis.set_xlabel("key")
+            axis.set_ylabel("query")
+            figure.tight_layout()
+            self.writer.add_figure(f"attention/weights_layer{index}", figure, step)
+            plt.close(figure)
+        return len(layers)
+
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()

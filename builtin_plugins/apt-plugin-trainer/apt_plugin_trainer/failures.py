@@ -5,9 +5,11 @@ calls `check()` at fixed sync points, where one all-reduce of an error flag tell
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -25,16 +27,73 @@ class DistributedError(RuntimeError):
 
 
 class DistributedErrorHandler:
-    """Capture an exception on this rank, then agree on it with every rank at the next `check()`."""
+    """Capture an exception on this rank, then agree on it with every rank at the next `check()`.
 
-    def __init__(self, device: torch.device | str = "cpu", group=None) -> None:
+    ``DistributedErrorHandler(rank, world_size)`` is the original's signature: both are checked
+    against the process group when one is running. Its ``broadcast_error`` and
+    ``sync_checkpoint_on_error`` are collectives every rank calls (an all-reduced flag, never a
+    broadcast from the failing rank, which the others would not know to wait for)."""
+
+    def __init__(self, rank: int | None = None, world_size: int | None = None, *,
+                 device: torch.device | str = "cpu", group=None) -> None:
         self.device, self.group = torch.device(device), group
         self.error: BaseException | None = None
         self.step: int | None = None
+        running = dist.is_available() and dist.is_initialized()
+        actual = (dist.get_rank(group), dist.get_world_size(group)) if running else (0, 1)
+        for name, given, real in (("rank", rank, actual[0]), ("world_size", world_size, actual[1])):
+            if given is not None and given != real:
+                raise ValueError(f"DistributedErrorHandler({name}={given}) but this process's {name} is {real}")
+        self.rank = actual[0]
 
     @property
     def world_size(self) -> int:
         return dist.get_world_size(self.group) if dist.is_available() and dist.is_initialized() else 1
+
+    def broadcast_error(self, error: BaseException | None = None) -> list[dict]:
+        """Every rank calls this, with its error or None; every rank gets the same list of failures
+        (rank, type, message, traceback), empty when no rank failed."""
+        if error is not None:
+            self.error = error
+        try:
+            self.check()
+        except DistributedError as exc:
+            return exc.failures
+        except BaseException:  # noqa: BLE001 - one process: check() re-raises the error itself
+            return [self._describe()]
+        return []
+
+    def sync_checkpoint_on_error(self, model: torch.nn.Module, optimizer, checkpoint_path: str | Path) -> bool:
+        """Every rank calls this. If any rank has failed, all of them meet and rank 0 writes one checkpoint
+        (model, optimizer, the failures) atomically to ``checkpoint_path``; returns whether it was written,
+        the same answer on every rank."""
+        any_failed = self.error is not None
+        if self.world_size > 1:
+            flag = torch.tensor([float(any_failed)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+            any_failed = bool(flag.item())
+        if not any_failed:
+            return False
+        failures = self.broadcast_error()
+        if self.rank == 0:
+            module = getattr(model, "module", model)  # DDP's replica is the same on every rank
+            path = Path(checkpoint_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save({"model_state_dict": module.state_dict(),
+                        "optimizer_state_dict": optimizer.state_dict() if optimizer is not None else None,
+                        "failures": failures}, tmp)
+            os.replace(tmp, path)
+        if self.world_size > 1:
+            dist.barrier(group=self.group)  # nobody goes on (or exits) before the file is in place
+        return True
+
+    def _describe(self) -> dict:
+        original = getattr(self.error, "original", None) or self.error
+        return {"rank": self.rank, "type": type(original).__name__, "message": _text(original),
+                "traceback": _text(lambda: "".join(traceback.format_exception(self.error))),
+                "plugin": getattr(self.error, "plugin", None), "hook": getattr(self.error, "hook", None),
+                "step": self.step}
 
     @contextmanager
     def capture(self, step: int | None = None) -> Iterator[None]:
@@ -63,14 +122,8 @@ class DistributedErrorHandler:
         return [bool(v) for v in value[1:].tolist()]
 
     def _raise_everywhere(self) -> None:
-        local = None
-        if self.error is not None:
-            # a plugin's error arrives wrapped (CallbackError): report what it raised, attributed to it
-            original = getattr(self.error, "original", None) or self.error
-            local = {"rank": dist.get_rank(), "type": type(original).__name__, "message": _text(original),
-                     "traceback": _text(lambda: "".join(traceback.format_exception(self.error))),
-                     "plugin": getattr(self.error, "plugin", None), "hook": getattr(self.error, "hook", None),
-                     "step": self.step}
+        # a plugin's error arrives wrapped (CallbackError): report what it raised, attributed to it
+        local = self._describe() if self.error is not None else None
         gathered: list = [None] * self.world_size
         dist.all_gather_object(gathered, local, group=self.group)
         failures = [f for f in gathered if f is not None]

@@ -108,7 +108,7 @@ class Trainer:
         o = self.o
         self.dist = Distributed(o["device"])
         self.device = self.dist.device
-        self.errors = DistributedErrorHandler(self.device)  # a failing rank must not leave the others hanging
+        self.errors = DistributedErrorHandler(device=self.device)  # a failing rank must not leave the others hanging
         if o["deterministic"]:
             torch.use_deterministic_algorithms(True)
         if o["precision"] == "fp16" and self.device.type != "cuda":
