@@ -1,15 +1,19 @@
 """The trainer plugin: train_model, CheckpointManager layout and safety, resume."""
 
 import json
+import logging
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from apt_plugin_lm.model import APTConfig, APTLargeModel
+from apt_plugin_lm.testing import TINY_PIPELINE
 from apt_plugin_trainer import CheckpointManager, train_model
 from apt_plugin_trainer.optim import param_groups
-from apt_sdk import UserError
+from apt_sdk import UserError, hookimpl, run_pipeline
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -97,14 +101,101 @@ def test_a_changed_checkpoint_is_refused_by_hash(tmp_path):
         manager.load_checkpoint(torch.nn.Linear(2, 2), checkpoint_path=path)
 
 
-def test_leftover_temp_files_are_removed_and_never_chosen(tmp_path):
+def test_partial_files_of_dead_writers_are_removed_live_ones_kept_and_neither_chosen(tmp_path):
     manager = CheckpointManager(tmp_path)
     manager.save_checkpoint(torch.nn.Linear(2, 2), None, None, 0, 5, [1.0])
-    leftover = tmp_path / "checkpoints" / ".apt_model_epoch1_step9.pt.123.tmp"
-    leftover.write_bytes(b"half a checkpoint")
-    assert manager.resolve("latest").name == "apt_model_epoch0_step5.pt"
-    CheckpointManager(tmp_path)
-    assert not leftover.exists()
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its PID names no process now
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        folder = tmp_path / "checkpoints"
+        dead_file = folder / f".apt_model_epoch1_step9.pt.{dead.pid}.tmp"
+        live_file = folder / f".apt_model_epoch1_step9.pt.{live.pid}.tmp"
+        for leftover in (dead_file, live_file):
+            leftover.write_bytes(b"half a checkpoint")
+        assert manager.resolve("latest").name == "apt_model_epoch0_step5.pt"
+        CheckpointManager(tmp_path)  # opening touches nothing
+        assert dead_file.exists() and live_file.exists()
+        CheckpointManager(tmp_path).save_checkpoint(torch.nn.Linear(2, 2), None, None, 0, 6, [1.0])
+        assert not dead_file.exists() and live_file.exists()  # a live writer's file is its own
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_opening_the_folder_of_a_live_run_does_not_disturb_it(tmp_path):
+    """The original deleted every partial file when a manager opened the folder, so a second process
+    (a resume attempt, a monitoring script) killed the live run mid-save with FileNotFoundError."""
+    script = tmp_path / "train.py"
+    script.write_text(f"""
+from apt_plugin_trainer import train_model
+train_model(epochs=1, batch_size=2, checkpoint_dir={str(tmp_path / 'run')!r}, texts={TEXTS * 20!r},
+            early_stopping=False, temp_checkpoint_freq=1, model={{"d_model": 32, "num_heads": 2, "num_layers": 1}})
+""")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    opened = 0
+    while proc.poll() is None:
+        if (tmp_path / "run" / "temp").exists():
+            CheckpointManager(tmp_path / "run").checkpoints()
+            opened += 1
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert opened > 20
+
+
+def test_a_manager_that_only_loads_creates_no_folders(tmp_path):
+    manager = CheckpointManager(tmp_path / "nothing")
+    with pytest.raises(UserError, match="no checkpoint to resume from"):
+        manager.load_checkpoint(torch.nn.Linear(2, 2), latest=True)
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_loading_into_a_model_of_another_shape_names_the_tensors(tmp_path):
+    CheckpointManager(tmp_path).save_checkpoint(torch.nn.Linear(2, 3), None, None, 0, 1, [])
+    with pytest.raises(UserError) as raised:
+        CheckpointManager(tmp_path).load_checkpoint(torch.nn.Linear(2, 4), latest=True)
+    message = str(raised.value)
+    assert "does not fit this model: weight: (3, 2) in the checkpoint, (4, 2) in the model; " \
+           "bias: (3,) in the checkpoint, (4,) in the model" in message
+
+
+def test_metadata_is_strict_json_and_a_non_finite_loss_is_never_best(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    model = torch.nn.Linear(2, 2)
+    manager.save_checkpoint(model, None, None, 0, 1, [float("nan")], {"val_loss": float("nan")})
+    text = (tmp_path / "metadata.json").read_text()
+    data = json.loads(text, parse_constant=lambda name: pytest.fail(f"metadata.json holds {name}"))
+    assert data["checkpoints"][0]["metrics"] == {"val_loss": None}
+
+
+def test_a_validation_loss_of_nan_is_not_marked_best(tmp_path):
+    from apt_plugin_lm.loss import LMCrossEntropy
+    from apt_sdk.testing import IsolatedKernel
+
+    class NaNWhenValidating(LMCrossEntropy):
+        model = None
+
+        def __call__(self, outputs, batch):
+            loss_sum, count = super().__call__(outputs, batch)
+            return (loss_sum * float("nan"), count) if not self.model.training else (loss_sum, count)
+
+    loss = NaNWhenValidating()
+
+    class Plugin:
+        @hookimpl
+        def register_losses(self, register):
+            def build(options, context):
+                loss.model = context.model
+                return loss
+            register("nan-val", build)
+
+    kernel = IsolatedKernel()
+    kernel.add(Plugin(), {"kernel_api": "^1.0", "provides": {"loss": {"nan-val": {}}}}, name="nan-val")
+    result, _ = run_pipeline(TINY_PIPELINE.format(out=(tmp_path / "run").as_posix()).replace(
+        'use = "lm-cross-entropy"', 'use = "nan-val"'), kernel=kernel)
+    entries = json.loads((tmp_path / "run" / "metadata.json").read_text())["checkpoints"]
+    assert result["val_loss"] != result["val_loss"]  # NaN
+    assert [c["is_best"] for c in entries] == [False] and entries[0]["metrics"]["val_loss"] is None
 
 
 def test_keep_last_keeps_best_too(tmp_path):
@@ -118,15 +209,39 @@ def test_keep_last_keeps_best_too(tmp_path):
 
 
 def test_three_epochs_leave_three_checkpoints_and_resuming_with_six_leaves_six(tmp_path):
-    common = dict(batch_size=4, checkpoint_dir=tmp_path, texts=TEXTS, early_stopping=False,
+    """The original signature: resume_from (a glob here), temp_checkpoint_freq, save_path, logger."""
+    common = dict(batch_size=4, checkpoint_dir=tmp_path / "out", texts=TEXTS, early_stopping=False,
                   model={"d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64})
-    train_model(epochs=3, **common)
-    assert len(list((tmp_path / "checkpoints").iterdir())) == 3
-    train_model(epochs=6, trainer={"resume_from": "latest"}, **common)
-    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    train_model(epochs=3, temp_checkpoint_freq=1, **common)
+    assert len(list((tmp_path / "out" / "checkpoints").iterdir())) == 3
+    assert not (tmp_path / "out" / "temp").exists()  # temp checkpoints are gone after a clean finish
+    lines = []
+    logger = logging.getLogger("test.train_model")
+    logger.addHandler(type("Collect", (logging.Handler,), {"emit": lambda self, r: lines.append(r.getMessage())})())
+    logger.setLevel(logging.INFO)
+    glob = str(tmp_path / "out" / "checkpoints" / "apt_model_epoch2_*.pt")
+    model, tokenizer, _ = train_model(epochs=6, resume_from=glob, save_path=tmp_path / "saved", logger=logger,
+                                      **common)
+    names = sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir())
     assert names == [f"apt_model_epoch{e}_step{2 * (e + 1)}.pt" for e in range(6)]
-    state = torch.load(tmp_path / "checkpoints" / names[-1], weights_only=True)
+    state = torch.load(tmp_path / "out" / "checkpoints" / names[-1], weights_only=True)
     assert len(state["loss_history"]) == 12
+    assert any(line.startswith("resumed from") and "apt_model_epoch2_step6.pt" in line for line in lines)
+    reloaded = APTLargeModel.from_pretrained(tmp_path / "saved")
+    assert torch.equal(reloaded.state_dict()["tok.weight"], model.state_dict()["tok.weight"])
+    assert (tmp_path / "saved" / "tokenizer").is_dir()
+    again = train_model(epochs=6, resume_from="latest", **common)[0]  # finished: nothing more is trained
+    assert torch.equal(again.state_dict()["tok.weight"], model.state_dict()["tok.weight"])
+
+
+def test_train_model_refuses_texts_that_are_not_a_list_of_strings(tmp_path):
+    with pytest.raises(TypeError, match="texts must be a list of strings, not str; wrap a single text as"):
+        train_model(texts="a string", checkpoint_dir=tmp_path)
+    with pytest.raises(TypeError, match=r"texts\[0\] is int \(1\); texts must be strings"):
+        train_model(texts=[1, 2, 3], checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="texts is an empty list"):
+        train_model(texts=[], checkpoint_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_checkpoint_holds_the_whole_training_state(trained):
@@ -151,8 +266,6 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
 
 
 def test_fp16_without_cuda_is_a_clear_error(tmp_path):
-    from apt_sdk import UserError
-
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
     with pytest.raises(UserError, match="fp16.*needs CUDA"):
