@@ -179,3 +179,40 @@ def register_callbacks(register):
     result = cli("run", str(tiny_pipeline), "--no-progress", "--plugins-dir", str(plugins))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / "steps.txt").read_text() == "4 2"
+
+
+def test_a_fixed_plugin_is_imported_again_and_a_new_break_is_seen(broken_site, tiny_pipeline):
+    """The status memory is keyed on the plugin's files (and the installed distributions): editing the
+    plugin invalidates what was remembered, in both directions."""
+    site, _ = broken_site
+    env = with_site(site)
+    plugin_file = site / "raises_plugin" / "plugin.py"
+    assert cli("plugins", "doctor", "--json", env_extra=env).returncode == 1
+    plugin_file.write_text("from apt_sdk import Callback, hookimpl\n\n@hookimpl\ndef register_callbacks(register):\n"
+                           "    register('raises-cb', lambda options, context: Callback())\n")
+    listed = {r["name"]: r for r in json.loads(cli("plugins", "list", "--json", env_extra=env).stdout)}
+    assert listed["raises-plugin"]["status"] == "installed"  # the remembered failure no longer applies
+    doctor = {r["name"]: r for r in json.loads(cli("plugins", "doctor", "--json", env_extra=env).stdout)}
+    assert doctor["raises-plugin"]["status"] == "installed", doctor["raises-plugin"]
+    tiny_pipeline.write_text(tiny_pipeline.read_text() + '\n[[callbacks]]\nuse = "raises-cb"\n')
+    assert cli("run", str(tiny_pipeline), "--no-progress", env_extra=env).returncode == 0
+    plugin_file.write_text("raise RuntimeError('broken again')\n")
+    doctor = {r["name"]: r for r in json.loads(cli("plugins", "doctor", "--json", env_extra=env).stdout)}
+    assert doctor["raises-plugin"]["status"] == "failed" and "broken again" in doctor["raises-plugin"]["reason"]
+
+
+def test_a_bad_one_file_plugin_does_not_break_its_plugins_dir(tmp_path, tiny_pipeline):
+    plugins = tmp_path / "local"
+    plugins.mkdir()
+    (plugins / "badversion.py").write_text('APT_MANIFEST = {"kernel_api": "^1.0", "version": "one point oh"}\n')
+    (plugins / "fine.py").write_text('APT_MANIFEST = {"kernel_api": "^1.0", "version": "1.0.0", '
+                                     '"provides": {"callback": {"fine": {}}}}\n'
+                                     "from apt_sdk import Callback, hookimpl\n\n@hookimpl\n"
+                                     "def register_callbacks(register):\n"
+                                     "    register('fine', lambda options, context: Callback())\n")
+    listed = {r["name"]: r for r in json.loads(cli("plugins", "list", "--json", "--plugins-dir", str(plugins)).stdout)}
+    assert listed["badversion"]["status"] == "failed"
+    assert "version: 'one point oh' is not a version" in listed["badversion"]["reason"]
+    tiny_pipeline.write_text(tiny_pipeline.read_text() + '\n[[callbacks]]\nuse = "fine"\n')
+    result = cli("run", str(tiny_pipeline), "--no-progress", "--plugins-dir", str(plugins))
+    assert result.returncode == 0, result.stderr
