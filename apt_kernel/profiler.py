@@ -20,7 +20,8 @@ from typing import Any
 
 class _PeakDuring:
     """The process's peak RSS during a call, not over its lifetime: Linux resets its high-water mark
-    (VmHWM) when "5" is written to /proc/self/clear_refs; elsewhere a thread samples RSS every 2 ms."""
+    (VmHWM) when "5" is written to /proc/self/clear_refs (so ``peak_rss_mb()`` afterwards counts from
+    there); elsewhere a thread samples RSS every 2 ms."""
 
     def __init__(self, process) -> None:
         self.process, self.peak, self._thread = process, 0, None

@@ -29,8 +29,9 @@ def run_contents(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.name not in (LOCK_FILE, RECORD))
 
 
-def holds_run(path: Path) -> bool:
-    return bool(run_contents(path))
+def holds_run(path: Path, among: set[str] | None = None) -> bool:
+    """``among``: only these names count (what was there before this run built its components)."""
+    return any(among is None or name in among for name in run_contents(path))
 
 
 def check_path(path: Path) -> None:
@@ -43,8 +44,8 @@ def check_path(path: Path) -> None:
             return
 
 
-def _refuse_existing(path: Path) -> UserError:
-    contents = run_contents(path)
+def _refuse_existing(path: Path, among: set[str] | None) -> UserError:
+    contents = [name for name in run_contents(path) if among is None or name in among]
     shown = ", ".join(contents[:4]) + (f" and {len(contents) - 4} more" if len(contents) > 4 else "")
     return UserError(f"{path} already holds a run ({shown}); continue it with --resume latest, replace it with "
                      f"--overwrite (the old run is moved aside, not deleted), or choose another output_dir")
@@ -57,10 +58,14 @@ class RunFolder:
         self.path = Path(path)
         self._fd: int | None = None
         self.moved_to: Path | None = None  # where --overwrite put the old run
+        # what the folder held at check(): a component that writes into the run folder while it is built
+        # (an error log opening its database) does not make this run's own folder look like another run
+        self.before: set[str] | None = None
 
     def check(self, resume: bool, overwrite: bool) -> None:
         """Refuse a folder that is in use, or that holds a run without --resume/--overwrite; takes no lock."""
         check_path(self.path)
+        self.before = set(run_contents(self.path))
         self.claim(resume, overwrite, dry_run=True)
 
     def claim(self, resume: bool = False, overwrite: bool = False, dry_run: bool = False) -> RunFolder:
@@ -71,9 +76,9 @@ class RunFolder:
             return self
         self._lock()
         try:
-            if holds_run(self.path) and not resume:
+            if holds_run(self.path, self.before) and not resume:
                 if not overwrite:
-                    raise _refuse_existing(self.path)
+                    raise _refuse_existing(self.path, self.before)
                 if not dry_run:
                     self._move_aside()
         except BaseException:

@@ -219,8 +219,10 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True, prof
     elif log is not None:
         context.log = log
     folder = RunFolder(run_dir)
-    if context.is_main:  # a folder in use is refused before anything is built (its contents once the
-        folder.check(resume=True, overwrite=False)  # trainer has read its options: they may resume)
+    if context.is_main and overwrite:  # the old run goes aside before a component could open a file in it
+        folder.claim(bool(resume), overwrite=True)
+    elif context.is_main:  # a folder in use is refused before anything is built (one holding a run once
+        folder.check(resume=True, overwrite=False)  # the trainer has read its options: they may resume)
     kernel.call_hook("seed_everything", seed=config.pipeline.seed)
     kernel.call_hook("pipeline_start", pipeline=data, run_dir=str(run_dir))
     try:
@@ -242,7 +244,8 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True, prof
                 setattr(context, kind, built)
         # only now, with every component built, is the run valid enough to leave files behind
         if context.is_main:
-            folder.claim(bool(context.resume), overwrite)  # the trainer may have set resume from its options
+            if not folder.locked:
+                folder.claim(bool(context.resume), overwrite)  # the trainer may have set resume from its options
             if folder.moved_to is not None:
                 context.log(f"--overwrite: the previous run in {run_dir} was moved to {folder.moved_to}")
             if not context.resume:  # a resumed run's record is replaced once the trainer has accepted it

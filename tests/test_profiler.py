@@ -21,7 +21,50 @@ def test_profile_plugin_measures_time_cpu_and_memory():
     assert metrics["execution_time_s"] >= 0.05
     assert metrics["memory_delta_mb"] > 30 or metrics["peak_rss_mb"] > 64
     assert 0 <= metrics["cpu_time_s"] <= metrics["execution_time_s"] + 0.05
-    assert set(metrics) == {"execution_time_s", "cpu_time_s", "cpu_percent", "memory_delta_mb", "peak_rss_mb"}
+    assert set(metrics) == {"execution_time_s", "cpu_time_s", "cpu_percent", "memory_delta_mb", "peak_rss_mb",
+                            "peak_delta_mb"}
+
+
+def _touch(megabytes: int) -> int:
+    block = bytearray(megabytes * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    return len(block)
+
+
+def test_the_peak_is_the_calls_own_not_the_processes_lifetime_peak():
+    from apt_kernel.profiler import peak_rss_mb
+
+    _touch(400)  # the process's lifetime peak is now at least 400 MiB above what it holds
+    lifetime = peak_rss_mb()
+    _, small = profile_plugin(_touch, 40)
+    assert 30 < small["peak_delta_mb"] < 120, small
+    assert small["peak_rss_mb"] < lifetime - 200  # not the lifetime high-water mark
+
+
+def test_plugin_profiler_profiles_calls_and_aggregates_them_per_plugin():
+    profiler = PluginProfiler()
+    assert profiler.profile_plugin(_touch, 30) == 30 * 2**20
+    assert profiler.profile_plugin(_touch, 10) == 10 * 2**20
+
+    def failing():
+        raise ValueError("no")
+
+    try:
+        profiler.profile_plugin(failing)
+    except ValueError:
+        pass
+    stats = profiler.get_plugin_stats("_touch")
+    assert stats["calls"] == 2 and stats["failures"] == 0
+    assert stats["total_time_s"] >= stats["max_time_s"] >= stats["mean_time_s"] > 0
+    assert 20 < stats["max_peak_delta_mb"] < 100
+    assert profiler.get_plugin_stats("failing")["failures"] == 1
+    try:
+        profiler.get_plugin_stats("nobody")
+    except KeyError as exc:
+        assert "profiled: _touch, failing" in str(exc)
+    else:
+        raise AssertionError("an unknown plugin name must be a KeyError")
 
 
 def test_percentiles_and_report():

@@ -46,6 +46,7 @@ def test_every_layer_is_active_on_this_machine(sandbox):
 def test_os_system(sandbox, marker):
     reply = run(sandbox, "import os\nresult = os.system('touch ' + target)", target=str(marker))
     assert reply["success"] and reply["result"] != 0  # the shell could not even be started
+    assert reply["denied"] == [f"os.system(touch {marker}) was denied: a sandboxed plugin cannot start processes"]
 
 
 def test_subprocess(sandbox, marker):
@@ -223,6 +224,16 @@ def test_a_segfault(sandbox):
     reply = run(sandbox, "import ctypes\nctypes.string_at(0)")
     assert not reply["success"] and "SIGSEGV" in reply["error"]
     assert run(sandbox, "result = 1")["result"] == 1
+
+
+def test_an_allowed_library_may_import_what_it_needs():
+    """numpy imports os, which is not in the list: the list is about the code's own imports."""
+    with PluginSandbox(allowed_imports=["numpy"]) as box:
+        reply = box.execute_plugin(plugin_code="import numpy\nx = numpy.array([1, 2, 3])\nresult = int(x.sum())",
+                                   globals_dict={})
+        direct = run(box, "import os")
+    assert reply["success"] and reply["result"] == 6, reply
+    assert not direct["success"] and "import of 'os' is not allowed" in direct["error"]
 
 
 def test_an_import_outside_allowed_imports_is_not_allowed():

@@ -58,6 +58,10 @@ def test_an_attack_in_a_sandboxed_callback_stops_the_run_with_a_checkpoint(tmp_p
     assert (tmp_path / "run" / "checkpoints" / "apt_model_epoch0_step3.pt").exists()
     rows = ErrorLogger(tmp_path / "run" / "errors.db").search("os.system was refused")
     assert rows and rows[-1]["plugin"] == "hostile" and rows[-1]["global_step"] == 3
+    # the sandbox itself says what it denied, by name, in the log and the error log
+    denied = ErrorLogger(tmp_path / "run" / "errors.db").search("was denied: a sandboxed plugin cannot start")
+    assert denied and denied[-1]["plugin"] == "hostile" and "os.system(" in denied[-1]["message"]
+    assert "warning: plugin 'hostile' (hostile): os.system(" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("attack, words", [("exit", "called sys.exit(3)"), ("segfault", "crashed with SIGSEGV")])

@@ -66,7 +66,8 @@ def report_denied_actions(layers: list[dict]) -> None:
 
     def hook(event: str, args: tuple) -> None:
         if event in PROCESS_EVENTS:
-            what = _text(args[0])[:200] if args else ""
+            first = args[0] if args else ""
+            what = (first.decode(errors="replace") if isinstance(first, bytes) else _text(first))[:200]
             _denied.append(f"{event}({what}) was denied: a sandboxed plugin cannot start processes")
 
     sys.addaudithook(hook)
