@@ -270,3 +270,58 @@ def test_fp16_without_cuda_is_a_clear_error(tmp_path):
         pytest.skip("CUDA present")
     with pytest.raises(UserError, match="fp16.*needs CUDA"):
         train_model(epochs=1, batch_size=4, checkpoint_dir=tmp_path, texts=TEXTS, trainer={"precision": "fp16"})
+
+
+ORIGINAL_HANDLER = """
+import json, os, sys
+import torch
+import torch.distributed as dist
+from apt_plugin_errors.distributed import DistributedErrorHandler
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+handler = DistributedErrorHandler(rank, world)
+torch.manual_seed(0)
+model = torch.nn.Linear(3, 2)
+optimizer = torch.optim.AdamW(model.parameters())
+quiet = handler.broadcast_error(None)  # nobody failed: every rank goes on
+wrote_nothing = handler.sync_checkpoint_on_error(model, optimizer, sys.argv[1])
+error = ValueError("rank 1 lost its data") if rank == 1 else None
+failures = handler.broadcast_error(error)  # every rank learns, none waits for a broadcast that never comes
+wrote = handler.sync_checkpoint_on_error(model, optimizer, sys.argv[1])
+print("RESULT " + json.dumps({"rank": rank, "quiet": quiet, "wrote_nothing": wrote_nothing, "wrote": wrote,
+      "failures": [(f["rank"], f["type"], f["message"]) for f in failures]}), flush=True)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_the_original_distributed_error_handler_agrees_on_failures_and_writes_one_checkpoint(tmp_path):
+    script = tmp_path / "handler.py"
+    script.write_text(ORIGINAL_HANDLER)
+    checkpoint = tmp_path / "on_error.pt"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(script), str(checkpoint)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = sorted((json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines()
+                      if "RESULT " in line), key=lambda r: r["rank"])
+    assert [r["rank"] for r in results] == [0, 1]
+    for result in results:
+        assert result["quiet"] == [] and result["wrote_nothing"] is False and result["wrote"] is True
+        assert result["failures"] == [[1, "ValueError", "rank 1 lost its data"]]
+    saved = torch.load(checkpoint, weights_only=False)
+    torch.manual_seed(0)
+    assert torch.equal(saved["model_state_dict"]["weight"], torch.nn.Linear(3, 2).weight.detach())
+    assert saved["failures"][0]["rank"] == 1 and "optimizer_state_dict" in saved
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial file left
+
+
+def test_the_original_handler_in_one_process():
+    from apt_plugin_errors.distributed import DistributedErrorHandler
+
+    handler = DistributedErrorHandler(rank=0, world_size=1)
+    assert handler.broadcast_error(None) == []
+    failures = handler.broadcast_error(RuntimeError("alone"))
+    assert [(f["rank"], f["type"], f["message"]) for f in failures] == [(0, "RuntimeError", "alone")]
+    with pytest.raises(ValueError, match=r"DistributedErrorHandler\(world_size=4\) but this process's world_size is 1"):
+        DistributedErrorHandler(0, 4)
