@@ -137,22 +137,28 @@ def kill_and_resume(tmp_path, freeze_after):
     resumed, _ = start(tmp_path, "killed", "--resume", "latest", log=tmp_path / "resumed")
     code, output = finish(resumed)
     assert code == 0, output
-    resumed_at = int(re.search(r"resumed from \S+ \(epoch \d+, step (\d+)\)", output).group(1))
+    resumed_from, resumed_at = re.search(r"resumed from (\S+) \(epoch \d+, step (\d+)\)", output).groups()
+    resumed_at = int(resumed_at)
     assert not (out / "temp").exists()  # a clean finish removes temp checkpoints
     # what the killed run trained on up to its checkpoint, then only what the resumed run read:
     # a skipped or repeated micro-batch would show up as a difference
     before = {s: v for s, v in consumed(Path(str(out) + ".log")).items() if s <= resumed_at}
     after = consumed(tmp_path / "resumed.log")
     assert min(after) == resumed_at + 1
-    return final_state(out), before | after
+    return final_state(out), before | after, Path(resumed_from), after[resumed_at + 1][0]
 
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_mid_window_then_resume_is_exact(tmp_path, uninterrupted):
     whole_out, whole_state, whole_batches = uninterrupted
-    boundaries = {int(p.stem.split("_step")[1]) for p in (whole_out / "checkpoints").glob("*.pt")}
-    assert 23 not in boundaries  # step 23 is inside an epoch
-    state, batches = kill_and_resume(tmp_path, freeze_after=23)
+    boundaries = sorted(int(p.stem.split("_step")[1]) for p in (whole_out / "checkpoints").glob("*.pt"))
+    # killed inside the window of step 26: the newest state is the temp checkpoint of step 24, which lies
+    # inside an epoch (after the boundary at 22); resuming from it must continue at the right micro-batch
+    assert boundaries[1] == 22 and all(b not in (24, 25, 26) for b in boundaries)
+    state, batches, resumed_from, first = kill_and_resume(tmp_path, freeze_after=25)
+    assert resumed_from.parent.name == "temp" and resumed_from.name == "apt_temp_step24.pt"
+    epoch, batch, _ = first
+    assert batch > 0 and batch % 2 == 0  # the first micro-batch of a window in the middle of an epoch
     assert_identical(whole_state, state)
     assert batches == whole_batches  # the same samples, none repeated, none skipped
 
@@ -161,7 +167,8 @@ def test_sigkill_mid_epoch_mid_window_then_resume_is_exact(tmp_path, uninterrupt
 def test_sigkill_at_an_epoch_boundary_then_resume_is_exact(tmp_path, uninterrupted):
     whole_out, whole_state, whole_batches = uninterrupted
     boundary = sorted(int(p.stem.split("_step")[1]) for p in (whole_out / "checkpoints").glob("*.pt"))[1]
-    state, batches = kill_and_resume(tmp_path, freeze_after=boundary)
+    state, batches, resumed_from, first = kill_and_resume(tmp_path, freeze_after=boundary)
+    assert resumed_from.parent.name == "checkpoints" and first[1] == 0  # the next epoch from its start
     assert_identical(whole_state, state)
     assert batches == whole_batches
 

@@ -69,6 +69,58 @@ def test_accumulation_is_normalised_by_real_tokens_over_the_window(tmp_path):
     assert_same_training(whole, accumulate(tmp_path, 2, 4))
 
 
+class GradientCapture:
+    """Keeps the model's weights at the start, each micro-batch of the first window and the gradient the
+    trainer is about to apply at step 1."""
+
+    def on_fit_start(self, trainer):
+        self.initial = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        self.batches = []
+
+    def on_micro_batch_end(self, trainer, epoch, index, batch):
+        if trainer.global_step == 0:
+            self.batches.append({k: v.clone() for k, v in batch.items()})
+
+    def on_before_optimizer_step(self, trainer, step):
+        if step == 1:
+            self.grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters()}
+
+
+def test_the_applied_gradient_is_that_of_the_token_mean_over_the_whole_window(tmp_path):
+    """Clipping off: the gradient at the optimizer step equals autograd of sum(token losses) / (tokens in
+    the window), the micro-batches holding different numbers of real tokens."""
+    capture = GradientCapture()
+
+    class Capture:
+        @hookimpl
+        def register_callbacks(self, register):
+            register("capture", lambda options, context: capture)
+
+    kernel = IsolatedKernel()
+    kernel.add(TestPlugin(), MANIFEST, name="test-data")
+    kernel.add(Capture(), {"kernel_api": "^1.0", "provides": {"callback": {"capture": {}}}}, name="capture")
+    pipeline = {
+        "pipeline": {"name": "grad", "seed": 0, "output_dir": str(tmp_path / "run")},
+        "data": {"use": "padded", "batch_size": 2},
+        "model": {"use": "apt-lm", "d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64, "dropout": 0.0},
+        "loss": {"use": "lm-cross-entropy"},
+        "trainer": {"use": "apt-trainer", "max_steps": 1, "grad_clip": 0.0, "accumulate_grad_batches": 4,
+                    "log_every": 0, "save_every_epoch": False, "export": False, "temp_checkpoint_freq": 0},
+        "callbacks": [{"use": "capture"}],
+    }
+    _, context = run_pipeline(pipeline, kernel=kernel)
+    counts = [int((b["labels"] != -100).sum()) for b in capture.batches]
+    assert len(counts) == 4 and len(set(counts)) > 1  # uneven micro-batches: a mean of means would differ
+    model = context.model
+    model.load_state_dict(capture.initial)
+    model.zero_grad()
+    total = sum(F.cross_entropy(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).flatten(0, 1),
+                                b["labels"].flatten(), ignore_index=-100, reduction="sum") for b in capture.batches)
+    (total / sum(counts)).backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(capture.grads[name], param.grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
 def test_negative_control_mean_of_means_fails_the_same_assertion(tmp_path):
     whole = accumulate(tmp_path, 8, 1, loss="mean-of-means")
     with pytest.raises(AssertionError):
