@@ -73,6 +73,10 @@ def test_a_plugin_that_exits_or_segfaults_in_a_hook_is_restarted_and_the_run_goe
     output = result.stdout + result.stderr
     assert words in output and "plugin 'hostile'" in output and "the run goes on" in output
     assert (tmp_path / "run" / "checkpoints" / "apt_model_epoch0_step8.pt").exists()
+    # the callback really ran after the failure: the (restarted) worker saw every later step's loss
+    history, saved = losses(tmp_path / "run")
+    seen = next(entry["state"]["seen"] for entry in saved["callbacks"] if entry["name"] == "hostile")
+    assert seen[-6:] == pytest.approx(history[2:8], rel=1e-6)
 
 
 def test_sandbox_settings_are_checked_before_anything_runs(tmp_path):

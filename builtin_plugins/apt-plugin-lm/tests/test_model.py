@@ -99,6 +99,33 @@ def test_generate_options():
     assert stopped.shape[1] == 4 and stopped[0, -1] == eos
 
 
+def test_each_sampling_option_does_what_it_says():
+    model = small()
+    prompt = torch.randint(4, 40, (2, 3))
+    greedy = model.generate(prompt, max_length=12, do_sample=False)
+
+    def sample(seed, **options):
+        return model.generate(prompt, max_length=12, generator=torch.Generator().manual_seed(seed), **options)
+
+    # top_k = 1, a tiny top_p and a near-zero temperature each leave only the most likely token
+    for seed in range(3):
+        assert torch.equal(sample(seed, top_k=1), greedy)
+        assert torch.equal(sample(seed, top_p=1e-6), greedy)
+        assert torch.equal(sample(seed, temperature=1e-4), greedy)
+    # plain sampling depends on the generator, and is reproducible with it
+    assert torch.equal(sample(1), sample(1)) and not all(torch.equal(sample(s), greedy) for s in range(3))
+    # top_k = 2: every sampled token is one of the two most likely at its position
+    ids = sample(4, top_k=2, temperature=5.0)
+    with torch.no_grad():
+        logits = model(ids[:, :-1])
+    top2 = logits.topk(2, dim=-1).indices[:, 2:]
+    assert (top2 == ids[:, 3:, None]).any(-1).all()
+    # a strong repetition penalty makes the greedy continuation avoid tokens it has already produced
+    penalised = model.generate(prompt, max_length=12, do_sample=False, repetition_penalty=1e6)
+    for row in penalised:
+        assert len(set(row[3:].tolist())) == len(row[3:])
+
+
 def test_save_and_load_pretrained_round_trip(tmp_path):
     model = small()
     model.save_pretrained(tmp_path / "m")

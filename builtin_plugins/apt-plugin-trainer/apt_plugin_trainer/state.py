@@ -52,12 +52,20 @@ def _tuples(value):
     return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
 
 
+IMPLEMENTATION = ("fused", "foreach", "capturable", "differentiable")
+
+
 def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict) -> None:
-    """Load an optimizer state saved plain (keyed by index) or by FSDP (keyed by parameter name)."""
+    """Load an optimizer state saved plain (keyed by index) or by FSDP (keyed by parameter name). The
+    implementation this run chose (fused, foreach) stays: the saved param groups carry the writer's, and
+    an FSDP checkpoint's foreach AdamW resumed in one process would refuse the fused path's found_inf."""
+    kept = [{k: group[k] for k in IMPLEMENTATION if k in group} for group in optimizer.param_groups]
     if any(isinstance(key, str) for key in state.get("state", {})):
         set_optimizer_state_dict(model, optimizer, state)
     else:
         optimizer.load_state_dict(state)
+    for group, flags in zip(optimizer.param_groups, kept, strict=True):
+        group.update(flags)
 
 
 def model_and_optimizer_state(trainer: Trainer) -> tuple[dict, dict]:

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import pickle
 import subprocess
 import sys
@@ -55,8 +56,12 @@ def test_load_checkpoint_round_trip(trained):
     assert (epoch, step, len(history)) == (1, 4, 4) and "val_loss" in metrics
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
         assert torch.equal(a.cpu(), b)
-    assert optimizer.state_dict()["state"]  # optimizer moments restored
     state = torch.load(manager.resolve("latest"), weights_only=True)
+    restored, saved = optimizer.state_dict()["state"], state["optimizer_state_dict"]["state"]
+    assert restored.keys() == saved.keys() and len(restored) == len(list(fresh.parameters()))
+    for index, moments in saved.items():  # the moments of the run, not merely some optimizer state
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(restored[index][key], moments[key]), (index, key)
     assert {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "epoch", "global_step",
             "loss_history", "metrics", "config"} <= set(state)
     assert state["config"]["vocab_size"] == config.vocab_size
@@ -255,6 +260,58 @@ def test_a_checkpoint_holds_the_whole_training_state(trained):
     assert set(state["rng"][0]) == {"python", "numpy", "torch", "cuda"}
     assert state["callbacks"][0]["class"] == "EarlyStopping" and "wait" in state["callbacks"][0]["state"]
     assert state["pipeline"]["trainer"]["epochs"] == 2 and len(state["pipeline_hash"]) == 64
+
+
+class Probe:
+    """Records the dtype of the first Linear's output in every training forward, and can ask the trainer
+    to drop the update of one (finite) step."""
+
+    def __init__(self, skip_step=None):
+        self.dtypes, self.skip_step, self.params = [], skip_step, {}
+
+    def on_fit_start(self, trainer):
+        linear = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
+        linear.register_forward_hook(lambda module, args, out: self.dtypes.append(out.dtype) if module.training
+                                     else None)
+
+    def on_before_optimizer_step(self, trainer, step):
+        if step == self.skip_step:
+            trainer.skip_next_step = True
+
+    def on_train_batch_end(self, trainer, step, metrics):
+        self.params[step] = [p.detach().clone() for p in trainer.model.parameters()]
+
+
+def run_with_probe(tmp_path, probe, **trainer):
+    from apt_sdk.testing import IsolatedKernel
+
+    class Plugin:
+        @hookimpl
+        def register_callbacks(self, register):
+            register("probe", lambda options, context: probe)
+
+    kernel = IsolatedKernel()
+    kernel.add(Plugin(), {"kernel_api": "^1.0", "provides": {"callback": {"probe": {}}}}, name="probe")
+    text = TINY_PIPELINE.format(out=(tmp_path / "run").as_posix()) + '\n[[callbacks]]\nuse = "probe"\n'
+    return run_pipeline(text, [f"trainer.{k}={v!r}" for k, v in trainer.items()], kernel=kernel)[0]
+
+
+def test_bf16_autocast_really_computes_in_bf16_on_cpu(tmp_path):
+    probe = Probe()
+    run_with_probe(tmp_path, probe, precision="bf16")
+    assert probe.dtypes and set(probe.dtypes) == {torch.bfloat16}
+    plain = Probe()
+    run_with_probe(tmp_path / "fp32", plain)
+    assert set(plain.dtypes) == {torch.float32}
+
+
+def test_skip_next_step_drops_a_finite_update(tmp_path):
+    probe = Probe(skip_step=2)
+    result = run_with_probe(tmp_path, probe)
+    unchanged = [torch.equal(a, b) for a, b in zip(probe.params[1], probe.params[2], strict=True)]
+    changed = [torch.equal(a, b) for a, b in zip(probe.params[2], probe.params[3], strict=True)]
+    assert all(unchanged) and not any(changed)  # step 2 left every weight as it was; step 3 moved them
+    assert all(map(math.isfinite, result["loss_history"]))
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):
