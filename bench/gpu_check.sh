@@ -12,7 +12,7 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /
 export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_model.py 2>&1 | tail -25
+python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py builtin_plugins/apt-plugin-lm/tests/test_model.py 2>&1 | tail -25
 torchrun --standalone --nproc-per-node=1 -m apt_kernel.cli run pipelines/quickstart.toml --no-progress \
   --set trainer.device=cuda --set trainer.precision=bf16 --set trainer.max_steps=200 --set trainer.log_every=100 \
   --set data.batch_size=64 --set data.max_chars=300000 --set pipeline.output_dir="'/tmp/gpu-qs'" 2>&1 | grep -E "MFU|val loss|Finished|error"

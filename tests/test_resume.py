@@ -189,3 +189,50 @@ def test_signal_finishes_the_step_saves_and_says_how_to_resume(tmp_path, uninter
     returncode, output = finish(resumed)
     assert returncode == 0, output
     assert_identical(uninterrupted[1], final_state(out))
+
+
+@pytest.mark.slow
+def test_twenty_random_kills_during_saving_lose_nothing_and_the_run_ends_exact(tmp_path, uninterrupted):
+    """Saving every step, the run is SIGKILLed 20 times at random moments (most land inside a save) and
+    resumed after each: the folder stays consistent every time and the end state is the uninterrupted run's."""
+    import json
+    import random
+
+    from apt_plugin_trainer import CheckpointManager
+
+    rng = random.Random(20)
+    out, kills, steps = tmp_path / "loop", 0, []
+    save_often = ("--set", "trainer.temp_checkpoint_freq=1")
+
+    def newest() -> int:
+        return max((int(p.stem.removeprefix("apt_temp_step")) for p in (out / "temp").glob("apt_temp_step*.pt")),
+                   default=0) if (out / "temp").exists() else 0
+
+    proc, _ = start(tmp_path, "loop", *save_often)
+    while kills < 20:
+        deadline, before = time.time() + 60, newest()
+        while newest() <= before:  # this attempt is training and saving (not still starting up)
+            assert proc.poll() is None, finish(proc)[1]
+            assert time.time() < deadline
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.02))  # a save every step: most kills land inside one
+        if proc.poll() is not None:  # finished before this kill: start a fresh attempt from scratch
+            break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        # after every kill: strict JSON metadata, every recorded checkpoint intact, no partial file chosen
+        manager = CheckpointManager(out)
+        if (out / "metadata.json").exists():
+            json.loads((out / "metadata.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+        for entry in manager.checkpoints():
+            manager.read(out / "checkpoints" / entry["file"])  # raises if the hash does not match
+        latest = manager.resolve("latest")
+        assert not latest.name.startswith(".") and manager.read(latest)["global_step"] >= 1
+        steps.append(manager.read(latest)["global_step"])
+        proc, _ = start(tmp_path, "loop", "--resume", "latest", *save_often)
+    code, output = finish(proc)
+    assert code == 0, output
+    assert kills == 20, f"the run finished after {kills} kills; the loop needs 20"
+    assert steps == sorted(steps) and steps[-1] <= 60  # each kill came later in the run than the one before
+    assert_identical(uninterrupted[1], final_state(out))
