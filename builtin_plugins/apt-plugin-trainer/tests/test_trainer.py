@@ -333,7 +333,7 @@ ORIGINAL_HANDLER = """
 import json, os, sys
 import torch
 import torch.distributed as dist
-from apt_plugin_errors.distributed import DistributedErrorHandler
+from apt_plugin_trainer.failures import DistributedErrorHandler
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
@@ -374,7 +374,7 @@ def test_the_original_distributed_error_handler_agrees_on_failures_and_writes_on
 
 
 def test_the_original_handler_in_one_process():
-    from apt_plugin_errors.distributed import DistributedErrorHandler
+    from apt_plugin_trainer.failures import DistributedErrorHandler
 
     handler = DistributedErrorHandler(rank=0, world_size=1)
     assert handler.broadcast_error(None) == []
