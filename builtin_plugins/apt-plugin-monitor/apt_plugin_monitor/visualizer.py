@@ -84,14 +84,16 @@ class TrainingVisualizer:
         for index, (refined, base) in enumerate(zip(trained, plain, strict=True)):
             figure, axes = plt.subplots(1, 2, figsize=(8, 4))
             for axis, matrix, title in ((axes[0], refined, "as trained"), (axes[1], base, "refinement off")):
-                axis.imshow(matrix.numpy(), cmap="viridis", vmin=0, vmax=float(max(refined.max(), base.max())))
-                axis.set_title(f"layer {index}, head 0: {title}", fontsize=8)
-                axis.set_xlabel("key")
-                axis.set_ylabel("query")
-            figure.tight_layout()
-            self.writer.add_figure(f"attention/layer{index}", figure, step)
-            plt.close(figure)
+                _heatmap(axis, matrix, f"layer {index}, head 0: {title}", float(max(refined.max(), base.max())))
+            self._add_figure(f"attention/layer{index}", figure, step)
         return len(layers)
+
+    def _add_figure(self, tag: str, figure, step: int) -> None:
+        import matplotlib.pyplot as plt
+
+        figure.tight_layout()
+        self.writer.add_figure(tag, figure, step)
+        plt.close(figure)
 
     # -- the original TrainingVisualizer's names, for code ported from it -----------------------------
     def log_training_step(self, metrics: dict[str, float], step: int) -> None:
@@ -139,18 +141,21 @@ class TrainingVisualizer:
                 raise ValueError(f"attention weights of layer {index} have shape {tuple(weights.shape)}; expected "
                                  "[batch, heads, T, T], [heads, T, T] or [T, T]")
             figure, axis = plt.subplots(figsize=(4, 4))
-            axis.imshow(matrix.numpy(), cmap="viridis", vmin=0)
-            axis.set_title(f"layer {index}, mean over heads", fontsize=8)
-            axis.set_xlabel("key")
-            axis.set_ylabel("query")
-            figure.tight_layout()
-            self.writer.add_figure(f"attention/weights_layer{index}", figure, step)
-            plt.close(figure)
+            _heatmap(axis, matrix, f"layer {index}, mean over heads", None)
+            self._add_figure(f"attention/weights_layer{index}", figure, step)
         return len(layers)
 
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
+
+
+def _heatmap(axis, matrix: torch.Tensor, title: str, vmax: float | None) -> None:
+    """Attention probabilities, queries down, keys across."""
+    axis.imshow(matrix.numpy(), cmap="viridis", vmin=0, vmax=vmax)
+    axis.set_title(title, fontsize=8)
+    axis.set_xlabel("key")
+    axis.set_ylabel("query")
 
 
 def read_events(log_dir: str | Path):
