@@ -6,6 +6,7 @@ import math
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -346,8 +347,9 @@ wrote_nothing = handler.sync_checkpoint_on_error(model, optimizer, sys.argv[1])
 error = ValueError("rank 1 lost its data") if rank == 1 else None
 failures = handler.broadcast_error(error)  # every rank learns, none waits for a broadcast that never comes
 wrote = handler.sync_checkpoint_on_error(model, optimizer, sys.argv[1])
-print("RESULT " + json.dumps({"rank": rank, "quiet": quiet, "wrote_nothing": wrote_nothing, "wrote": wrote,
-      "failures": [(f["rank"], f["type"], f["message"]) for f in failures]}), flush=True)
+with open(f"{sys.argv[1]}.rank{rank}.json", "w") as fh:  # one file per rank: their stdouts interleave
+    json.dump({"rank": rank, "quiet": quiet, "wrote_nothing": wrote_nothing, "wrote": wrote,
+               "failures": [(f["rank"], f["type"], f["message"]) for f in failures]}, fh)
 dist.destroy_process_group()
 """
 
@@ -360,8 +362,7 @@ def test_the_original_distributed_error_handler_agrees_on_failures_and_writes_on
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            str(script), str(checkpoint)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    results = sorted((json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines()
-                      if "RESULT " in line), key=lambda r: r["rank"])
+    results = [json.loads(Path(f"{checkpoint}.rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["rank"] for r in results] == [0, 1]
     for result in results:
         assert result["quiet"] == [] and result["wrote_nothing"] is False and result["wrote"] is True
