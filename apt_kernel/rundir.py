@@ -64,9 +64,8 @@ class RunFolder:
 
     def check(self, resume: bool, overwrite: bool) -> None:
         """Refuse a folder that is in use, or that holds a run without --resume/--overwrite; takes no lock."""
-        check_path(self.path)
         self.before = set(run_contents(self.path))
-        self.claim(resume, overwrite, dry_run=True)
+        self.claim(resume, overwrite, dry_run=True)  # checks the path too
 
     def claim(self, resume: bool = False, overwrite: bool = False, dry_run: bool = False) -> RunFolder:
         if resume and overwrite:
