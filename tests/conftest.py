@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -12,6 +16,7 @@ from apt_sdk.testing import cli  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+PROJECT = re.compile(r"(?i)^(__editable__|apt[-_])")
 
 
 def make_plugin(site: Path, name: str, body: str, manifest: str | None = None, version: str = "1.0.0",
@@ -33,3 +38,21 @@ def make_plugin(site: Path, name: str, body: str, manifest: str | None = None, v
 
 def with_site(site: Path) -> dict:
     return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+
+def make_env(root: Path, plugins: set[str]) -> Path:
+    """A fresh venv whose site-packages links the third-party packages of this one (torch and friends, so
+    nothing is downloaded) but none of the project's distributions; of those, the kernel, the SDK and
+    ``plugins`` are pip-installed into it, editable and without dependencies. Returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    site = next((root / "lib").glob("python3*/site-packages"))
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not PROJECT.match(entry.name):
+            (site / entry.name).symlink_to(entry)
+    python = root / "bin" / "python"
+    editable = [arg for path in [REPO, REPO / "sdk", *(REPO / "builtin_plugins" / p for p in sorted(plugins))]
+                for arg in ("-e", str(path))]
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                              *editable], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    return python

@@ -1,24 +1,19 @@
 """Each builtin plugin's own tests pass in an environment holding only the kernel, the SDK, the plugin and
 the plugins its pyproject declares (dependencies and extras): no undeclared plugin is there to lean on.
 
-The environment is a fresh venv whose site-packages links the third-party packages of this one (torch and
-friends, so nothing is downloaded) but none of the project's distributions; those are pip-installed
-into it, editable and without dependencies, exactly the declared set."""
+The environment is conftest's ``make_env``: a fresh venv holding exactly the declared set of the project's
+distributions."""
 
 import re
 import subprocess
-import sys
-import sysconfig
 import tomllib
-from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 
-from conftest import REPO
+from conftest import REPO, make_env
 
 PLUGINS = {p.name: p for p in sorted((REPO / "builtin_plugins").iterdir()) if (p / "tests").is_dir()}
-PROJECT = re.compile(r"(?i)^(__editable__|apt[-_])")
 
 
 def declared(name: str, with_extras: bool = True) -> set[str]:
@@ -31,25 +26,11 @@ def declared(name: str, with_extras: bool = True) -> set[str]:
     return direct.union(*(declared(d, with_extras=False) for d in direct)) if direct else set()
 
 
-def make_env(root: Path, plugins: set[str]) -> Path:
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
-    site = next((root / "lib").glob("python3*/site-packages"))
-    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if not PROJECT.match(entry.name):
-            (site / entry.name).symlink_to(entry)
-    python = root / "bin" / "python"
-    editable = [arg for path in [REPO, REPO / "sdk", *(REPO / "builtin_plugins" / p for p in sorted(plugins))]
-                for arg in ("-e", str(path))]
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                              *editable], capture_output=True, text=True, timeout=300)
-    assert install.returncode == 0, install.stderr
-    return python
-
-
 def test_declared_plugin_dependencies_are_what_the_code_needs():
     assert declared("apt-plugin-errors") == {"apt-plugin-trainer"}  # not the trainer's own [lm] extra
     assert declared("apt-plugin-hpo") == {"apt-plugin-lm", "apt-plugin-trainer"}  # its [test] extra
     assert declared("apt-plugin-monitor") == set()
+    assert declared("apt-plugin-vision") == declared("apt-plugin-audio") == set()
 
 
 @pytest.mark.slow

@@ -1,0 +1,20 @@
+"""Whisper audio encoder plugin: ``AudioEncoder``, ``AudioPreprocessor`` and ``load_audio``."""
+
+__version__ = "0.1.0"
+
+__all__ = ["SAMPLING_RATE", "AudioEncoder", "AudioPreprocessor", "load_audio"]
+
+SAMPLING_RATE = 16_000
+
+
+def __getattr__(name: str):
+    # torch, transformers and librosa are imported when the encoder is used, not when the plugin is discovered
+    if name in ("AudioEncoder", "AudioPreprocessor"):
+        from . import encoder
+
+        return getattr(encoder, name)
+    if name == "load_audio":
+        from .audio import load_audio
+
+        return load_audio
+    raise AttributeError(name)

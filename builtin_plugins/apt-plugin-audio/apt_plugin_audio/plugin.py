@@ -1,0 +1,25 @@
+"""Registers the ``whisper`` encoder."""
+
+from __future__ import annotations
+
+from apt_sdk import BuildContext, OptionError, UserError, hookimpl
+
+
+def build_whisper(options: dict, context: BuildContext):
+    from .encoder import AudioEncoder, frames_for
+
+    try:
+        frames_for(options["max_seconds"])
+    except ValueError as exc:
+        raise OptionError("max_seconds", str(exc)) from None
+    source = options.get("model_name_or_path")
+    try:
+        return AudioEncoder(model_name_or_path=source, size=options["size"], max_seconds=options["max_seconds"],
+                            freeze_encoder=options["freeze_encoder"])
+    except UserError as exc:  # named with the pipeline's file and line
+        raise OptionError("model_name_or_path" if source else "max_seconds", str(exc)) from None
+
+
+@hookimpl
+def register_encoders(register):
+    register("whisper", build_whisper, summary="Whisper audio encoder")

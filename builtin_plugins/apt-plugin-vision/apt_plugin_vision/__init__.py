@@ -1,0 +1,18 @@
+"""CLIP image encoder plugin: ``VisionEncoder``, ``ImagePreprocessor`` and ``load_image``."""
+
+__version__ = "0.1.0"
+
+__all__ = ["ImagePreprocessor", "VisionEncoder", "load_image", "to_rgb"]
+
+
+def __getattr__(name: str):
+    # torch and transformers are imported when the encoder is used, not when the plugin is discovered
+    if name in ("VisionEncoder", "ImagePreprocessor"):
+        from . import encoder
+
+        return getattr(encoder, name)
+    if name in ("load_image", "to_rgb"):
+        from . import images
+
+        return getattr(images, name)
+    raise AttributeError(name)

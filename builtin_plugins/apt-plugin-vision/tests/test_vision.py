@@ -1,0 +1,225 @@
+"""The CLIP encoder: the original API, equivalence with transformers, weight sources, any image mode,
+bad files named, frozen means frozen, preprocessing in DataLoader workers."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPVisionConfig, CLIPVisionModel
+
+from apt_plugin_vision import ImagePreprocessor, VisionEncoder, load_image
+from apt_sdk import UserError
+
+TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                   image_size=32, patch_size=8)
+
+
+def images(n: int, seed: int = 0, size: tuple[int, int] = (48, 40)) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory):
+    """A tiny random CLIP (text and image towers) and its processor, saved as a hub folder is laid out."""
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    torch.manual_seed(0)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=99)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=TINY_VISION, projection_dim=24)).save_pretrained(folder)
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def test_the_default_encoder_builds_offline_with_the_original_shape():
+    encoder = VisionEncoder()
+    assert encoder.encode_image(Image.new("RGB", (224, 224))).shape == (1, 512)
+    assert (encoder.output_dim, encoder.vision_dim, encoder.num_tokens) == (512, 768, 50)  # ViT-B/32
+
+
+def test_encode_batch_equals_transformers_clip_image_features(clip_folder):
+    reference = CLIPModel.from_pretrained(clip_folder).eval()
+    processor = CLIPImageProcessorPil.from_pretrained(clip_folder)
+    batch = images(3)
+    with torch.no_grad():
+        pixels = processor(images=batch, return_tensors="pt")["pixel_values"]
+        expected = reference.get_image_features(pixel_values=pixels).pooler_output
+        expected_patches = reference.vision_model(pixel_values=pixels).last_hidden_state
+
+    encoder = VisionEncoder(model_name_or_path=clip_folder)
+    assert encoder.output_dim == 24  # the projection width of the whole CLIP, not the tower's default 512
+    torch.testing.assert_close(encoder.encode_batch(batch), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(encoder(pixels), expected, atol=1e-5, rtol=0)  # a pixel tensor works too
+    torch.testing.assert_close(encoder.encode_image(batch[1]), expected[1:2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(encoder.patch_features(batch), expected_patches, atol=1e-5, rtol=0)
+    assert encoder.patch_features(batch).shape == (3, 17, 32)  # class token + 4x4 patches
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    encoder = VisionEncoder(size="tiny", config={"image_size": 48, "patch_size": 16})
+    encoder.save_pretrained(tmp_path / "saved")
+    loaded = VisionEncoder(model_name_or_path=tmp_path / "saved")
+    batch = images(2, size=(100, 60))
+    torch.testing.assert_close(loaded.encode_batch(batch), encoder.encode_batch(batch), atol=0, rtol=0)
+    assert loaded.preprocessor.image_size == 48
+
+
+def test_presets_and_configs():
+    tiny = VisionEncoder(size="tiny")
+    assert tiny.encode_batch(images(2)).shape == (2, 16)
+    small = VisionEncoder(size="small")
+    assert (small.output_dim, small.vision_dim, small.num_tokens) == (256, 256, 65)
+    built = VisionEncoder(config=CLIPVisionConfig(**TINY_VISION, projection_dim=8))
+    assert built.encode_batch(images(1)).shape == (1, 8)
+    whole = VisionEncoder(config=CLIPConfig(vision_config=TINY_VISION, projection_dim=12))
+    assert whole.output_dim == 12
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(size="huge"), "size 'huge' is not a preset"),
+    (dict(model_type="vit"), "model_type 'vit' is not supported"),
+    (dict(size="tiny", config={"hidden_size": 33}), "invalid CLIP vision config.*not a multiple"),
+    (dict(model_name_or_path="x", config={}), "not both"),
+])
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        VisionEncoder(**kwargs)
+
+
+def test_weight_sources_offline_and_wrong_folders(tmp_path):
+    with pytest.raises(UserError) as caught:
+        VisionEncoder(model_name_or_path="openai/clip-vit-base-patch32")
+    assert "no folder by that name" in str(caught.value) and "local folder" in str(caught.value)
+    assert "size='tiny'|'small'|'base' or config" in str(caught.value)
+
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(UserError, match="is a file: pass the folder"):
+        VisionEncoder(model_name_or_path=tmp_path / "weights.bin")
+    CLIPVisionModel(CLIPVisionConfig(**TINY_VISION)).save_pretrained(tmp_path / "no-projection")
+    with pytest.raises(UserError, match=r"lacks \d+ weights of a CLIP image tower"):
+        VisionEncoder(model_name_or_path=tmp_path / "no-projection")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="cannot load CLIP weights from folder"):
+        VisionEncoder(model_name_or_path=tmp_path / "empty")
+
+
+def test_any_mode_and_size_becomes_rgb():
+    rgba = Image.new("RGBA", (20, 10), (255, 0, 0, 0))  # fully transparent red: shows as the white behind it
+    assert load_image(rgba).getpixel((3, 3)) == (255, 255, 255)
+    sixteen = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
+    assert sixteen.mode.startswith("I;16") and load_image(sixteen).getpixel((0, 0)) == (255, 255, 255)
+    palette = Image.new("P", (7, 3))
+    palette.info["transparency"] = 0
+    modes = [Image.new(m, s) for m, s in [("L", (5, 900)), ("LA", (64, 64)), ("P", (33, 17)), ("RGBA", (1, 1)),
+                                          ("CMYK", (300, 200)), ("1", (50, 50)), ("I", (40, 40)), ("F", (40, 41))]]
+    batch = [palette, sixteen, *modes]
+    assert all(load_image(image).mode == "RGB" for image in batch)
+    assert VisionEncoder(size="tiny").encode_batch(batch).shape == (len(batch), 16)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_bad_images_are_named_with_their_record(tmp_path, monkeypatch):
+    good = _png(images(1, size=(64, 64))[0])
+    files = {
+        "corrupt.png": good[:16] + os.urandom(400),
+        "truncated.png": good[: len(good) // 2],
+        "truncated.jpg": b"",
+        "notes.png": b"these are my notes, not a picture\n" * 20,
+    }
+    jpeg = io.BytesIO()
+    images(1, size=(64, 64))[0].save(jpeg, format="JPEG")
+    files["truncated.jpg"] = jpeg.getvalue()[: len(jpeg.getvalue()) // 2]
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    preprocess = VisionEncoder(size="tiny").preprocess
+    for name, message in [("corrupt.png", "cannot be read as an image"), ("truncated.png", "corrupt or truncated"),
+                          ("truncated.jpg", "corrupt or truncated"), ("notes.png", "cannot be read as an image"),
+                          ("missing.png", "no such file")]:
+        with pytest.raises(UserError, match=message) as caught:
+            preprocess([images(1)[0], str(tmp_path / name)],
+                       where=[None, "record 7 of train.jsonl"])
+        assert name in str(caught.value) and "record 7 of train.jsonl" in str(caught.value)
+
+    with pytest.raises(UserError, match=r"image 1 of the batch\): has zero size \(0x0\)"):
+        preprocess([images(1)[0], Image.new("RGB", (0, 0))])
+
+    # PIL's limit, lowered so the test needs no gigapixel file: above it refused, above twice it refused too
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 - 1)
+    (tmp_path / "bomb.png").write_bytes(good)
+    (tmp_path / "bigger-bomb.png").write_bytes(_png(images(1, size=(128, 128))[0]))
+    for name in ("bomb.png", "bigger-bomb.png"):
+        with pytest.raises(UserError, match=f"{name}.*decompression bomb"):
+            preprocess([str(tmp_path / name)])
+
+
+def _head_step(encoder: VisionEncoder, batch: list[Image.Image]) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """A model that owns the encoder and a head, trained for one step as a trainer would build it."""
+    model = torch.nn.ModuleDict({"encoder": encoder, "head": torch.nn.Linear(encoder.output_dim, 3)})
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loss = model["head"](model["encoder"].encode_batch(batch)).square().mean()
+    loss.backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def test_frozen_means_frozen():
+    config = {**TINY_VISION, "projection_dim": 16, "attention_dropout": 0.5, "dropout": 0.5}
+    encoder = VisionEncoder(config=config)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    batch = images(2)
+    model, optimizer = _head_step(encoder, batch)
+    assert not any(p.requires_grad for p in encoder.parameters())
+    assert not encoder.model.training  # the parent's .train() left it in eval mode
+    assert all(p.grad is None for p in encoder.parameters())  # no gradient memory
+    head_params = set(map(id, model["head"].parameters()))
+    assert {id(p) for group in optimizer.param_groups for p in group["params"]} == head_params  # no optimizer state
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+    first = encoder.encode_batch(batch)
+    assert first.grad_fn is None and torch.equal(first, encoder.encode_batch(batch))  # no dropout
+
+
+def test_unfrozen_encoder_trains():
+    encoder = VisionEncoder(size="tiny", freeze_encoder=False)
+    before = encoder.model.vision_model.embeddings.patch_embedding.weight.detach().clone()
+    _head_step(encoder, images(2))
+    assert encoder.model.training
+    after = encoder.model.vision_model.embeddings.patch_embedding.weight
+    assert after.grad is not None and not torch.equal(before, after.detach())
+
+
+class _WorkerCollate:
+    """Preprocesses in the DataLoader worker and says which process did it."""
+
+    def __init__(self, preprocessor: ImagePreprocessor):
+        self.preprocessor = preprocessor
+
+    def __call__(self, paths: list[str]) -> tuple[torch.Tensor, int]:
+        return self.preprocessor(paths), os.getpid()
+
+
+@pytest.mark.slow  # worker processes start by importing torch
+def test_preprocessing_runs_in_dataloader_workers(tmp_path):
+    encoder = VisionEncoder(size="tiny")
+    paths = []
+    for i, image in enumerate(images(6, size=(90, 70))):
+        paths.append(str(tmp_path / f"{i}.png"))
+        image.save(paths[-1])
+    collate = _WorkerCollate(encoder.preprocessor)
+    loader = torch.utils.data.DataLoader(paths, batch_size=3, num_workers=2, collate_fn=collate,
+                                         multiprocessing_context="spawn")
+    outputs, pids = [], set()
+    for pixels, pid in loader:
+        outputs.append(encoder(pixels))
+        pids.add(pid)
+    assert os.getpid() not in pids
+    torch.testing.assert_close(torch.cat(outputs), encoder.encode_batch(paths), atol=1e-6, rtol=0)
