@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
 # Device script: the CUDA tests and the attention benchmark on a GPU machine.
 # The machine has torch but not every dependency: wheels for the missing ones travel in .whl/
-# (see bench/README.md); the project's four distributions are installed from the working tree.
+# (see bench/README.md); the project's distributions are installed from the working tree.
+# `bash bench/gpu_check.sh tests` runs only the CUDA tests (a few minutes); no argument runs everything.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 fi
-python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/site \
-  . ./sdk ./builtin_plugins/apt-plugin-lm ./builtin_plugins/apt-plugin-trainer || exit 1
+plugins="./builtin_plugins/apt-plugin-lm ./builtin_plugins/apt-plugin-trainer ./builtin_plugins/apt-plugin-vision"
+tests="tests/test_gpu.py builtin_plugins/apt-plugin-lm/tests/test_model.py builtin_plugins/apt-plugin-vision/tests"
+if python3 -c "import librosa, soundfile" 2>/dev/null; then  # the audio plugin's own dependencies
+  plugins="$plugins ./builtin_plugins/apt-plugin-audio"
+  tests="$tests builtin_plugins/apt-plugin-audio/tests"
+fi
+# shellcheck disable=SC2086
+python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/site . ./sdk $plugins || exit 1
 export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py builtin_plugins/apt-plugin-lm/tests/test_model.py 2>&1 | tail -25
+python3 -c "import torch, transformers; print('torch', torch.__version__, torch.cuda.get_device_name(), 'transformers', transformers.__version__)"
+# shellcheck disable=SC2086
+python3 -m pytest -q -p no:cacheprovider -rs $tests 2>&1 | tail -25
+[ "${1:-}" = "tests" ] && exit 0
 torchrun --standalone --nproc-per-node=1 -m apt_kernel.cli run pipelines/quickstart.toml --no-progress \
   --set trainer.device=cuda --set trainer.precision=bf16 --set trainer.max_steps=200 --set trainer.log_every=100 \
   --set data.batch_size=64 --set data.max_chars=300000 --set pipeline.output_dir="'/tmp/gpu-qs'" 2>&1 | grep -E "MFU|val loss|Finished|error"

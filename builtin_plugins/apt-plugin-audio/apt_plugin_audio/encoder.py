@@ -80,10 +80,11 @@ class AudioPreprocessor:
                 warnings.warn(f"{describe(clip, label)}: {seconds:.2f} s is longer than max_seconds = {limit:g}; "
                               "the rest is cut", stacklevel=2)
             waves.append(wave)
-        out = self.feature_extractor(waves, sampling_rate=SAMPLING_RATE, return_tensors="pt", padding="max_length",
-                                     max_length=self.max_samples, truncation=True, return_attention_mask=True)
-        mask = out["attention_mask"][:, ::2].bool()  # one encoder frame per two mel frames
-        return out["input_features"], mask
+        features = self.feature_extractor(waves, sampling_rate=SAMPLING_RATE, return_tensors="pt", padding="max_length",
+                                          max_length=self.max_samples, truncation=True)["input_features"]
+        # a mel frame per HOP samples begun, an encoder frame per two mel frames begun
+        lengths = torch.tensor([math.ceil(math.ceil(min(len(w), self.max_samples) / HOP) / 2) for w in waves])
+        return features, torch.arange(self.frames) < lengths[:, None]
 
 
 class AudioEncoder(nn.Module):

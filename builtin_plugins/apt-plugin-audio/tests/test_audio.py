@@ -196,3 +196,18 @@ def test_preprocessing_runs_in_dataloader_workers(tmp_path):
     frames, mask = encoder.encode_batch(paths)
     torch.testing.assert_close(torch.cat(outputs), frames, atol=1e-6, rtol=0)
     assert torch.equal(torch.cat(masks), mask) and mask.sum(1).tolist() == [13, 25, 38, 50]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh runs it on one)")
+def test_on_cuda_in_bf16_as_on_cpu():
+    encoder = AudioEncoder(size="small", max_seconds=2.0)
+    clips = [tone(1.0), tone(1.7, hz=300.0)]
+    expected, mask = encoder.encode_batch(clips)
+    encoder.cuda()
+    on_gpu, gpu_mask = encoder.encode_batch(clips)
+    assert on_gpu.device.type == gpu_mask.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), expected, atol=2e-3, rtol=2e-3)  # TF32 convolutions
+    assert torch.equal(gpu_mask.cpu(), mask)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        half = encoder.encode_batch(clips)[0].float()
+    assert torch.nn.functional.cosine_similarity(half.cpu().flatten(1), expected.flatten(1)).min() > 0.99

@@ -102,6 +102,11 @@ def test_weight_sources_offline_and_wrong_folders(tmp_path):
     CLIPVisionModel(CLIPVisionConfig(**TINY_VISION)).save_pretrained(tmp_path / "no-projection")
     with pytest.raises(UserError, match=r"lacks \d+ weights of a CLIP image tower"):
         VisionEncoder(model_name_or_path=tmp_path / "no-projection")
+    CLIPVisionConfig(**TINY_VISION).save_pretrained(tmp_path / "other")
+    config = (tmp_path / "other" / "config.json").read_text().replace('"clip_vision_model"', '"vit"')
+    (tmp_path / "other" / "config.json").write_text(config)
+    with pytest.raises(UserError, match="holds a 'vit' model, not CLIP"):
+        VisionEncoder(model_name_or_path=tmp_path / "other")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="cannot load CLIP weights from folder"):
         VisionEncoder(model_name_or_path=tmp_path / "empty")
@@ -223,3 +228,17 @@ def test_preprocessing_runs_in_dataloader_workers(tmp_path):
         pids.add(pid)
     assert os.getpid() not in pids
     torch.testing.assert_close(torch.cat(outputs), encoder.encode_batch(paths), atol=1e-6, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh runs it on one)")
+def test_on_cuda_in_bf16_as_on_cpu():
+    encoder = VisionEncoder(size="small")
+    batch = images(4, size=(120, 90))
+    expected = encoder.encode_batch(batch)
+    encoder.cuda()
+    on_gpu = encoder.encode_batch(batch)  # PIL in, preprocessed on the CPU, moved to the tower's device
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), expected, atol=2e-3, rtol=2e-3)  # TF32 convolutions
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        half = encoder.encode_batch(batch).float()
+    assert torch.nn.functional.cosine_similarity(half.cpu(), expected).min() > 0.99
