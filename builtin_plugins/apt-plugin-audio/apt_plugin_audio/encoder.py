@@ -64,6 +64,11 @@ class AudioPreprocessor:
         feature_extractor.nb_max_frames = frames * 2
         feature_extractor.chunk_length = self.max_samples / SAMPLING_RATE
 
+    @classmethod
+    def for_window(cls, max_seconds: float, mel_bins: int = 80) -> AudioPreprocessor:
+        """Whisper's standard features for a ``max_seconds`` window (what a from-config encoder uses)."""
+        return cls(WhisperFeatureExtractor(feature_size=mel_bins), frames_for(max_seconds))
+
     def __call__(self, clips: Sequence[AudioSource], sampling_rate: int | None = None,
                  where: Sequence[str | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(clips, str | Path | np.ndarray):

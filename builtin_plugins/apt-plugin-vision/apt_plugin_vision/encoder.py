@@ -48,6 +48,12 @@ class ImagePreprocessor:
         self.processor = processor
         self.image_size = int(processor.crop_size["height"])
 
+    @classmethod
+    def for_size(cls, image_size: int) -> ImagePreprocessor:
+        """CLIP's standard preprocessing to ``image_size`` pixels square (what a from-config encoder uses)."""
+        return cls(CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size}))
+
     def __call__(self, images: Sequence[ImageSource], where: Sequence[str | None] | None = None) -> torch.Tensor:
         if isinstance(images, Image.Image | str | bytes | Path):
             raise UserError(f"expected a list of images, got one {type(images).__name__}: wrap it in a list")
@@ -91,8 +97,7 @@ class VisionEncoder(nn.Module):
         else:
             vision_config = _build_config(config, size)
             self.model = CLIPVisionModelWithProjection(vision_config)
-            side = vision_config.image_size
-            processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+            processor = ImagePreprocessor.for_size(vision_config.image_size).processor
         self.preprocessor = ImagePreprocessor(processor)
         config = self.model.config
         if self.preprocessor.image_size != config.image_size:

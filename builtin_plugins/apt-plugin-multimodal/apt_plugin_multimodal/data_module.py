@@ -1,0 +1,89 @@
+"""The ``multimodal`` data component: manifests as the kernel's DataModule, so the kernel's trainer
+(checkpoints, exact resume, accumulation, AMP, DDP, callbacks) trains the multimodal model unchanged.
+
+Batches come from a DataLoader whose workers read and preprocess the media; the order of an epoch is
+drawn from (seed, epoch) and split across ranks as the text data does, so a resumed run continues
+with exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from functools import partial
+
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from apt_plugin_lm.tokenization import build_tokenizer
+from apt_sdk import OptionError, UserError
+
+from .dataset import MultimodalDataset, multimodal_collate_fn
+from .records import read_records
+
+
+class MultimodalDataModule:
+    def __init__(self, options: dict, seed: int):
+        from apt_plugin_audio import AudioPreprocessor
+        from apt_plugin_vision import ImagePreprocessor
+
+        self.seed, self.rank, self.world_size = seed, 0, 1
+        self.batch_size, self.num_workers = options["batch_size"], options["num_workers"]
+        self.image_size, self.max_audio_seconds = options["image_size"], options["max_audio_seconds"]
+        self.block_size = options["max_length"]
+        try:
+            train = read_records(options["train_manifest"])
+        except UserError as exc:
+            raise OptionError("train_manifest", str(exc)) from None
+        texts = [r.prompt + r.text for r in train]
+        try:
+            self.tokenizer = build_tokenizer(options["tokenizer"], texts)
+        except (OSError, ValueError) as exc:
+            raise OptionError("tokenizer", f"cannot load {options['tokenizer']!r}: {exc}") from None
+        try:
+            audio = AudioPreprocessor.for_window(self.max_audio_seconds)
+        except ValueError as exc:
+            raise OptionError("max_audio_seconds", str(exc)) from None
+        common = dict(text_tokenizer=self.tokenizer, image_processor=ImagePreprocessor.for_size(self.image_size),
+                      audio_processor=audio, max_length=self.block_size, on_bad_record=options["on_bad_record"])
+        self.datasets: dict[str, MultimodalDataset] = {}
+        for split in ("train", "val", "test"):
+            key = f"{split}_manifest"
+            if options.get(key):
+                try:
+                    self.datasets[split] = MultimodalDataset(options[key], **common)
+                except UserError as exc:
+                    raise OptionError(key, str(exc)) from None
+        self.skipped = {split: data.skipped for split, data in self.datasets.items() if data.skipped}
+        self.uses_image = any(r.image_path for r in self.datasets["train"].records)
+        self.uses_audio = any(r.audio_path for r in self.datasets["train"].records)
+
+    def configure_distributed(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    def _order(self, epoch: int) -> list[int]:
+        sampler = DistributedSampler(range(len(self.datasets["train"])), num_replicas=self.world_size,
+                                     rank=self.rank, shuffle=True, seed=self.seed, drop_last=self.world_size > 1)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    def steps_per_epoch(self, epoch: int = 0) -> int:
+        return math.ceil(len(self._order(epoch)) / self.batch_size)
+
+    def _loader(self, split: str, indices: list[int]) -> DataLoader:
+        dataset = self.datasets[split]
+        return DataLoader(Subset(dataset, indices), batch_size=self.batch_size, shuffle=False,
+                          num_workers=self.num_workers, collate_fn=partial(multimodal_collate_fn,
+                                                                           pad_id=self.tokenizer.pad_id))
+
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[dict]:
+        """This rank's batches of ``epoch`` from batch number ``start`` on (to resume mid-epoch)."""
+        order = self._order(epoch)[start * self.batch_size:]
+        if order:
+            yield from self._loader("train", order)
+
+    def val_batches(self) -> Iterator[dict]:
+        if "val" not in self.datasets:
+            return
+        indices = list(range(len(self.datasets["val"])))[self.rank::self.world_size]
+        if indices:
+            yield from self._loader("val", indices)

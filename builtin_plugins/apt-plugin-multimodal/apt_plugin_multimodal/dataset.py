@@ -1,0 +1,133 @@
+"""``MultimodalDataset``, ``multimodal_collate_fn`` and ``create_multimodal_dataloader``.
+
+An item is the tokens ``<bos> prompt text <eos>`` with labels only on the text (the prompt
+conditions, it is not scored), plus the record's pixel values and/or log-mel features. Images and
+audio are read and preprocessed in ``__getitem__``, so DataLoader workers do it. A batch pads text
+and audio with masks and stacks images; a record without an image or audio is marked absent
+(``image_present``, an all-False ``audio_mask``), so batches may mix records with and without them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from apt_sdk import UserError
+
+from .records import Record, read_records
+
+IGNORE_INDEX = -100
+
+
+def _preprocessor(processor: Any) -> Callable | None:
+    """An encoder's preprocessor, or the callable itself (``ImagePreprocessor``/``AudioPreprocessor``)."""
+    return getattr(processor, "preprocessor", processor)
+
+
+class MultimodalDataset(Dataset):
+    """Records as training items.
+
+    :param data_list: a list of records (dicts) or the path of a JSONL manifest.
+    :param text_tokenizer: the text tokenizer (``encode``, ``bos_id``, ``eos_id``, ``pad_id``).
+    :param image_processor: a ``VisionEncoder`` or its ``ImagePreprocessor`` (needed if any record has an image).
+    :param audio_processor: an ``AudioEncoder`` or its ``AudioPreprocessor`` (needed if any has audio).
+    :param max_length: the longest ``<bos> prompt text`` in tokens (the model's ``max_seq_len``).
+    :param on_bad_record: ``"fail"``: a bad record (unreadable media, too long) is an error naming it;
+        ``"skip"``: it is left out and listed in ``skipped``. Media are checked once, here.
+    :param check_media: read every image and clip once now, so a bad file is found before training.
+    """
+
+    def __init__(self, data_list: list[dict] | str | Path, text_tokenizer: Any, image_processor: Any = None,
+                 audio_processor: Any = None, max_length: int = 256, on_bad_record: str = "fail",
+                 check_media: bool = True, root: str | Path | None = None):
+        if on_bad_record not in ("fail", "skip"):
+            raise UserError(f"on_bad_record must be 'fail' or 'skip', not {on_bad_record!r}")
+        self.tokenizer = text_tokenizer
+        self.image_processor = _preprocessor(image_processor)
+        self.audio_processor = _preprocessor(audio_processor)
+        self.max_length = max_length
+        self.skipped: list[tuple[str, str]] = []  # (where, why)
+        self.records: list[Record] = []
+        for record in read_records(data_list, root):
+            try:
+                self._check(record, check_media)
+            except UserError as exc:
+                if on_bad_record == "fail":
+                    raise
+                self.skipped.append((record.where, str(exc)))
+                continue
+            self.records.append(record)
+        if not self.records:
+            raise UserError("no usable records" + (f" ({len(self.skipped)} skipped)" if self.skipped else ""))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def tokens(self, record: Record) -> tuple[list[int], list[int]]:
+        """``(input_ids, labels)`` of a record: labels are -100 where the next token is prompt."""
+        prompt = [self.tokenizer.bos_id, *self.tokenizer.encode(record.prompt)]
+        sequence = [*prompt, *self.tokenizer.encode(record.text), self.tokenizer.eos_id]
+        labels = [IGNORE_INDEX] * (len(prompt) - 1) + sequence[len(prompt):]
+        return sequence[:-1], labels
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        input_ids, labels = self.tokens(record)
+        item: dict = {"input_ids": input_ids, "labels": labels, "image": None, "audio": None}
+        if record.image_path is not None:
+            item["image"] = self.image_processor([record.image_path], where=[record.where])[0]
+        if record.audio_path is not None:
+            features, mask = self.audio_processor([record.audio_path], where=[record.where])
+            item["audio"] = (features[0], mask[0])
+        return item
+
+    def _check(self, record: Record, check_media: bool) -> None:
+        length = len(self.tokens(record)[0])
+        if length > self.max_length:
+            raise UserError(f"{record.where}: prompt and text are {length} tokens with <bos>; the model takes "
+                            f"{self.max_length}")
+        for path, processor, kind in ((record.image_path, self.image_processor, "image"),
+                                      (record.audio_path, self.audio_processor, "audio")):
+            if path is None:
+                continue
+            if processor is None:
+                raise UserError(f"{record.where}: has an {kind} but the dataset was given no {kind} processor")
+            if check_media:
+                processor([path], where=[record.where])
+
+
+def multimodal_collate_fn(items: list[dict], pad_id: int = 0) -> dict:
+    """Pad text (``text_attention_mask``), stack images (``image_present``) and audio (``audio_mask``)."""
+    width = max(len(item["input_ids"]) for item in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+    real = torch.zeros((len(items), width), dtype=torch.bool)
+    for row, item in enumerate(items):
+        n = len(item["input_ids"])
+        ids[row, :n], labels[row, :n] = torch.tensor(item["input_ids"]), torch.tensor(item["labels"])
+        real[row, :n] = True
+    batch = {"text_input_ids": ids, "text_attention_mask": real, "labels": labels}
+    images = [item["image"] for item in items]
+    if any(image is not None for image in images):
+        shape = next(image for image in images if image is not None).shape
+        batch["image"] = torch.stack([image if image is not None else torch.zeros(shape) for image in images])
+        batch["image_present"] = torch.tensor([image is not None for image in images])
+    clips = [item["audio"] for item in items]
+    if any(clip is not None for clip in clips):
+        features, mask = next(clip for clip in clips if clip is not None)
+        batch["audio"] = torch.stack([c[0] if c is not None else torch.zeros_like(features) for c in clips])
+        batch["audio_mask"] = torch.stack([c[1] if c is not None else torch.zeros_like(mask) for c in clips])
+    return batch
+
+
+def create_multimodal_dataloader(dataset: MultimodalDataset, batch_size: int = 8, shuffle: bool = True,
+                                 num_workers: int = 0, **kwargs: Any) -> DataLoader:
+    """A DataLoader whose workers read and preprocess the media; batches as ``multimodal_collate_fn`` makes them."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      collate_fn=partial(multimodal_collate_fn, pad_id=dataset.tokenizer.pad_id),
+                      persistent_workers=num_workers > 0, **kwargs)

@@ -1,0 +1,53 @@
+"""Registers the ``multimodal`` data and the ``multimodal-apt`` model."""
+
+from __future__ import annotations
+
+from apt_sdk import BuildContext, OptionError, UserError, hookimpl
+
+
+def build_data(options: dict, context: BuildContext):
+    from .data_module import MultimodalDataModule
+
+    return MultimodalDataModule(options, context.seed)
+
+
+def build_model(options: dict, context: BuildContext):
+    from apt_plugin_lm.model import APTConfig
+
+    from .model import MultimodalAPTModel
+
+    data = context.data
+    if not hasattr(data, "uses_image"):
+        raise UserError('[model] multimodal-apt needs the multimodal data component (use = "multimodal")')
+    if options["d_model"] % options["num_heads"]:
+        raise OptionError("num_heads", f"d_model = {options['d_model']} is not divisible by num_heads = "
+                                       f"{options['num_heads']}")
+    tokenizer = data.tokenizer
+    config = APTConfig(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id, bos_token_id=tokenizer.bos_id,
+                       eos_token_id=tokenizer.eos_id, max_seq_len=data.block_size, d_model=options["d_model"],
+                       num_heads=options["num_heads"], num_layers=options["num_layers"], d_ff=options["d_ff"],
+                       dropout=options["dropout"], attention=options["attention"])
+    vision, audio = context.encoders.get("image"), context.encoders.get("audio")
+    if vision is not None and vision.preprocessor.image_size != data.image_size:
+        raise OptionError("vision_size", f"[encoders.image] takes {vision.preprocessor.image_size} px images but "
+                                         f"[data] image_size is {data.image_size}")
+    if audio is not None and abs(audio.max_seconds - data.max_audio_seconds) > 1e-9:
+        raise OptionError("audio_size", f"[encoders.audio] max_seconds is {audio.max_seconds} but [data] "
+                                        f"max_audio_seconds is {data.max_audio_seconds}")
+    model = MultimodalAPTModel(
+        config, use_vision=data.uses_image, use_audio=data.uses_audio, vision_encoder=vision, audio_encoder=audio,
+        vision_config={"size": options["vision_size"], "image_size": data.image_size},
+        audio_config={"size": options["audio_size"], "max_seconds": data.max_audio_seconds},
+        freeze_encoders=options["freeze_encoders"])
+    model.tokenizer = tokenizer
+    return model
+
+
+@hookimpl
+def register_data(register):
+    register("multimodal", build_data, summary="Multimodal records from JSONL manifests")
+
+
+@hookimpl
+def register_models(register):
+    register("multimodal-apt", build_model, summary="APT decoder conditioned on image and audio encoders")

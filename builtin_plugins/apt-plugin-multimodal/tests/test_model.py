@@ -1,0 +1,120 @@
+"""The multimodal model and its parts: the original shapes, causality with and without an image,
+modalities present in only some records, real generation, and saving and loading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from apt_plugin_lm.model import APTConfig
+from apt_plugin_lm.tokenization import CharTokenizer
+from apt_plugin_multimodal import CrossModalAttention, MultimodalAPTModel, MultimodalFusion
+
+
+def small_model(**kwargs) -> MultimodalAPTModel:
+    torch.manual_seed(0)
+    config = APTConfig(vocab_size=100, d_model=64, num_heads=4, num_layers=2, max_seq_len=128)
+    model = MultimodalAPTModel(config, **kwargs)
+    with torch.no_grad():  # the refinement on, so the test sees autopoietic attention at work
+        for name, p in model.named_parameters():
+            if name.endswith(".gate"):
+                p.fill_(1.0)
+    return model.eval()
+
+
+def test_original_shapes():
+    attention = CrossModalAttention(d_model=512, num_heads=8)
+    fused, weights = attention(torch.randn(10, 2, 512), torch.randn(49, 2, 512))
+    assert fused.shape == (10, 2, 512) and weights.shape == (2, 8, 10, 49)
+    first, _ = CrossModalAttention(64, 4, batch_first=True)(torch.randn(2, 10, 64), torch.randn(2, 5, 64))
+    assert first.shape == (2, 10, 64)
+
+    model = small_model()
+    ids = torch.randint(0, 100, (2, 128))
+    assert model(ids).shape == (2, 128, 100)  # text only
+    images = [Image.new("RGB", (224, 224)), Image.new("RGB", (60, 40), "red")]
+    assert model(ids, image=images).shape == (2, 128, 100)
+
+
+def test_masks_on_both_sides_and_records_without_the_other_modality():
+    attention = CrossModalAttention(32, 4, batch_first=True).eval()
+    text, other = torch.randn(2, 6, 32), torch.randn(2, 5, 32)
+    other_pad = torch.tensor([[False] * 3 + [True] * 2, [True] * 5])  # record 1 has nothing
+    text_pad = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+    fused, weights = attention(text, other, text_pad, other_pad)
+    assert torch.isfinite(fused).all()
+    assert weights[0, :, :, 3:].abs().max() == 0 and torch.allclose(weights[0].sum(-1), torch.ones(4, 6))
+    assert weights[1].abs().max() == 0  # nothing to attend to: no weight anywhere
+    assert fused[1, 4:].abs().max() == 0  # padded text positions are zeros
+    alone, _ = attention(text[1:, :4], other[1:], None, other_pad[1:])
+    torch.testing.assert_close(fused[1:, :4], attention.norm(text[1:, :4]))  # the residual alone
+    torch.testing.assert_close(alone, fused[1:, :4])
+    truncated, _ = attention(text[:1], other[:1, :3])  # padding changes nothing against the shorter input
+    torch.testing.assert_close(truncated, fused[:1], atol=1e-6, rtol=1e-5)
+
+    fusion = MultimodalFusion(text_dim=16, image_dim=24, audio_dim=8, output_dim=32, num_heads=4)
+    image, audio = torch.randn(2, 5, 24), torch.randn(2, 7, 8)
+    tokens, mask = fusion.memory(image=image, audio=audio, image_present=torch.tensor([True, False]),
+                                 audio_mask=torch.tensor([[True] * 7, [True] * 2 + [False] * 5]))
+    assert tokens.shape == (2, 12, 32) and mask.sum(1).tolist() == [12, 2]
+    assert fusion(text=torch.randn(2, 3, 16), image=image).shape == (2, 3, 32)
+    assert fusion(audio=audio).shape == (2, 32)  # any subset
+    with pytest.raises(ValueError, match="at least one of image_dim and audio_dim"):
+        MultimodalFusion(text_dim=16)
+
+
+@pytest.mark.parametrize("with_image", [False, True])
+def test_causal_with_and_without_an_image(with_image):
+    model = small_model()
+    ids = torch.randint(4, 100, (2, 96))
+    image = [Image.new("RGB", (32, 32), "blue"), Image.new("RGB", (32, 32), "green")] if with_image else None
+    base = model(ids, image=image)
+    for t in (0, 40, 90):
+        edited = ids.clone()
+        edited[:, t + 1] = (edited[:, t + 1] + 7) % 100
+        out = model(edited, image=image)
+        torch.testing.assert_close(out[:, : t + 1], base[:, : t + 1], atol=0, rtol=0)
+        assert (out[:, t + 1:] - base[:, t + 1:]).abs().max() > 1e-3
+    if with_image:  # every position sees the image
+        other = model(ids, image=[Image.new("RGB", (32, 32), "white")] * 2)
+        assert (other[:, 0] - base[:, 0]).abs().max() > 1e-4
+
+
+def test_a_record_without_its_image_ignores_the_pixels():
+    model = small_model(use_audio=True)
+    ids = torch.randint(4, 100, (2, 20))
+    pixels = torch.randn(2, 3, 32, 32)
+    present = torch.tensor([True, False])
+    out = model(ids, image=pixels, image_present=present)
+    noise = pixels.clone()
+    noise[1] = torch.randn(3, 32, 32)
+    torch.testing.assert_close(model(ids, image=noise, image_present=present), out, atol=0, rtol=0)
+    torch.testing.assert_close(out[1:], model(ids[1:]), atol=1e-5, rtol=1e-5)  # as text only
+    features, mask = model.audio.preprocess([np.zeros(4000, np.float32), np.zeros(16000, np.float32)])
+    mask[1] = False  # the second record has no audio
+    both = model(ids, image=pixels, image_present=present, audio=features, audio_mask=mask)
+    torch.testing.assert_close(both[1:], out[1:], atol=1e-5, rtol=1e-5)
+
+
+def test_generation_greedy_and_sampled_and_saving(tmp_path):
+    tokenizer = CharTokenizer.train(["what colour? red blue"])
+    config = APTConfig(vocab_size=tokenizer.vocab_size, d_model=32, num_heads=2, num_layers=1, max_seq_len=64)
+    model = MultimodalAPTModel(config).eval()
+    model.tokenizer = tokenizer
+    red = Image.new("RGB", (32, 32), "red")
+    greedy = model.generate_from_multimodal("what colour? ", image=red, max_length=20)
+    assert greedy == model.generate_from_multimodal("what colour? ", image=red, max_length=20)
+    assert len(greedy) <= 20 and set(greedy) <= set(tokenizer.itos)
+    sampled = [model.generate_from_multimodal("what colour? ", image=red, max_length=20, do_sample=True,
+                                              generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    assert len(set(sampled)) > 1  # untrained: sampling differs from run to run
+
+    model.save_pretrained(tmp_path / "saved")
+    loaded = MultimodalAPTModel.from_pretrained(tmp_path / "saved")
+    ids = torch.randint(0, tokenizer.vocab_size, (1, 12))
+    torch.testing.assert_close(loaded(ids, image=[red]), model(ids, image=[red]), atol=0, rtol=0)
+    assert loaded.generate_from_multimodal("what colour? ", image=red, max_length=20) == greedy
+    with pytest.raises(Exception, match="no saved multimodal model"):
+        MultimodalAPTModel.from_pretrained(tmp_path)

@@ -1,0 +1,93 @@
+"""The multimodal data and model as pipeline components, trained by the kernel's trainer: a manifest of
+coloured squares (and a few tones), a bad record failing or skipped by its line, and the trained run
+loaded back with from_pretrained to generate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from apt_plugin_multimodal import MultimodalAPTModel
+from apt_sdk import PipelineError
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+PIPELINE = """
+[pipeline]
+name = "colours"
+seed = 0
+
+[data]
+use = "multimodal"
+train_manifest = "{folder}/train.jsonl"
+val_manifest = "{folder}/val.jsonl"
+image_size = 16
+batch_size = 8
+num_workers = 0
+max_length = 24
+
+[model]
+use = "multimodal-apt"
+d_model = 32
+num_heads = 2
+num_layers = 1
+d_ff = 64
+vision_size = "tiny"
+audio_size = "tiny"
+
+[loss]
+use = "lm-cross-entropy"
+
+[trainer]
+use = "apt-trainer"
+epochs = 1
+max_steps = 40
+learning_rate = 3e-3
+log_every = 20
+eval_every = 20
+"""
+
+
+def write_manifests(folder, bad_line: bool = False) -> None:
+    rng = np.random.default_rng(0)
+    (folder / "media").mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", 48), ("val", 12)):
+        lines = []
+        for i in range(n):
+            name = list(COLOURS)[i % 3]
+            path = folder / "media" / f"{split}{i}.png"
+            noise = rng.integers(-20, 20, (24, 24, 3))
+            Image.fromarray(np.clip(np.array(COLOURS[name]) + noise, 0, 255).astype(np.uint8)).save(path)
+            lines.append({"prompt": "colour? ", "text": name, "image_path": f"media/{path.name}"})
+        if split == "train":
+            sf.write(folder / "media" / "tone.wav", 0.3 * np.sin(np.arange(8000) * 0.3), 8000)
+            lines.append({"prompt": "sound? ", "text": "tone", "audio_path": "media/tone.wav"})
+            lines.append({"prompt": "plain? ", "text": "text"})  # text only, in the same batches
+            if bad_line:
+                (folder / "media" / "broken.png").write_bytes(b"not a picture")
+                lines.append({"prompt": "colour? ", "text": "red", "image_path": "media/broken.png"})
+        (folder / f"{split}.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+
+
+def test_trains_through_the_kernel_and_generates_from_the_run(run_pipeline, tmp_path):
+    write_manifests(tmp_path / "data")
+    result, context = run_pipeline(PIPELINE.format(folder=tmp_path / "data"))
+    assert result["steps"] == 7 and np.isfinite(result["val_loss"])  # 51 records / 8 = 7 batches, 1 epoch
+    model = MultimodalAPTModel.from_pretrained(context.run_dir)
+    assert model.vision is not None and model.audio is not None
+    answer = model.generate_from_multimodal("colour? ", image=Image.new("RGB", (24, 24), COLOURS["red"]),
+                                            max_length=8)
+    assert isinstance(answer, str) and len(answer) <= 8
+
+
+def test_a_bad_record_fails_by_its_line_or_is_skipped(run_pipeline, tmp_path):
+    write_manifests(tmp_path / "data", bad_line=True)
+    text = PIPELINE.format(folder=tmp_path / "data")
+    with pytest.raises(PipelineError, match=r"\[data\] train_manifest.*line 51 of train.jsonl.*cannot be read"):
+        run_pipeline(text)
+    result, context = run_pipeline(text, overrides=["data.on_bad_record='skip'", "trainer.max_steps=2"])
+    assert context.data.skipped == {"train": [("line 51 of train.jsonl", context.data.skipped["train"][0][1])]}
