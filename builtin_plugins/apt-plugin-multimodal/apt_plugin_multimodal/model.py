@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from apt_plugin_lm.model import APTConfig, Block
+from apt_plugin_lm.model import APTConfig, APTLargeModel, Block
 from apt_sdk import UserError
 
 from .fusion import MultimodalFusion
@@ -95,7 +95,7 @@ class MultimodalAPTModel(nn.Module):
         self.ln_f = nn.LayerNorm(d)
         self.lm_head = nn.Linear(d, decoder_config.vocab_size, bias=False)
         for module in (self.fusion, self.tok, self.pos, self.blocks, self.lm_head):
-            module.apply(_init)
+            module.apply(APTLargeModel._init)  # the LM's initialisation, for the same decoder
         nn.init.normal_(self.nothing, std=0.02)
         if decoder_config.tie_embeddings:
             self.lm_head.weight = self.tok.weight
@@ -271,15 +271,6 @@ def _from_checkpoint(cls, path: Path, map_location: str) -> MultimodalAPTModel:
 
         model.tokenizer = load_tokenizer(tokenizer_dir)
     return model
-
-
-def _init(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, std=0.02)
 
 
 def _vision(encoder: nn.Module | None, fields: dict | None, freeze: bool) -> tuple[nn.Module, dict]:
