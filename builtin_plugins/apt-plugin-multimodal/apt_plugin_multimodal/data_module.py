@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from functools import partial
 
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler
 
 from apt_plugin_lm.tokenization import build_tokenizer
 from apt_sdk import OptionError, UserError
 
-from .dataset import MultimodalDataset, multimodal_collate_fn
+from .dataset import MultimodalDataset, create_multimodal_dataloader
 from .records import read_records
 
 
@@ -70,10 +69,8 @@ class MultimodalDataModule:
         return math.ceil(len(self._order(epoch)) / self.batch_size)
 
     def _loader(self, split: str, indices: list[int]) -> DataLoader:
-        dataset = self.datasets[split]
-        return DataLoader(Subset(dataset, indices), batch_size=self.batch_size, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=partial(multimodal_collate_fn,
-                                                                           pad_id=self.tokenizer.pad_id))
+        return create_multimodal_dataloader(self.datasets[split], self.batch_size, shuffle=False,
+                                            num_workers=self.num_workers, sampler=indices)
 
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[dict]:
         """This rank's batches of ``epoch`` from batch number ``start`` on (to resume mid-epoch)."""

@@ -15,7 +15,7 @@ text-only record, or a batch where only some records have an image, never has an
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ class MultimodalConfig:
     vision: dict | None = None  # CLIPVisionConfig fields ("size" preset or full fields)
     audio: dict | None = None  # WhisperConfig fields and max_seconds
     freeze_encoders: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -259,7 +258,7 @@ class MultimodalAPTModel(nn.Module):
 
 
 def _from_checkpoint(cls, path: Path, map_location: str) -> MultimodalAPTModel:
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    state = torch.load(path, map_location=map_location, weights_only=True)  # tensors and plain data only
     config = state.get("config") if isinstance(state, dict) else None
     if not isinstance(config, dict) or "apt" not in config:
         raise UserError(f"{path} is not a checkpoint of a multimodal APT model (its config has no 'apt' decoder)")

@@ -82,6 +82,11 @@ def test_trains_through_the_kernel_and_generates_from_the_run(run_pipeline, tmp_
     answer = model.generate_from_multimodal("colour? ", image=Image.new("RGB", (24, 24), COLOURS["red"]),
                                             max_length=8)
     assert isinstance(answer, str) and len(answer) <= 8
+    # a checkpoint file loads too, with the tokenizer the trainer saved beside the checkpoints
+    checkpoint = sorted((context.run_dir / "checkpoints").glob("*.pt"))[-1]
+    from_checkpoint = MultimodalAPTModel.from_pretrained(checkpoint)
+    assert from_checkpoint.generate_from_multimodal("colour? ", image=Image.new("RGB", (24, 24), COLOURS["red"]),
+                                                    max_length=8) == answer
 
 
 def test_a_bad_record_fails_by_its_line_or_is_skipped(run_pipeline, tmp_path):

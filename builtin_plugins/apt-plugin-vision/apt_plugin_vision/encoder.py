@@ -234,5 +234,4 @@ def _processor(source: str, image_size: int) -> CLIPImageProcessorPil:
         return CLIPImageProcessorPil.from_pretrained(source)
     except OSError:
         # a folder with weights but no preprocessor_config.json: CLIP's standard preprocessing at the model's size
-        return CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                                     crop_size={"height": image_size, "width": image_size})
+        return ImagePreprocessor.for_size(image_size).processor
