@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -111,7 +112,7 @@ def run(pipeline, overrides, resume, overwrite, no_progress, profile, nproc_per_
         overrides += [f"callbacks.{i}.sandbox=true" for i in range(len(plan.config.callbacks))]
         kernel, plan = _plan(pipeline, overrides, plugins_dirs, strict)
     if nproc_per_node and "RANK" not in os.environ:  # the launcher: validated, now torchrun takes over
-        from .rundir import RunFolder
+        from .rundir import BEFORE_ENV, RunFolder, run_contents
 
         folder = RunFolder(plan.config.output_dir)
         folder.check(bool(resume), overwrite)  # refused here, the user sees exit 2 rather than torchrun's
@@ -119,6 +120,9 @@ def run(pipeline, overrides, resume, overwrite, no_progress, profile, nproc_per_
             folder.claim(overwrite=True).release()
             if folder.moved_to is not None:
                 click.echo(f"--overwrite: the previous run in {folder.path} was moved to {folder.moved_to}")
+        # what the folder held before any worker started: a worker's component that opens a file in the run
+        # folder (an error log) while rank 0 has not yet looked must not make the folder look like another run's
+        os.environ[BEFORE_ENV] = json.dumps(sorted(run_contents(folder.path)))
         _exec_torchrun(pipeline, overrides, nproc_per_node, nnodes, rdzv_endpoint, rdzv_id, plugins_dirs, strict,
                        profile, resume)
     progress = not no_progress and sys.stderr.isatty()

@@ -12,6 +12,7 @@ that holds it; a folder that already holds a run is refused unless the run conti
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 from .errors import UserError
 
 LOCK_FILE = ".apt-run.lock"
+BEFORE_ENV = "APT_RUN_DIR_BEFORE"  # JSON list: the folder's contents when the launcher started the workers
 RECORD = "pipeline.json"  # the kernel's record of the run; alone, it is a run that failed before writing anything
 
 
@@ -64,7 +66,8 @@ class RunFolder:
 
     def check(self, resume: bool, overwrite: bool) -> None:
         """Refuse a folder that is in use, or that holds a run without --resume/--overwrite; takes no lock."""
-        self.before = set(run_contents(self.path))
+        launched = os.environ.get(BEFORE_ENV)  # under `apt-kernel run --nproc-per-node`, the launcher looked first
+        self.before = set(json.loads(launched)) if launched is not None else set(run_contents(self.path))
         self.claim(resume, overwrite, dry_run=True)  # checks the path too
 
     def claim(self, resume: bool = False, overwrite: bool = False, dry_run: bool = False) -> RunFolder:

@@ -216,6 +216,17 @@ def test_fsdp_outside_torchrun_is_a_clear_error(tmp_path):
     assert code == 2 and "strategy = \"fsdp\" runs under torchrun" in output
 
 
+def test_a_worker_writing_into_the_run_folder_before_rank_0_looks_is_not_another_run(tmp_path):
+    """The launcher records what the folder held before the workers started; a file another rank's component
+    opens there first (an error log's database) is this run's, not an old run's."""
+    code, output = done(launch(tmp_path, "early", "--nproc-per-node", "2", "--set", "trainer.max_steps=2",
+                               callbacks='\n[[callbacks]]\nuse = "early-writer"\n'))
+    assert code == 0, output
+    assert (tmp_path / "early" / "rank1.log").exists()
+    code, output = done(launch(tmp_path, "early", "--nproc-per-node", "2", "--set", "trainer.max_steps=2"))
+    assert code == 2 and "already holds a run" in output, output  # and a folder with a run is still refused
+
+
 @pytest.mark.parametrize("where", ["forward", "callback"])
 def test_a_failing_rank_stops_every_rank_with_a_checkpoint_and_a_logged_error(tmp_path, where):
     """Rank 1 raises at step 7 (in forward: before the backward DDP all-reduces; or in a callback after the
