@@ -34,6 +34,7 @@ class DataModule(Protocol):
       so each process sees its own part.
     - ``tokenizer``: a ``Tokenizer``; checkpoints and the exported model save it beside the weights.
     - ``block_size``: tokens per sequence; used for MFU when batches do not say.
+    - ``summary``: ``(label, text)`` pairs the run's summary shows (records skipped, say).
     """
 
     def steps_per_epoch(self, epoch: int) -> int: ...

@@ -12,6 +12,9 @@ from .distributed import DistributedError
 from .logger import ErrorLogger
 
 _ACTIVE: dict[str, ErrorLog] = {}  # run_dir -> that run's error-log callback (hooks carry only run_dir)
+# reports made while the pipeline is built, before its error log exists (a data component's skipped
+# records): kept from pipeline_start and recorded when the error log is built
+_PENDING: dict[str, list[dict]] = {}
 
 
 def latest_checkpoint(run_dir: str | Path) -> str | None:
@@ -54,6 +57,8 @@ class ErrorLog(Callback):
 def build_error_log(options: dict, context: BuildContext) -> ErrorLog:
     log = ErrorLog(ErrorLogger(options["db_path"] or context.run_dir / "errors.db"), context.run_dir, context.config)
     _ACTIVE[str(context.run_dir)] = log
+    for error in _PENDING.pop(str(context.run_dir), []):
+        log.record(error)
     return log
 
 
@@ -63,14 +68,28 @@ def register_callbacks(register):
 
 
 @hookimpl
+def pipeline_start(pipeline: dict, run_dir: str):
+    _PENDING[run_dir] = []
+
+
+@hookimpl
+def pipeline_end(pipeline: dict, run_dir: str, result: dict):
+    _PENDING.pop(run_dir, None)
+
+
+@hookimpl
 def error_reported(error: dict):
-    log = _ACTIVE.get(error.get("run_dir", ""))
+    run_dir = error.get("run_dir", "")
+    log = _ACTIVE.get(run_dir)
     if log is not None:
         log.record(error)
+    elif run_dir in _PENDING:
+        _PENDING[run_dir].append(error)
 
 
 @hookimpl
 def pipeline_error(pipeline: dict, run_dir: str, error: dict):
+    _PENDING.pop(run_dir, None)
     log = _ACTIVE.get(run_dir)
     if log is None or error["type"] == "RunInterrupted" or (error["type"], error["message"]) in log.logged:
         return  # not logging this run, a requested stop, or on_exception already recorded it with its step

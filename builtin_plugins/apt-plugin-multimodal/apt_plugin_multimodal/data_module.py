@@ -9,7 +9,7 @@ with exactly the batches it would have seen.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -21,7 +21,7 @@ from .records import read_records
 
 
 class MultimodalDataModule:
-    def __init__(self, options: dict, seed: int):
+    def __init__(self, options: dict, seed: int, report_error: Callable[[dict], None] | None = None):
         from apt_plugin_audio import AudioPreprocessor
         from apt_plugin_vision import ImagePreprocessor
 
@@ -53,6 +53,16 @@ class MultimodalDataModule:
                 except UserError as exc:
                     raise OptionError(key, str(exc)) from None
         self.skipped = {split: data.skipped for split, data in self.datasets.items() if data.skipped}
+        self.summary: list[tuple[str, str]] = []
+        if self.skipped:  # counted in the run's summary, each one in the error log
+            counts = ", ".join(f"{split}: {len(bad)}" for split, bad in self.skipped.items())
+            total = sum(len(bad) for bad in self.skipped.values())
+            self.summary.append(("skipped records", f"{total} ({counts}; on_bad_record = 'skip')"))
+            for split, bad in self.skipped.items():
+                for _where, why in bad:  # why names the record
+                    if report_error is not None:
+                        report_error({"type": "SkippedRecord", "severity": "warning", "plugin": "apt-plugin-multimodal",
+                                      "message": f"{split}_manifest: {why}", "hook": "data"})
         self.uses_image = any(r.image_path for r in self.datasets["train"].records)
         self.uses_audio = any(r.audio_path for r in self.datasets["train"].records)
 

@@ -8,7 +8,7 @@ from apt_sdk import BuildContext, OptionError, UserError, hookimpl
 def build_data(options: dict, context: BuildContext):
     from .data_module import MultimodalDataModule
 
-    return MultimodalDataModule(options, context.seed)
+    return MultimodalDataModule(options, context.seed, context.report_error if context.is_main else None)
 
 
 def build_model(options: dict, context: BuildContext):

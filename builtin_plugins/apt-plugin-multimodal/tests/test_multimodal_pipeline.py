@@ -12,7 +12,8 @@ import soundfile as sf
 from PIL import Image
 
 from apt_plugin_multimodal import MultimodalAPTModel
-from apt_sdk import PipelineError
+from apt_sdk import PipelineError, hookimpl
+from apt_sdk.testing import IsolatedKernel
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
@@ -94,5 +95,17 @@ def test_a_bad_record_fails_by_its_line_or_is_skipped(run_pipeline, tmp_path):
     text = PIPELINE.format(folder=tmp_path / "data")
     with pytest.raises(PipelineError, match=r"\[data\] train_manifest.*line 51 of train.jsonl.*cannot be read"):
         run_pipeline(text)
-    result, context = run_pipeline(text, overrides=["data.on_bad_record='skip'", "trainer.max_steps=2"])
+    reported = []
+
+    class Listener:  # stands in for the error log: it receives what the run reports
+        @hookimpl
+        def error_reported(self, error):
+            reported.append(error)
+
+    kernel = IsolatedKernel()
+    kernel.add(Listener(), {"kernel_api": "^1.0", "version": "1.0.0"}, name="listener")
+    result, context = run_pipeline(text, overrides=["data.on_bad_record='skip'", "trainer.max_steps=2"], kernel=kernel)
     assert context.data.skipped == {"train": [("line 51 of train.jsonl", context.data.skipped["train"][0][1])]}
+    assert ("skipped records", "1 (train: 1; on_bad_record = 'skip')") in result["summary"]
+    assert [(e["type"], e["severity"]) for e in reported] == [("SkippedRecord", "warning")]
+    assert "line 51 of train.jsonl" in reported[0]["message"] and reported[0]["run_dir"] == str(context.run_dir)

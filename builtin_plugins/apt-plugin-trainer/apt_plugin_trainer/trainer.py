@@ -356,4 +356,5 @@ class Trainer:
                  ("tokens", "tokens", "{:,}"), ("seconds", "seconds", "{:.1f}"), ("processes", "world_size", "{}"),
                  ("last checkpoint", "checkpoint", "{}")]
         result["summary"] = [(label, form.format(result[key])) for label, key, form in shown if result[key] is not None]
+        result["summary"] += [(str(label), str(text)) for label, text in getattr(self.data, "summary", None) or []]
         return result
