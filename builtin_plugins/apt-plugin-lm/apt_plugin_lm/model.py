@@ -134,12 +134,22 @@ class Attention(nn.Module):
         self.record_attention = False
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None,
-                key_padding: torch.Tensor | None = None) -> torch.Tensor:
+                key_padding: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
+        """``cache``: a dict kept across calls while generating; keys and values of the tokens seen so
+        far (self-attention) or of the memory (cross-attention) are kept there, so ``x`` need hold only
+        the new tokens. Exact: the refinement of a query row depends only on that row's scores."""
         B, T, C = x.shape
-        source = memory if self.cross else x
         q = self.q(x).view(B, T, self.h, self.dk).transpose(1, 2)
-        k, v = (t.view(B, -1, self.h, self.dk).transpose(1, 2) for t in (self.k(source), self.v(source)))
-        mask = self._mask(T, source.shape[1], key_padding, x.device)  # True = may attend, [B or 1, 1, T, S]
+        if cache is not None and self.cross and "k" in cache:
+            k, v = cache["k"], cache["v"]
+        else:
+            source = memory if self.cross else x
+            k, v = (t.view(B, -1, self.h, self.dk).transpose(1, 2) for t in (self.k(source), self.v(source)))
+            if cache is not None:
+                if "k" in cache:
+                    k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+                cache["k"], cache["v"] = k, v
+        mask = self._mask(T, k.shape[2], key_padding, x.device)  # True = may attend, [B or 1, 1, T, S]
         if self.mode == "autopoietic" or self.record_attention:
             y = self._explicit_attention(q, k, v, mask)
         else:
@@ -173,8 +183,8 @@ class Attention(nn.Module):
 
     def _mask(self, T: int, S: int, key_padding: torch.Tensor | None, device) -> torch.Tensor | None:
         mask = None
-        if self.causal:
-            mask = torch.ones(T, S, dtype=torch.bool, device=device).tril()[None, None]
+        if self.causal:  # the T queries are the last T of the S positions (all of them, without a cache)
+            mask = torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)[None, None]
         if key_padding is not None:  # [B, S], True = real token
             pad = key_padding[:, None, None, :].bool()
             mask = pad if mask is None else mask & pad
@@ -215,10 +225,14 @@ class Block(nn.Module):
         self.ln2, self.mlp = nn.LayerNorm(config.d_model), MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, padding=None, memory=None, memory_padding=None):
-        x = x + self.dropout(self.attn(self.ln1(x), key_padding=padding))
+    def forward(self, x, padding=None, memory=None, memory_padding=None, cache: dict | None = None):
+        """``cache``: ``{}`` to start generating with a KV cache, then the same dict for each new token."""
+        self_cache = cross_cache = None
+        if cache is not None:
+            self_cache, cross_cache = cache.setdefault("self", {}), cache.setdefault("cross", {})
+        x = x + self.dropout(self.attn(self.ln1(x), key_padding=padding, cache=self_cache))
         if self.cross is not None:
-            x = x + self.dropout(self.cross(self.ln_cross(x), memory, key_padding=memory_padding))
+            x = x + self.dropout(self.cross(self.ln_cross(x), memory, key_padding=memory_padding, cache=cross_cache))
         return x + self.mlp(self.ln2(x))
 
 

@@ -142,22 +142,28 @@ class MultimodalAPTModel(nn.Module):
         return self._decode(ids, memory, memory_mask, text_attention_mask)
 
     def _decode(self, ids: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
-                padding: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.drop(self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device)))
-        for block in self.blocks:
-            x = block(x, padding=padding, memory=memory, memory_padding=memory_mask)
+                padding: torch.Tensor | None = None, caches: list[dict] | None = None, start: int = 0) -> torch.Tensor:
+        """``caches`` (one dict per block) keep keys and values between calls; ``ids`` are then the tokens
+        from position ``start`` on."""
+        x = self.drop(self.tok(ids) + self.pos(torch.arange(start, start + ids.shape[1], device=ids.device)))
+        for i, block in enumerate(self.blocks):
+            x = block(x, padding=padding, memory=memory, memory_padding=memory_mask,
+                      cache=None if caches is None else caches[i])
         return self.lm_head(self.ln_f(x))
 
     @torch.no_grad()
     def generate_from_multimodal(self, text: str, image: Any = None, audio: Any = None, max_length: int = 100,
                                  do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
-                                 generator: torch.Generator | None = None) -> str:
+                                 generator: torch.Generator | None = None, use_cache: bool = True) -> str:
         """The continuation of ``text`` (a prompt) given an image and/or a clip, as text.
 
         :param image: a PIL image, a path, or pixel values ``[1, 3, H, W]``.
         :param audio: a path, a 16 kHz waveform, or features ``[1, mels, frames]``.
         :param max_length: new tokens at most; generation also stops at the end-of-text token.
         :param do_sample: sample (with ``temperature`` and ``top_k``) instead of the most likely token.
+        :param use_cache: keep the keys and values of earlier tokens (and of the image and audio) instead of
+            recomputing them for every new token; the same tokens, faster (``bench/bench_multimodal.py``).
+            Past ``max_seq_len`` tokens the window slides, which needs the recomputation.
         """
         if self.tokenizer is None:
             raise UserError("this model has no tokenizer: load it with from_pretrained, or set model.tokenizer")
@@ -170,9 +176,15 @@ class MultimodalAPTModel(nn.Module):
         clips = None if audio is None else (audio if isinstance(audio, torch.Tensor) else [audio])
         memory, memory_mask = self.memory(1, images, clips)
         new: list[int] = []
+        limit = self.apt_config.max_seq_len
+        caches: list[dict] | None = [{} for _ in self.blocks] if use_cache and ids.shape[1] <= limit else None
+        done = 0  # tokens already in the caches
         for _ in range(max_length):
-            window = ids[:, -self.apt_config.max_seq_len:]
-            logits = self._decode(window, memory, memory_mask)[:, -1].float()
+            if caches is not None and ids.shape[1] <= limit:
+                logits = self._decode(ids[:, done:], memory, memory_mask, caches=caches, start=done)[:, -1].float()
+                done = ids.shape[1]
+            else:
+                logits = self._decode(ids[:, -limit:], memory, memory_mask)[:, -1].float()
             if do_sample:
                 logits = logits / max(temperature, 1e-6)
                 if top_k:

@@ -118,3 +118,33 @@ def test_generation_greedy_and_sampled_and_saving(tmp_path):
     assert loaded.generate_from_multimodal("what colour? ", image=red, max_length=20) == greedy
     with pytest.raises(Exception, match="no saved multimodal model"):
         MultimodalAPTModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("attention", ["autopoietic", "sdpa"])
+def test_kv_cache_gives_the_logits_of_the_full_pass(attention):
+    tokenizer = CharTokenizer.train(["abcdefghij what colour? "])
+    config = APTConfig(vocab_size=tokenizer.vocab_size, d_model=32, num_heads=2, num_layers=2, max_seq_len=24,
+                       attention=attention)
+    torch.manual_seed(1)
+    model = MultimodalAPTModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".gate"):
+                p.fill_(1.0)
+    model.tokenizer = tokenizer
+    image = [Image.new("RGB", (32, 32), "red")]
+    ids = torch.randint(4, tokenizer.vocab_size, (1, 20))
+    memory, mask = model.memory(1, image)
+    full = model._decode(ids, memory, mask)
+    caches = [{} for _ in model.blocks]
+    pieces = [model._decode(ids[:, :7], memory, mask, caches=caches)]  # a prompt, then one token at a time
+    pieces += [model._decode(ids[:, t:t + 1], memory, mask, caches=caches, start=t) for t in range(7, 20)]
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+    # generation past max_seq_len slides the window (recomputing); cached and uncached agree token for token
+    tokenizer.eos_id = -1  # never stop early: 14 prompt tokens + 30 new ones pass max_seq_len = 24
+    calls, decode = [], model._decode
+    model._decode = lambda ids, *args, **kw: calls.append((ids.shape[1], "caches" in kw)) or decode(ids, *args, **kw)
+    cached = model.generate_from_multimodal("what colour? ", image=image[0], max_length=30)
+    # <bos> + 13 prompt tokens at once, then one new token per step while it fits, then full windows
+    assert calls == [(14, True)] + [(1, True)] * 10 + [(24, False)] * 19
+    assert cached == model.generate_from_multimodal("what colour? ", image=image[0], max_length=30, use_cache=False)
