@@ -22,36 +22,48 @@ from .records import read_records
 
 class MultimodalDataModule:
     def __init__(self, options: dict, seed: int, report_error: Callable[[dict], None] | None = None):
-        from apt_plugin_audio import AudioPreprocessor
         from apt_plugin_vision import ImagePreprocessor
 
         self.seed, self.rank, self.world_size = seed, 0, 1
         self.batch_size, self.num_workers = options["batch_size"], options["num_workers"]
         self.image_size, self.max_audio_seconds = options["image_size"], options["max_audio_seconds"]
         self.block_size = options["max_length"]
+        sources = {}
+        for split in ("train", "val", "test"):
+            manifest, records = options.get(f"{split}_manifest"), options.get(f"{split}_records")
+            if manifest and records is not None:
+                raise OptionError(f"{split}_records", f"give {split}_manifest or {split}_records, not both")
+            if manifest or records is not None:
+                sources[split] = (f"{split}_manifest" if manifest else f"{split}_records", manifest or records)
+        if "train" not in sources:
+            raise OptionError("train_manifest", "the training records are missing: give train_manifest (a JSONL "
+                                                "file) or train_records (a list)")
+        key, source = sources["train"]
         try:
-            train = read_records(options["train_manifest"])
+            train = read_records(source)
         except UserError as exc:
-            raise OptionError("train_manifest", str(exc)) from None
+            raise OptionError(key, str(exc)) from None
         texts = [r.prompt + r.text for r in train]
         try:
             self.tokenizer = build_tokenizer(options["tokenizer"], texts)
         except (OSError, ValueError) as exc:
             raise OptionError("tokenizer", f"cannot load {options['tokenizer']!r}: {exc}") from None
-        try:
-            audio = AudioPreprocessor.for_window(self.max_audio_seconds)
-        except ValueError as exc:
-            raise OptionError("max_audio_seconds", str(exc)) from None
+        audio = None
+        if any(r.audio_path for r in train):  # librosa and the feature extractor only when there is audio
+            from apt_plugin_audio import AudioPreprocessor
+
+            try:
+                audio = AudioPreprocessor.for_window(self.max_audio_seconds)
+            except ValueError as exc:
+                raise OptionError("max_audio_seconds", str(exc)) from None
         common = dict(text_tokenizer=self.tokenizer, image_processor=ImagePreprocessor.for_size(self.image_size),
                       audio_processor=audio, max_length=self.block_size, on_bad_record=options["on_bad_record"])
         self.datasets: dict[str, MultimodalDataset] = {}
-        for split in ("train", "val", "test"):
-            key = f"{split}_manifest"
-            if options.get(key):
-                try:
-                    self.datasets[split] = MultimodalDataset(options[key], **common)
-                except UserError as exc:
-                    raise OptionError(key, str(exc)) from None
+        for split, (key, source) in sources.items():
+            try:
+                self.datasets[split] = MultimodalDataset(source, **common)
+            except UserError as exc:
+                raise OptionError(key, str(exc)) from None
         self.skipped = {split: data.skipped for split, data in self.datasets.items() if data.skipped}
         self.summary: list[tuple[str, str]] = []
         if self.skipped:  # counted in the run's summary, each one in the error log

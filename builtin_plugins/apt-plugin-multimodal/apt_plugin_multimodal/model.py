@@ -165,20 +165,44 @@ class MultimodalAPTModel(nn.Module):
             recomputing them for every new token; the same tokens, faster (``bench/bench_multimodal.py``).
             Past ``max_seq_len`` tokens the window slides, which needs the recomputation.
         """
+        images = None if image is None else (image if isinstance(image, torch.Tensor) else [image])
+        clips = None if audio is None else (audio if isinstance(audio, torch.Tensor) else [audio])
+        return self.generate_batch([text], images, clips, max_length=max_length, do_sample=do_sample,
+                                   temperature=temperature, top_k=top_k, generator=generator, use_cache=use_cache)[0]
+
+    @torch.no_grad()
+    def generate_batch(self, prompts: list[str], image: Any = None, audio: Any = None,
+                       image_present: torch.Tensor | None = None, audio_mask: torch.Tensor | None = None,
+                       max_length: int = 100, **sampling: Any) -> list[str]:
+        """``generate_from_multimodal`` for many prompts at once: ``image``/``audio`` as ``forward`` takes
+        them (one per prompt). Prompts of the same length in tokens are decoded together, so no row is
+        padded; ``sampling`` takes ``do_sample``, ``temperature``, ``top_k``, ``generator``, ``use_cache``."""
         if self.tokenizer is None:
             raise UserError("this model has no tokenizer: load it with from_pretrained, or set model.tokenizer")
         was_training = self.training
         self.eval()
-        device = self.nothing.device
         tokenizer = self.tokenizer
-        ids = torch.tensor([[tokenizer.bos_id, *tokenizer.encode(text)]], device=device)
-        images = None if image is None else (image if isinstance(image, torch.Tensor) else [image])
-        clips = None if audio is None else (audio if isinstance(audio, torch.Tensor) else [audio])
-        memory, memory_mask = self.memory(1, images, clips)
-        new: list[int] = []
-        limit = self.apt_config.max_seq_len
+        encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
+        memory, memory_mask = self.memory(len(prompts), image, audio, image_present, audio_mask)
+        answers: list[str] = [""] * len(prompts)
+        for length in sorted({len(ids) for ids in encoded}):
+            rows = [i for i, ids in enumerate(encoded) if len(ids) == length]
+            ids = torch.tensor([encoded[i] for i in rows], device=memory.device)
+            new = self._generate(ids, memory[rows], memory_mask[rows], max_length, **sampling)
+            for i, tokens in zip(rows, new, strict=True):
+                answers[i] = tokenizer.decode(tokens)
+        self.train(was_training)
+        return answers
+
+    def _generate(self, ids: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, max_length: int,
+                  do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+                  generator: torch.Generator | None = None, use_cache: bool = True) -> list[list[int]]:
+        """New tokens of each row, up to its end-of-text token."""
+        eos, limit = self.tokenizer.eos_id, self.apt_config.max_seq_len
         caches: list[dict] | None = [{} for _ in self.blocks] if use_cache and ids.shape[1] <= limit else None
         done = 0  # tokens already in the caches
+        finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        new: list[torch.Tensor] = []
         for _ in range(max_length):
             if caches is not None and ids.shape[1] <= limit:
                 logits = self._decode(ids[:, done:], memory, memory_mask, caches=caches, start=done)[:, -1].float()
@@ -193,12 +217,13 @@ class MultimodalAPTModel(nn.Module):
                 next_id = torch.multinomial(logits.softmax(-1), 1, generator=generator)
             else:
                 next_id = logits.argmax(-1, keepdim=True)
-            if int(next_id) == tokenizer.eos_id:
+            finished |= next_id[:, 0] == eos
+            new.append(next_id[:, 0].masked_fill(finished, eos))
+            if bool(finished.all()):
                 break
-            new.append(int(next_id))
             ids = torch.cat([ids, next_id], dim=1)
-        self.train(was_training)
-        return tokenizer.decode(new)
+        rows = torch.stack(new, 1).tolist() if new else [[] for _ in range(ids.shape[0])]
+        return [row[:row.index(eos)] if eos in row else row for row in rows]
 
     def save_pretrained(self, directory: str | Path) -> None:
         """``config.json`` (decoder, encoders' configs), ``model.safetensors`` (all weights, encoders

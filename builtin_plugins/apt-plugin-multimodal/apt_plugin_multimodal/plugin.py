@@ -34,11 +34,25 @@ def build_model(options: dict, context: BuildContext):
     if audio is not None and abs(audio.max_seconds - data.max_audio_seconds) > 1e-9:
         raise OptionError("audio_size", f"[encoders.audio] max_seconds is {audio.max_seconds} but [data] "
                                         f"max_audio_seconds is {data.max_audio_seconds}")
-    model = MultimodalAPTModel(
-        config, use_vision=data.uses_image, use_audio=data.uses_audio, vision_encoder=vision, audio_encoder=audio,
-        vision_config={"size": options["vision_size"], "image_size": data.image_size},
-        audio_config={"size": options["audio_size"], "max_seconds": data.max_audio_seconds},
-        freeze_encoders=options["freeze_encoders"])
+    freeze = options["freeze_encoders"]
+    if data.uses_image and vision is None:  # a tower from a preset and the [model] vision fields
+        from apt_plugin_vision import VisionEncoder
+
+        fields = {**(options.get("vision") or {}), "image_size": data.image_size}
+        try:
+            vision = VisionEncoder(size=options["vision_size"], config=fields, freeze_encoder=freeze)
+        except UserError as exc:
+            raise OptionError("vision", str(exc)) from None
+    if data.uses_audio and audio is None:
+        from apt_plugin_audio import AudioEncoder
+
+        try:
+            audio = AudioEncoder(size=options["audio_size"], config=options.get("audio") or None,
+                                 max_seconds=data.max_audio_seconds, freeze_encoder=freeze)
+        except UserError as exc:
+            raise OptionError("audio", str(exc)) from None
+    model = MultimodalAPTModel(config, use_vision=data.uses_image, use_audio=data.uses_audio, vision_encoder=vision,
+                               audio_encoder=audio, freeze_encoders=freeze)
     model.tokenizer = tokenizer
     return model
 
@@ -51,3 +65,20 @@ def register_data(register):
 @hookimpl
 def register_models(register):
     register("multimodal-apt", build_model, summary="APT decoder conditioned on image and audio encoders")
+
+
+def build_accuracy(options: dict, context: BuildContext):
+    from .evaluate import MultimodalAccuracy
+
+    datasets = getattr(context.data, "datasets", None)
+    if datasets is None:
+        raise UserError('[callbacks] multimodal-accuracy needs the multimodal data component (use = "multimodal")')
+    if options["split"] not in datasets:  # found now, not after the training
+        raise OptionError("split", f"scores the {options['split']} split, but [data] has no "
+                                   f"{options['split']}_manifest")
+    return MultimodalAccuracy(**options)
+
+
+@hookimpl
+def register_callbacks(register):
+    register("multimodal-accuracy", build_accuracy, summary="Exact-match accuracy (or caption F1) on the test manifest")

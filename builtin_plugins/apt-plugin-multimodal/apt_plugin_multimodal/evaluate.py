@@ -1,0 +1,65 @@
+"""The ``multimodal-accuracy`` callback: when training ends, generate an answer for every record of the
+held-out manifest and score it: exact match of the whole answer (per ``kind`` when records carry
+one, as Sort-of-CLEVR's relational and non-relational questions do), or object-level F1 of captions.
+The numbers join the run's result and its summary."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from apt_sdk import Callback
+
+from .dataset import MultimodalDataset, multimodal_collate_fn
+from .sort_of_clevr import object_f1
+
+
+def score(dataset: MultimodalDataset, model, metric: str = "exact", batch_size: int = 64,
+          max_new_tokens: int = 16) -> dict[str, float]:
+    """``{"accuracy": .., "accuracy_<kind>": .., "examples": n}`` or ``{"object_f1": .., ...}``."""
+    device = next(model.parameters()).device
+    right: dict[str, int] = defaultdict(int)
+    seen: dict[str, int] = defaultdict(int)
+    counts = [0, 0, 0]  # objects right, predicted, true (captions)
+    for first in range(0, len(dataset), batch_size):
+        records = dataset.records[first:first + batch_size]
+        batch = multimodal_collate_fn([dataset[i] for i in range(first, first + len(records))])
+        media = {key: batch[key].to(device) for key in ("image", "image_present", "audio", "audio_mask")
+                 if key in batch}
+        answers = model.generate_batch([r.prompt for r in records], max_length=max_new_tokens, **media)
+        for record, answer in zip(records, answers, strict=True):
+            if metric == "object-f1":
+                counts = [a + b for a, b in zip(counts, object_f1(answer, record.text), strict=True)]
+            for kind in ("all", record.extra.get("kind")):
+                if kind is not None:
+                    seen[kind] += 1
+                    right[kind] += answer.strip() == record.text.strip()
+    result: dict[str, float] = {"examples": seen["all"], "accuracy": right["all"] / seen["all"]}
+    result.update({f"accuracy_{k}": right[k] / seen[k] for k in seen if k != "all"})
+    if metric == "object-f1":
+        result["object_f1"] = 2 * counts[0] / (counts[1] + counts[2]) if counts[1] + counts[2] else 0.0
+    return result
+
+
+class MultimodalAccuracy(Callback):
+    def __init__(self, metric: str, split: str, max_new_tokens: int, batch_size: int) -> None:
+        self.metric, self.split = metric, split
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+
+    def on_fit_end(self, trainer, result: dict) -> None:
+        datasets = trainer.data.datasets  # checked when the callback was built
+        if not trainer.is_main:  # rank 0 scores for everyone
+            return
+        model = trainer.context.model
+        with torch.autocast(model.nothing.device.type, enabled=False):
+            scores = score(datasets[self.split], model, self.metric, self.batch_size, self.max_new_tokens)
+        n = scores["examples"]
+        shown = [(f"{self.split} accuracy", f"{scores['accuracy']:.2%} of {n} (exact match)")]
+        shown += [(f"  {k.removeprefix('accuracy_')}", f"{v:.2%}") for k, v in scores.items()
+                  if k.startswith("accuracy_")]
+        if "object_f1" in scores:
+            shown.insert(0, (f"{self.split} object F1", f"{scores['object_f1']:.2%} of {n} captions"))
+        result.update({f"{self.split}_{k}": v for k, v in scores.items()})
+        result.setdefault("summary", []).extend(shown)
+        trainer.log("; ".join(f"{label.strip()} {text}" for label, text in shown))
