@@ -5,6 +5,9 @@ loaded back with from_pretrained to generate."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from apt_plugin_multimodal import MultimodalAPTModel
 from apt_sdk import PipelineError, hookimpl
 from apt_sdk.testing import IsolatedKernel
 
+REPO = Path(__file__).resolve().parents[3]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
 PIPELINE = """
@@ -88,6 +92,15 @@ def test_trains_through_the_kernel_and_generates_from_the_run(run_pipeline, tmp_
     from_checkpoint = MultimodalAPTModel.from_pretrained(checkpoint)
     assert from_checkpoint.generate_from_multimodal("colour? ", image=Image.new("RGB", (24, 24), COLOURS["red"]),
                                                     max_length=8) == answer
+    # the example script: VQA, captioning and text-only generation from the run folder
+    Image.new("RGB", (24, 24), COLOURS["red"]).save(tmp_path / "red.png")
+    example = [sys.executable, str(REPO / "examples" / "multimodal_inference.py"), str(context.run_dir)]
+    for extra, expected in ((["--image", str(tmp_path / "red.png"), "--question", "colour? ", "--max-length", "8"],
+                             f"answer: {answer}\n"),
+                            (["--image", str(tmp_path / "red.png"), "--max-length", "5"], "caption: "),
+                            (["--prompt", "plain? ", "--max-length", "5"], "text: ")):
+        run = subprocess.run(example + extra, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and run.stdout.startswith(expected), run.stderr
 
 
 def test_a_bad_record_fails_by_its_line_or_is_skipped(run_pipeline, tmp_path):
@@ -109,3 +122,22 @@ def test_a_bad_record_fails_by_its_line_or_is_skipped(run_pipeline, tmp_path):
     assert ("skipped records", "1 (train: 1; on_bad_record = 'skip')") in result["summary"]
     assert [(e["type"], e["severity"]) for e in reported] == [("SkippedRecord", "warning")]
     assert "line 51 of train.jsonl" in reported[0]["message"] and reported[0]["run_dir"] == str(context.run_dir)
+
+
+def test_train_multimodal_model_runs_through_the_kernel(tmp_path, monkeypatch):
+    from apt_plugin_multimodal import train_multimodal_model
+
+    write_manifests(tmp_path / "data")
+    monkeypatch.chdir(tmp_path / "data")  # records' media paths are relative to the working folder
+    train = [json.loads(line) for line in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
+    model, tokenizer, config = train_multimodal_model(
+        train, epochs=1, batch_size=8, checkpoint_dir=tmp_path / "run", test_data=tmp_path / "data" / "val.jsonl",
+        data={"image_size": 16, "max_length": 24}, trainer={"max_steps": 3},
+        model={"d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64, "vision_size": "tiny",
+               "audio_size": "tiny"})
+    assert config.use_vision and config.use_audio and tokenizer.vocab_size == model.apt_config.vocab_size
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+    saved = json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    assert saved["data"]["train_records"][0]["image_path"] == str(tmp_path / "data" / "media" / "train0.png")
+    with pytest.raises(Exception, match="train record 2: a record is a dict"):
+        train_multimodal_model(train[:2] + ["oops"], checkpoint_dir=tmp_path / "other")

@@ -1,0 +1,93 @@
+"""The four tasks: the manifest-writing command (standard splits), the Sort-of-CLEVR generator's
+answers and captions, and each pipeline's tiny configuration learning on CPU (far above chance)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from apt_plugin_multimodal import sort_of_clevr
+from apt_plugin_multimodal.cli import multimodal
+from apt_plugin_multimodal.sort_of_clevr import Thing
+
+REPO = Path(__file__).resolve().parents[3]
+FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def prepare(*args: str) -> None:
+    result = CliRunner().invoke(multimodal, ["prepare", *args])
+    assert result.exit_code == 0, result.output
+
+
+def test_sort_of_clevr_answers_and_captions():
+    things = [Thing("red", "circle", 10, 10), Thing("green", "square", 25, 12), Thing("blue", "square", 60, 60),
+              Thing("orange", "circle", 60, 10), Thing("gray", "square", 30, 50), Thing("yellow", "circle", 50, 30)]
+    answers = {(q["prompt"], q["text"]) for q in sort_of_clevr.questions(things)}
+    assert {("red shape? ", "circle"), ("red left or right? ", "left"), ("red top or bottom? ", "top"),
+            ("red nearest shape? ", "square"), ("red farthest shape? ", "square"),
+            ("red how many like it? ", "three"), ("blue how many like it? ", "three"),
+            ("yellow left or right? ", "right"), ("yellow top or bottom? ", "top")} <= answers
+    assert len(sort_of_clevr.questions(things)) == 36
+    caption = sort_of_clevr.caption(things)
+    assert caption.startswith("a red circle at the top left, a green square at the top left, a blue square at the "
+                              "bottom right, an orange circle at the top right")
+    assert len(sort_of_clevr.caption_objects(caption)) == 6
+    assert sort_of_clevr.object_f1(caption, caption) == (6, 6, 6)
+    wrong = caption.replace("a blue square at the bottom right", "a blue circle at the bottom right")
+    assert sort_of_clevr.object_f1(wrong.split(", an orange")[0], caption) == (2, 3, 6)
+    image = np.asarray(sort_of_clevr.draw(things))
+    assert image.shape == (75, 75, 3) and tuple(image[10, 10]) == sort_of_clevr.COLOURS["red"]
+    assert tuple(image[14, 5]) == (255, 255, 255)  # outside the circle, inside its box: background
+
+
+def test_prepare_writes_the_standard_splits(tmp_path):
+    prepare("digits", "--out", str(tmp_path / "digits"))
+    train, test = (records(tmp_path / "digits" / f"{s}.jsonl") for s in ("train", "test"))
+    assert (len(train), len(test)) == (1437, 360)
+    from sklearn.datasets import load_digits
+
+    target = load_digits().target  # stratified: each digit's share of the test set is its share of all
+    counts = Counter(r["text"] for r in test)
+    assert all(abs(counts[w] - 0.2 * (target == i).sum()) < 1 for i, w in enumerate(("zero", "one", "two")))
+    from PIL import Image
+
+    assert Image.open(tmp_path / "digits" / test[0]["image_path"]).size == (8, 8)
+
+    fake = tmp_path / "recordings"
+    fake.mkdir()
+    for name in ("3_alice_0.wav", "3_alice_4.wav", "3_alice_5.wav", "7_bob_49.wav", "notes.wav"):
+        sf.write(fake / name, np.zeros(800, np.float32), 8000)
+    prepare("fsdd", "--source", str(fake), "--out", str(tmp_path / "fsdd"))
+    train, test = (records(tmp_path / "fsdd" / f"{s}.jsonl") for s in ("train", "test"))
+    assert sorted(r["text"] for r in test) == ["three", "three"] and sorted(r["text"] for r in train) == ["seven",
+                                                                                                         "three"]
+    assert (tmp_path / "fsdd" / train[0]["audio_path"]).resolve().parent == fake.resolve()  # relative to the manifest
+    missing = CliRunner().invoke(multimodal, ["prepare", "fsdd", "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "fsdd needs --source" in missing.output
+
+    prepare("sort-of-clevr", "--out", str(tmp_path / "clevr"), "--train-images", "3", "--test-images", "2")
+    train, test = records(tmp_path / "clevr" / "train.jsonl"), records(tmp_path / "clevr" / "test.jsonl")
+    assert (len(train), len(test)) == (108, 72) and Counter(r["kind"] for r in train)["relational"] == 54
+    captions = records(tmp_path / "clevr" / "captions-test.jsonl")
+    assert len(captions) == 2 and captions[0]["image_path"] == test[0]["image_path"]
+    assert open(tmp_path / "clevr" / train[0]["image_path"], "rb").read() != \
+        open(tmp_path / "clevr" / test[0]["image_path"], "rb").read()  # another seed, another image
+
+
+@pytest.mark.skipif(not FSDD.is_dir(), reason="needs the FSDD recordings in ../shared/data")
+def test_fsdd_split_is_index_0_to_4_for_test(tmp_path):
+    prepare("fsdd", "--source", str(FSDD), "--out", str(tmp_path))
+    train, test = records(tmp_path / "train.jsonl"), records(tmp_path / "test.jsonl")
+    assert (len(train), len(test)) == (2700, 300)
+    assert all(int(os.path.basename(r["audio_path"]).split("_")[2][:-4]) < 5 for r in test)

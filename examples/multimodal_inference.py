@@ -1,0 +1,47 @@
+"""Captioning, visual question answering and text-only generation with a trained multimodal APT model.
+
+    python examples/multimodal_inference.py CHECKPOINT --image scene.png [--question "red shape? "]
+        [--audio clip.wav] [--prompt "text to continue"] [--max-length 200] [--sample]
+
+CHECKPOINT is a run folder (its exported model/ or newest checkpoint), a checkpoint file, or a
+save_pretrained folder. With --image and no --question the image is captioned; with --question the
+question is answered about it; --audio answers about a clip; --prompt alone generates text only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from apt_plugin_multimodal import MultimodalAPTModel
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="a run folder, a checkpoint file or a saved model folder")
+    parser.add_argument("--image", help="an image file: captioned, or asked about with --question")
+    parser.add_argument("--question", help="a question about the image or the audio (the prompt)")
+    parser.add_argument("--audio", help="an audio file")
+    parser.add_argument("--prompt", default="", help="text to continue (text-only generation without media)")
+    parser.add_argument("--max-length", type=int, default=200, help="new tokens at most")
+    parser.add_argument("--sample", action="store_true", help="sample instead of the most likely token")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    model = MultimodalAPTModel.from_pretrained(args.checkpoint)
+    generator = torch.Generator().manual_seed(args.seed)
+    options = dict(max_length=args.max_length, do_sample=args.sample, generator=generator)
+    if args.image or args.audio:
+        prompt = args.question if args.question is not None else args.prompt
+        task = "answer" if args.question else "caption"
+        output = model.generate_from_multimodal(prompt, image=args.image, audio=args.audio, **options)
+    else:
+        task, output = "text", model.generate_from_multimodal(args.prompt, **options)
+    print(f"{task}: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
