@@ -121,7 +121,8 @@ def test_the_event_list_exists_once():
 
 def test_every_builtin_callback_runs_sandboxed(tiny_pipeline, tmp_path):
     """Each builtin callback, sandboxed, trains to the end using only the TrainerState a worker gets."""
-    names = ["text-samples", "early-stopping", "error-log", "gradient-monitor", "tensorboard", "optuna-pruning"]
+    names = ["text-samples", "early-stopping", "error-log", "gradient-monitor", "tensorboard", "optuna-pruning",
+             "multimodal-accuracy"]
     manifests = {}
     for plugin in PLUGINS:
         for path in plugin.rglob("apt-plugin.toml"):
@@ -141,6 +142,7 @@ def test_every_builtin_callback_runs_sandboxed(tiny_pipeline, tmp_path):
     assert "text-samples: a sandboxed callback sees no model" in out
     assert "gradient-monitor: this callback reads the model's gradients" in out
     assert "tensorboard: sandboxed, it sees no model: scalars only" in out
+    assert "multimodal-accuracy: a sandboxed callback sees no model or data, so it scores nothing" in out
     run_dir = tmp_path / "run"
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "errors.db").exists()

@@ -47,7 +47,14 @@ class MultimodalAccuracy(Callback):
         self.metric, self.split = metric, split
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
 
+    def on_fit_start(self, trainer) -> None:
+        if trainer.model is None:
+            trainer.log("multimodal-accuracy: a sandboxed callback sees no model or data, so it scores nothing; "
+                        "run it in-process (sandbox = false)")
+
     def on_fit_end(self, trainer, result: dict) -> None:
+        if trainer.model is None:
+            return
         datasets = trainer.data.datasets  # checked when the callback was built
         if not trainer.is_main:  # rank 0 scores for everyone
             return

@@ -70,6 +70,8 @@ def register_models(register):
 def build_accuracy(options: dict, context: BuildContext):
     from .evaluate import MultimodalAccuracy
 
+    if getattr(context, "data", None) is None:  # sandboxed: data and model stay in the training process
+        return MultimodalAccuracy(**options)
     datasets = getattr(context.data, "datasets", None)
     if datasets is None:
         raise UserError('[callbacks] multimodal-accuracy needs the multimodal data component (use = "multimodal")')
