@@ -17,7 +17,7 @@ FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
 TINY = ["trainer.log_every=0", "trainer.export=false", "data.num_workers=0", "model.d_model=32", "model.d_ff=64",
         "model.num_heads=2", "model.num_layers=1"]
 TASKS = {  # pipeline, tiny overrides, the metric and the least it must reach (chance: 10% / 10% / ~0%)
-    "digits": ("multimodal-digits.toml", ["data.image_size=8", "trainer.epochs=12", "trainer.learning_rate=3e-3",
+    "digits": ("multimodal-digits.toml", ["data.image_size=8", "trainer.epochs=10", "trainer.learning_rate=3e-3",
                                           "model.vision={patch_size=2, hidden_size=32, intermediate_size=64, "
                                           "num_hidden_layers=1, num_attention_heads=2}"], "test_accuracy", 0.6),
     "fsdd": ("multimodal-spoken-digits.toml", ["trainer.epochs=10", "trainer.learning_rate=3e-3", "model.audio={"
@@ -42,7 +42,7 @@ def test_tiny_configuration_learns(task, run_pipeline, tmp_path, monkeypatch):
     else:
         args = [task, "--out", str(data / task)]
     assert CliRunner().invoke(multimodal, ["prepare", *args]).exit_code == 0
-    if task == "fsdd":  # a third of the speakers' recordings
+    if task == "fsdd":  # a third of the recordings
         for split in ("train", "test"):
             subset(data / "fsdd" / f"{split}.jsonl", 3)
     monkeypatch.chdir(tmp_path)  # the pipelines name data/... relative to the working folder
