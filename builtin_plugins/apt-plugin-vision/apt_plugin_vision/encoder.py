@@ -78,6 +78,11 @@ class VisionEncoder(nn.Module):
         ``base`` (ViT-B/32: 224 px, 32 px patches, 768 wide, 12 layers, 512-d embeddings).
     :param freeze_encoder: no gradients (``requires_grad`` off, forward under ``no_grad``), always in eval
         mode (no dropout), so an optimizer over ``parameters()`` that skips frozen ones holds nothing of it.
+    :param position_std: for a new encoder, initialise the position embeddings with this standard deviation
+        instead of CLIP's 0.02. At 0.02 positions are a small fraction of the patch embeddings, and a tower
+        trained from scratch learns *where* things are very slowly. At 1.0 it learned "is the red object
+        left or right" in 1,000 steps where 0.02 stayed at chance after 1,500. Global tasks such as
+        digits do better at 0.02.
 
     ``output_dim`` is the embedding width D (``encode_batch`` gives ``[B, D]``); ``vision_dim`` and
     ``num_tokens`` describe ``patch_features``: ``[B, num_tokens, vision_dim]``, the class token first.
@@ -85,7 +90,7 @@ class VisionEncoder(nn.Module):
 
     def __init__(self, model_type: str = "clip", model_name_or_path: str | Path | None = None,
                  config: CLIPVisionConfig | CLIPConfig | dict | None = None, size: str = "base",
-                 freeze_encoder: bool = True):
+                 freeze_encoder: bool = True, position_std: float | None = None):
         super().__init__()
         if model_type not in MODEL_TYPES:
             raise UserError(f"model_type {model_type!r} is not supported: this plugin provides "
@@ -97,6 +102,9 @@ class VisionEncoder(nn.Module):
         else:
             vision_config = _build_config(config, size)
             self.model = CLIPVisionModelWithProjection(vision_config)
+            if position_std is not None:
+                with torch.no_grad():
+                    self.model.vision_model.embeddings.position_embedding.weight.normal_(0.0, position_std)
             processor = ImagePreprocessor.for_size(vision_config.image_size).processor
         self.preprocessor = ImagePreprocessor(processor)
         config = self.model.config

@@ -242,3 +242,13 @@ def test_on_cuda_in_bf16_as_on_cpu():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         half = encoder.encode_batch(batch).float()
     assert torch.nn.functional.cosine_similarity(half.cpu(), expected).min() > 0.99
+
+
+def test_position_std_sets_a_new_towers_position_embeddings(tmp_path):
+    wide = VisionEncoder(size="tiny", config={"image_size": 32}, position_std=1.0)
+    default = VisionEncoder(size="tiny", config={"image_size": 32})
+    std = [e.model.vision_model.embeddings.position_embedding.weight.std().item() for e in (wide, default)]
+    assert 0.8 < std[0] < 1.2 and std[1] < 0.05
+    wide.save_pretrained(tmp_path / "tower")  # loaded weights are kept as saved
+    loaded = VisionEncoder(model_name_or_path=tmp_path / "tower")
+    assert loaded.model.vision_model.embeddings.position_embedding.weight.std().item() == pytest.approx(std[0])
