@@ -189,7 +189,7 @@ class Attention(nn.Module):
             pad = key_padding[:, None, None, :].bool()
             mask = pad if mask is None else mask & pad
             if not self.cross:  # a query may always see itself, so no row is empty (padding rows)
-                mask = mask | torch.eye(T, S, dtype=torch.bool, device=device)[None, None]
+                mask = mask | torch.eye(S, dtype=torch.bool, device=device)[S - T:][None, None]
         return mask
 
     def _refinement(self, mean: torch.Tensor, mask: torch.Tensor | None, tau: torch.Tensor) -> torch.Tensor:

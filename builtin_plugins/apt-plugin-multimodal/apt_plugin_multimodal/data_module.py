@@ -38,11 +38,13 @@ class MultimodalDataModule:
         if "train" not in sources:
             raise OptionError("train_manifest", "the training records are missing: give train_manifest (a JSONL "
                                                 "file) or train_records (a list)")
-        key, source = sources["train"]
-        try:
-            train = read_records(source)
-        except UserError as exc:
-            raise OptionError(key, str(exc)) from None
+        records = {}
+        for split, (key, source) in sources.items():
+            try:
+                records[split] = read_records(source)
+            except UserError as exc:
+                raise OptionError(key, str(exc)) from None
+        train = records["train"]
         texts = [r.prompt + r.text for r in train]
         try:
             self.tokenizer = build_tokenizer(options["tokenizer"], texts)
@@ -59,9 +61,9 @@ class MultimodalDataModule:
         common = dict(text_tokenizer=self.tokenizer, image_processor=ImagePreprocessor.for_size(self.image_size),
                       audio_processor=audio, max_length=self.block_size, on_bad_record=options["on_bad_record"])
         self.datasets: dict[str, MultimodalDataset] = {}
-        for split, (key, source) in sources.items():
+        for split, (key, _) in sources.items():
             try:
-                self.datasets[split] = MultimodalDataset(source, **common)
+                self.datasets[split] = MultimodalDataset(records[split], **common)
             except UserError as exc:
                 raise OptionError(key, str(exc)) from None
         self.skipped = {split: data.skipped for split, data in self.datasets.items() if data.skipped}

@@ -52,10 +52,11 @@ class MultimodalDataset(Dataset):
         self.audio_processor = _preprocessor(audio_processor)
         self.max_length = max_length
         self.skipped: list[tuple[str, str]] = []  # (where, why)
+        readable: set[Path] = set()  # media read once, however many records share them
         self.records: list[Record] = []
         for record in read_records(data_list, root):
             try:
-                self._check(record, check_media)
+                self._check(record, check_media, readable)
             except UserError as exc:
                 if on_bad_record == "fail":
                     raise
@@ -86,7 +87,7 @@ class MultimodalDataset(Dataset):
             item["audio"] = (features[0], mask[0])
         return item
 
-    def _check(self, record: Record, check_media: bool) -> None:
+    def _check(self, record: Record, check_media: bool, readable: set[Path]) -> None:
         length = len(self.tokens(record)[0])
         if length > self.max_length:
             raise UserError(f"{record.where}: prompt and text are {length} tokens with <bos>; the model takes "
@@ -97,8 +98,9 @@ class MultimodalDataset(Dataset):
                 continue
             if processor is None:
                 raise UserError(f"{record.where}: has an {kind} but the dataset was given no {kind} processor")
-            if check_media:
-                processor([path], where=[record.where])
+            if check_media and path not in readable:
+                processor([path], where=[record.where])  # a bad file is named with this record
+                readable.add(path)
 
 
 def multimodal_collate_fn(items: list[dict], pad_id: int = 0) -> dict:

@@ -11,20 +11,20 @@ import torch
 
 from apt_sdk import Callback
 
-from .dataset import MultimodalDataset, multimodal_collate_fn
+from .dataset import MultimodalDataset, create_multimodal_dataloader
 from .sort_of_clevr import object_f1
 
 
 def score(dataset: MultimodalDataset, model, metric: str = "exact", batch_size: int = 64,
-          max_new_tokens: int = 16) -> dict[str, float]:
+          max_new_tokens: int = 16, num_workers: int = 0) -> dict[str, float]:
     """``{"accuracy": .., "accuracy_<kind>": .., "examples": n}`` or ``{"object_f1": .., ...}``."""
     device = next(model.parameters()).device
     right: dict[str, int] = defaultdict(int)
     seen: dict[str, int] = defaultdict(int)
     counts = [0, 0, 0]  # objects right, predicted, true (captions)
-    for first in range(0, len(dataset), batch_size):
+    loader = create_multimodal_dataloader(dataset, batch_size, shuffle=False, num_workers=num_workers)
+    for first, batch in zip(range(0, len(dataset), batch_size), loader, strict=True):
         records = dataset.records[first:first + batch_size]
-        batch = multimodal_collate_fn([dataset[i] for i in range(first, first + len(records))])
         media = {key: batch[key].to(device) for key in ("image", "image_present", "audio", "audio_mask")
                  if key in batch}
         answers = model.generate_batch([r.prompt for r in records], max_length=max_new_tokens, **media)
@@ -60,7 +60,8 @@ class MultimodalAccuracy(Callback):
             return
         model = trainer.context.model
         with torch.autocast(model.nothing.device.type, enabled=False):
-            scores = score(datasets[self.split], model, self.metric, self.batch_size, self.max_new_tokens)
+            scores = score(datasets[self.split], model, self.metric, self.batch_size, self.max_new_tokens,
+                           trainer.data.num_workers)
         n = scores["examples"]
         shown = [(f"{self.split} accuracy", f"{scores['accuracy']:.2%} of {n} (exact match)")]
         shown += [(f"  {k.removeprefix('accuracy_')}", f"{v:.2%}") for k, v in scores.items()

@@ -24,7 +24,7 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)  # other fields (e.g. a question's kind), kept as they are
 
 
-def read_records(source: str | Path | list[dict], root: str | Path | None = None) -> list[Record]:
+def read_records(source: str | Path | list[dict] | list[Record], root: str | Path | None = None) -> list[Record]:
     """Records from a JSONL manifest (one JSON object per line; blank lines skipped) or a list of dicts.
 
     :param root: the folder relative media paths start from (default: the manifest's folder, or the
@@ -48,6 +48,8 @@ def read_records(source: str | Path | list[dict], root: str | Path | None = None
         return records
     if not isinstance(source, list):
         raise UserError(f"expected a manifest path or a list of records, got {type(source).__name__}")
+    if all(isinstance(record, Record) for record in source) and source:  # already read
+        return source
     base = Path(root) if root is not None else Path.cwd()
     return [_record(data, f"record {index}", base) for index, data in enumerate(source)]
 
