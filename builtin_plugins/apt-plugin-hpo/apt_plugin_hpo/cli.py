@@ -6,10 +6,12 @@ every trial runs with, e.g. fewer steps than the full run); ``--space FILE`` rep
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -38,15 +40,24 @@ def _trial_overrides(tool: dict) -> list[str]:
     return [f"{key}={_toml_value(value)}" for key, value in table.items()]
 
 
-def _init_distributed() -> None:
-    """Under torchrun: one process group for the whole search (the trainer reuses it)."""
+@contextlib.contextmanager
+def _distributed() -> Iterator[None]:
+    """Under torchrun: one process group for the whole search (the trainer reuses it), destroyed at the
+    end: a gloo group left to the interpreter's exit can abort a rank ("terminate called without an
+    active exception") after the study has finished."""
     import torch
     import torch.distributed as dist
 
-    if "RANK" in os.environ and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if "RANK" not in os.environ or dist.is_initialized():
+        yield
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def _pruner(tool: dict):
@@ -87,16 +98,21 @@ def hpo(pipeline, trials, storage, workers, space_file, study_name, overrides, p
 
 
 def _hpo(pipeline, trials, storage, workers, space_file, study_name, overrides, plugins_dirs, is_worker) -> None:
-    from optuna.samplers import TPESampler
-
-    from .searcher import HyperparameterSearcher
-
     tool = check_pipeline(pipeline, overrides, plugins_dirs=plugins_dirs).get("tool", {}).get("hpo", {})
     trials = trials or int(tool.get("trials", 20))
     if workers > 1 and storage is not None and storage.startswith("sqlite"):
         raise UserError("SQLite cannot take parallel workers (Optuna's FAQ): use --storage journal:PATH or a "
                         "database server URL, or leave --storage out")
-    _init_distributed()
+    with _distributed():
+        _search(pipeline, tool, trials, storage, workers, space_file, study_name, overrides, plugins_dirs, is_worker)
+
+
+def _search(pipeline, tool, trials, storage, workers, space_file, study_name, overrides, plugins_dirs,
+            is_worker) -> None:
+    from optuna.samplers import TPESampler
+
+    from .searcher import HyperparameterSearcher
+
     rank = int(os.environ.get("RANK", 0))
     prefix = f"[worker {os.getpid()}] " if is_worker else (f"[rank {rank}] " if rank else "")
     searcher = HyperparameterSearcher(
