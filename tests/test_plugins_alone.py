@@ -1,6 +1,10 @@
 """Each builtin plugin's own tests pass in an environment holding only the kernel, the SDK, the plugin and
 the plugins its pyproject declares (dependencies and extras): no undeclared plugin is there to lean on.
 
+This is where the plugins' tests run in the suite (``testpaths`` is ``tests``): once each, in that
+environment, with the marker expression of the outer run (``pytest -m "not slow"`` runs their quick
+part). ``pytest builtin_plugins/<plugin>/tests`` runs them directly while working on one plugin.
+
 The environment is conftest's ``make_env``: a fresh venv holding exactly the declared set of the project's
 distributions."""
 
@@ -35,9 +39,8 @@ def test_declared_plugin_dependencies_are_what_the_code_needs():
                                                  "apt-plugin-trainer"}  # its [train] extra
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("plugin", sorted(PLUGINS))
-def test_a_plugins_own_tests_pass_with_only_what_it_declares(plugin, tmp_path):
+def test_a_plugins_own_tests_pass_with_only_what_it_declares(plugin, tmp_path, request):
     present = {plugin} | declared(plugin)
     python = make_env(tmp_path / "env", present)
     absent = sorted(set(PLUGINS) - present)
@@ -46,7 +49,10 @@ def test_a_plugins_own_tests_pass_with_only_what_it_declares(plugin, tmp_path):
     found = subprocess.run([str(python), "-c", probe, *(p.replace("-", "_") for p in absent)],
                            capture_output=True, text=True, cwd=tmp_path, check=True)
     assert found.stdout.strip() == "[]", f"undeclared plugins importable: {found.stdout}"
-    tests = subprocess.run([str(python), "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider",
+    markers = request.config.getoption("markexpr")
+    selection = ["-m", markers] if markers else []
+    tests = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection,
                             str(PLUGINS[plugin] / "tests")], capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
+    assert tests.returncode == 0, tests.stdout[-6000:] + tests.stderr[-2000:]
     assert re.search(r"\d+ passed", tests.stdout)
+    print(tests.stdout.splitlines()[-1])  # pytest -rP shows each plugin's own count
