@@ -11,12 +11,24 @@ import sysconfig
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from apt_plugin_lm.testing import TINY_PIPELINE  # noqa: F401  (tests import it from here)
 from apt_sdk.testing import cli  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 PROJECT = re.compile(r"(?i)^(__editable__|apt[-_])")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n auto``) one torch thread per worker: the workers already share the cores, and
+    idle OpenMP threads spin. With two threads in each of two workers the suite took longer than serial."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"  # and for every process a test starts
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def make_plugin(site: Path, name: str, body: str, manifest: str | None = None, version: str = "1.0.0",

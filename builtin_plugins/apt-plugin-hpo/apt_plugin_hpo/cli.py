@@ -56,6 +56,7 @@ def _distributed() -> Iterator[None]:
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
         yield
+        dist.barrier()  # every rank done with every collective: the group goes down on all ranks together
     finally:
         dist.destroy_process_group()
 
