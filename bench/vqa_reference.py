@@ -50,11 +50,10 @@ class Reference(nn.Module):
         grid = torch.linspace(-1, 1, 5)
         rows, cols = torch.meshgrid(grid, grid, indexing="ij")
         self.register_buffer("xy", torch.stack([cols.flatten(), rows.flatten()], -1))
-        self.position = position
         # "random": a learned table (std 1); "coordinates": a learned linear map of (x, y), so position
         # is a monotonic feature from the first step
-        self.table = nn.Parameter(torch.randn(25, width))
-        self.coordinates = nn.Linear(2, width)
+        self.coordinates = nn.Linear(2, width) if position == "coordinates" else None
+        self.table = nn.Parameter(torch.randn(25, width)) if position == "random" else None
         layer = nn.TransformerEncoderLayer(width, 2, 2 * width, 0.0, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
         self.question = nn.Embedding(questions, width)
@@ -64,7 +63,7 @@ class Reference(nn.Module):
 
     def forward(self, pixels: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
         tokens = self.stem(pixels).flatten(2).transpose(1, 2)
-        where = self.coordinates(self.xy) * 3 if self.position == "coordinates" else self.table
+        where = self.table if self.coordinates is None else self.coordinates(self.xy) * 3
         memory = self.encoder(tokens + where)
         query = self.question(question)[:, None]
         read, _ = self.read(query, memory, memory)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from apt_plugin_lm.model import APTConfig, APTLargeModel
+from apt_plugin_lm.model import APTConfig, APTLargeModel, Attention
 
 MODES = ["autopoietic", "sdpa"]
 
@@ -169,3 +169,18 @@ def test_attention_maps_can_be_recorded():
     assert probs.shape == (1, 4, 8, 8)
     torch.testing.assert_close(probs.sum(-1), torch.ones(1, 4, 8))
     assert probs.triu(1).abs().max() == 0
+
+
+@pytest.mark.parametrize("attention", ["autopoietic", "sdpa"])
+def test_a_padded_row_sees_itself_under_a_kv_cache_as_in_the_full_pass(attention):
+    """A query whose own key is padding may still see itself (no empty softmax row). With a cache the T new
+    queries are the last T of S keys, so "itself" is column S - T + t, not t."""
+    torch.manual_seed(0)
+    layer = Attention(APTConfig(d_model=16, num_heads=2, attention=attention), causal=True).eval()
+    x = torch.randn(1, 6, 16)
+    padding = torch.tensor([[True, True, True, True, False, False]])  # the last two tokens are padding
+    full = layer(x, key_padding=padding)
+    cache: dict = {}
+    first = layer(x[:, :4], key_padding=padding[:, :4], cache=cache)
+    rest = layer(x[:, 4:], key_padding=padding, cache=cache)
+    torch.testing.assert_close(torch.cat([first, rest], 1), full, atol=1e-6, rtol=1e-5)

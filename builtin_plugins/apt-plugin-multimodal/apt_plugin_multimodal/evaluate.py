@@ -23,8 +23,8 @@ def score(dataset: MultimodalDataset, model, metric: str = "exact", batch_size: 
     seen: dict[str, int] = defaultdict(int)
     counts = [0, 0, 0]  # objects right, predicted, true (captions)
     loader = create_multimodal_dataloader(dataset, batch_size, shuffle=False, num_workers=num_workers)
-    for first, batch in zip(range(0, len(dataset), batch_size), loader, strict=True):
-        records = dataset.records[first:first + batch_size]
+    for index, batch in enumerate(loader):
+        records = dataset.records[index * batch_size:(index + 1) * batch_size]
         media = {key: batch[key].to(device) for key in ("image", "image_present", "audio", "audio_mask")
                  if key in batch}
         answers = model.generate_batch([r.prompt for r in records], max_length=max_new_tokens, **media)
