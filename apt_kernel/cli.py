@@ -51,7 +51,11 @@ def _kernel(plugins_dirs, strict):
 
 class _Commands(click.Group):
     """Builtin commands, plus commands that installed plugins declare in their manifests: looked up
-    only when a name is not builtin, and imported only when invoked (so --help stays fast)."""
+    only when a name is not builtin, and imported only when invoked (so --help stays fast). A manifest
+    names a top-level command ``errors``, or a subcommand of a builtin group as ``"plugins.search"``.
+    A plugin's command may raise the SDK's ``UserError``: one red line, exit 2, as builtin commands do."""
+
+    prefix = ""
 
     def get_command(self, ctx: click.Context, name: str):
         command = super().get_command(ctx, name)
@@ -62,11 +66,18 @@ class _Commands(click.Group):
         from .discovery import INSTALLED, discover
 
         for info in discover():
-            target = info.manifest.commands.get(name) if info.manifest else None
+            target = info.manifest.commands.get(self.prefix + name) if info.manifest else None
             if target and info.status == INSTALLED:
                 module, _, attr = target.partition(":")
                 return getattr(import_module(module), attr)
         return None
+
+    def invoke(self, ctx: click.Context):
+        return _user_errors(super().invoke)(ctx)
+
+
+class _PluginsCommands(_Commands):
+    prefix = "plugins."
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]},
@@ -184,7 +195,8 @@ def validate(pipeline, overrides, plugins_dirs, strict):
         click.echo(f"  [{table}] {kind} {spec.use!r} from {info.name} {info.version}")
 
 
-@main.group()
+@main.group(cls=_PluginsCommands, epilog="Plugins can add subcommands here (the marketplace plugin adds search, "
+             "install, publish, rate, upgrade, rollback and history).")
 def plugins() -> None:
     """Installed plugins: list, info, doctor."""
 

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import sysconfig
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from apt_plugin_lm.testing import TINY_PIPELINE  # noqa: F401  (tests import it from here)
-from apt_sdk.testing import cli  # noqa: F401
+from apt_sdk.testing import cli, fresh_venv  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -53,18 +50,7 @@ def with_site(site: Path) -> dict:
 
 
 def make_env(root: Path, plugins: set[str]) -> Path:
-    """A fresh venv whose site-packages links the third-party packages of this one (torch and friends, so
-    nothing is downloaded) but none of the project's distributions; of those, the kernel, the SDK and
-    ``plugins`` are pip-installed into it, editable and without dependencies. Returns its python."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
-    site = next((root / "lib").glob("python3*/site-packages"))
-    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if not PROJECT.match(entry.name):
-            (site / entry.name).symlink_to(entry)
-    python = root / "bin" / "python"
-    editable = [arg for path in [REPO, REPO / "sdk", *(REPO / "builtin_plugins" / p for p in sorted(plugins))]
-                for arg in ("-e", str(path))]
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                              *editable], capture_output=True, text=True, timeout=300)
-    assert install.returncode == 0, install.stderr
-    return python
+    """A fresh venv that links the third-party packages of this one but none of the project's
+    distributions; of those, the kernel, the SDK and ``plugins`` are installed editable. Returns its python."""
+    project = (REPO, REPO / "sdk", *(REPO / "builtin_plugins" / p for p in sorted(plugins)))
+    return fresh_venv(root, PROJECT.pattern, project)

@@ -4,6 +4,7 @@
 ``run_pipeline``: run TOML text against the installed plugins, output under ``tmp_path``.
 ``cli(*args)``: run ``apt-kernel ARGS`` in a child process, as a user would.
 ``read_manifest_file(path)``: read and check a plugin's ``apt-plugin.toml`` as the kernel does.
+``fresh_venv(root, exclude, editable)``: a new virtual environment for install stories, without downloads.
 
 Every test gets its own plugin-status memory (``APT_KERNEL_HOME`` under ``tmp_path``) and no
 ``APT_*_PLUGINS`` selection from the environment, so a test never reads or writes the user's cache.
@@ -12,8 +13,10 @@ Every test gets its own plugin-status memory (``APT_KERNEL_HOME`` under ``tmp_pa
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from apt_kernel.kernel import Kernel
 from apt_kernel.manifest import Manifest, parse_manifest, read_manifest_file
 from apt_kernel.runner import execute, plan_pipeline
 
-__all__ = ["IsolatedKernel", "apt_kernel", "cli", "read_manifest_file", "run_pipeline"]
+__all__ = ["IsolatedKernel", "apt_kernel", "cli", "fresh_venv", "read_manifest_file", "run_pipeline"]
 
 
 class IsolatedKernel(Kernel):
@@ -80,3 +83,23 @@ def run_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         return _run(text, tmp_path, overrides, kernel)
 
     return runner
+
+
+def fresh_venv(root: Path, exclude: str = r"(?i)^(__editable__|apt[-_])", editable: tuple[Path, ...] = ()) -> Path:
+    """A new venv at ``root`` whose site-packages links every package of this environment whose entry name
+    does not match ``exclude`` (torch and friends, so nothing is downloaded); the folders in ``editable``
+    are pip-installed into it, editable and without dependencies. Returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    site = next((root / "lib").glob("python3*/site-packages"))
+    skip = re.compile(exclude)
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not skip.match(entry.name):
+            (site / entry.name).symlink_to(entry)
+    python = root / "bin" / "python"
+    if editable:
+        args = [arg for path in editable for arg in ("-e", str(path))]
+        install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                                  *args], capture_output=True, text=True, timeout=300)
+        if install.returncode != 0:
+            raise RuntimeError(f"pip install into {root} failed: {install.stderr[-2000:]}")
+    return python

@@ -1,0 +1,196 @@
+"""``PluginVersionManager``: the original API, over transactions of the installed plugin set.
+
+A transaction resolves the whole set first with the kernel's solver (the kernel API and every plugin pip
+installed outside the marketplace held fixed; torch and the kernel are never touched), downloads each
+wheel hash-checked, installs them with pip into a new revision's folder, imports every plugin of the new
+set with the doctor, and only then makes the revision current (``revisions.Revisions``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib.metadata import distributions
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from apt_sdk.plugins import KERNEL_API_VERSION, Catalog, ResolutionError, discover, solve
+
+from .client import PluginMarketplace
+from .revisions import Revisions, TransactionError, pip_install_target
+
+
+class PluginVersionManager:
+    def __init__(self, marketplace: PluginMarketplace | None = None, revisions: Revisions | None = None) -> None:
+        self.marketplace = marketplace or PluginMarketplace()
+        self.revisions = revisions or Revisions()
+
+    # what is installed -------------------------------------------------------------------------------
+    def managed(self) -> dict[str, str]:
+        """name -> version of the plugins the current revision installed."""
+        return {n: e["version"] for n, e in self.revisions.current()["plugins"].items()}
+
+    def base(self) -> dict[str, object]:
+        """Plugins pip installed outside the marketplace (the project's own, editable ones included)."""
+        site = self.revisions.current()["site"]
+        return {canonicalize_name(i.name): i for i in discover()
+                if i.distribution and not (site and i.code and i.code.startswith(site))}
+
+    def installed_versions(self) -> dict[str, str]:
+        return {**{n: i.version for n, i in self.base().items()}, **self.managed()}
+
+    # resolution --------------------------------------------------------------------------------------
+    def _catalog(self, names: set[str]) -> Catalog:
+        catalog = Catalog(KERNEL_API_VERSION)
+        for name, info in self.base().items():
+            manifest = info.manifest
+            requires = {canonicalize_name(n): r for n, r in (manifest.requires if manifest else {}).items()}
+            catalog.add(name, info.version, requires, manifest.kernel_api if manifest else None)
+            catalog.installed.add(name)
+        todo, seen = list(names), set(self.base())
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for release in self.marketplace.get_plugin_info(name)["releases"]:
+                if release["yanked"] or not any(f["packagetype"] == "bdist_wheel" for f in release["files"]):
+                    continue
+                manifest = release["manifest"] or {}
+                requires = {canonicalize_name(n): r for n, r in manifest.get("requires", {}).items()}
+                catalog.add(name, release["version"], requires, manifest.get("kernel_api"))
+                todo.extend(requires)
+        return catalog
+
+    def resolve_version_conflicts(self, plugins: dict[str, str] | list[str]) -> dict[str, str]:
+        """One version for each of ``plugins`` (``{name: range}`` or ``["name>=1", ...]``) and what they
+        need, beside what is installed; raises ``ResolutionError`` with the chain that cannot hold."""
+        wanted = _ranges(plugins)
+        base = self.base()
+        clash = sorted(set(wanted) & set(base))
+        if clash:
+            raise TransactionError(f"{', '.join(clash)} {'is' if len(clash) == 1 else 'are'} installed by pip outside "
+                                   "the marketplace; upgrade with pip, or `pip uninstall` first")
+        root = {**{n: f"=={v}" for n, v in self.managed().items()},
+                **{n: f"=={i.version}" for n, i in base.items()}, **wanted}
+        chosen = solve(self._catalog(set(root) - set(base)), root)
+        return {n: str(c.version) for n, c in chosen.items() if n not in base and n != "apt-kernel-api"}
+
+    # the original API --------------------------------------------------------------------------------
+    def check_updates(self, name: str) -> dict:
+        name = canonicalize_name(name)
+        current = self.installed_versions().get(name)
+        latest = self.marketplace.compatible(name, {n: v for n, v in self.installed_versions().items()
+                                                    if n != name})["version"]
+        return {"has_update": current is None or Version(latest) > Version(current), "current": current,
+                "latest": latest}
+
+    def install(self, specs: list[str]) -> int:
+        wanted = _ranges(specs)
+        with self.revisions.locked():
+            plan = self.resolve_version_conflicts(wanted)
+            return self._transaction(plan, f"install {' '.join(specs)}")
+
+    def upgrade_plugin(self, name: str, target_version: str | None = None) -> int:
+        name = canonicalize_name(name)
+        if name not in self.managed():
+            raise TransactionError(f"{name} was not installed by the marketplace (`apt-kernel plugins install {name}`)")
+        with self.revisions.locked():
+            rest = {n: f"=={v}" for n, v in self.managed().items() if n != name}
+            wanted = {name: f"=={target_version}" if target_version else f">={self.managed()[name]}"}
+            try:
+                plan = self.resolve_version_conflicts({**rest, **wanted})
+            except ResolutionError:  # the others may move to let this one move
+                plan = self.resolve_version_conflicts({**{n: "*" for n in rest}, **wanted})
+            return self._transaction(plan, f"upgrade {name} to {plan[name]}")
+
+    def rollback_plugin(self, name: str) -> int:
+        """Put ``name`` back as it was before its last change (removed, if that change installed it)."""
+        name = canonicalize_name(name)
+        current = self.revisions.current()
+        now = current["plugins"].get(name)
+        for number in reversed(range(current["revision"])):
+            before = self.revisions.read(number)["plugins"].get(name) if number in self.revisions.numbers() else None
+            if number in self.revisions.numbers() and before != now:
+                plugins = {n: e["version"] for n, e in current["plugins"].items() if n != name}
+                if before is not None:
+                    plugins[name] = before["version"]
+                with self.revisions.locked():
+                    return self._transaction(plugins, f"rollback {name} to {before['version'] if before else 'absent'}")
+        raise TransactionError(f"no earlier version of {name} to roll back to (see `apt-kernel plugins history`)")
+
+    def rollback_to(self, number: int) -> int:
+        with self.revisions.locked():
+            self.revisions.read(number)
+            return self.revisions.restore(number)
+
+    # one transaction ---------------------------------------------------------------------------------
+    def _transaction(self, plan: dict[str, str], action: str) -> int:
+        staging = self.revisions.staging()
+        try:
+            lock, wheels, plugins = {}, [], set()
+            for name, version in sorted(plan.items()):
+                entry = self.marketplace.release_file(name, version)
+                if entry.get("manifest") is not None:
+                    plugins.add(name)  # a plugin, not a library some plugin needs: the doctor must find it
+                wheels.append(self.marketplace.download_plugin(name, version, dest=self.revisions.cache))
+                lock[name] = {"version": version, "sha256": entry["sha256"], "filename": entry["filename"]}
+            site = staging / "site"
+            site.mkdir()
+            if wheels:
+                pip_install_target(wheels, site)
+            _check_requirements(site)
+            _doctor(site, plugins)
+            return self.revisions.commit(lock, action, site, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already when committed (renamed)
+
+
+def _ranges(plugins: dict[str, str] | list[str]) -> dict[str, str]:
+    if isinstance(plugins, dict):
+        return {canonicalize_name(n): r for n, r in plugins.items()}
+    ranges = {}
+    for spec in plugins:
+        requirement = Requirement(spec)
+        ranges[canonicalize_name(requirement.name)] = str(requirement.specifier) or "*"
+    return ranges
+
+
+def _check_requirements(site: Path) -> None:
+    """Every dependency of the new wheels is met by the new set or by the environment, or nothing changes."""
+    staged = {canonicalize_name(d.metadata["Name"]): d for d in distributions(path=[str(site)])}
+    have = {canonicalize_name(d.metadata["Name"]): d.version for d in distributions()}
+    have.update({n: d.version for n, d in staged.items()})
+    for name, dist in staged.items():
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+                continue
+            found = have.get(canonicalize_name(requirement.name))
+            if found is None or not requirement.specifier.contains(found, prereleases=True):
+                where = f"this environment has {found}" if found else "this environment lacks it"
+                raise TransactionError(f"{name} {dist.version} needs {requirement} ({where}); install that with "
+                                       "pip first; nothing was changed")
+
+
+def _doctor(site: Path, names: set[str]) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "apt_kernel.cli", "plugins", "doctor", "--json"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    try:
+        report = {canonicalize_name(r["name"]): r for r in json.loads(done.stdout)}
+    except ValueError:
+        raise TransactionError(f"the doctor could not check the new set: {done.stderr.strip()[-1500:]}") from None
+    bad = [f"{n}: {report[n]['status']}: {report[n].get('reason')}" for n in sorted(names)
+           if n in report and report[n]["status"] != "installed"]
+    missing = sorted(n for n in names if n not in report)
+    if bad or missing:
+        detail = "; ".join(bad + [f"{n}: not found as a plugin (no apt_kernel.plugins entry point)" for n in missing])
+        raise TransactionError(f"the new plugin set failed its check, so nothing was changed: {detail}")
+
