@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -179,3 +180,19 @@ def wheels(tmp_path):
 
     yield factory
     shutil.rmtree(tmp_path / "src", ignore_errors=True)
+
+
+def raw_upload_wheel(client, module: str, version: str, summary: str = "") -> dict:
+    """Publish a minimal hand-assembled wheel whose metadata says exactly ``summary``."""
+    import io
+    import zipfile
+
+    name = module.replace("_", "-")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(f"{module}-{version}.dist-info/METADATA",
+                         f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nSummary: {summary}\n")
+        archive.writestr(f"{module}/apt-plugin.toml", 'kernel_api = "^1.0"\n')
+    path = Path(tempfile.mkdtemp()) / f"{module}-{version}-py3-none-any.whl"
+    path.write_bytes(buffer.getvalue())
+    return client.publish_plugin(path)

@@ -1,0 +1,77 @@
+"""The plugin directory page in a real headless Chromium (Debian's chromium and chromedriver, driven by
+selenium): search, kinds, versions, average ratings and the install command render; a description or
+summary holding ``<script>`` is shown as text and never runs. A screenshot is saved in the test's folder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from apt_plugin_marketplace.client import PluginMarketplace
+
+from conftest import raw_upload_wheel
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+
+SCRIPT = "<script>document.title='pwned'</script>"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1200,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def test_the_directory_page_in_chromium(server, wheels, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    client = PluginMarketplace(server.url, server.user("alice"))
+    client.publish_plugin(wheels("apt-plugin-hello", "1.0.0", description="Says hello"))
+    client.publish_plugin(wheels("apt-plugin-hello", "1.1.0", description="Says hello"))
+    client.publish_plugin(wheels("apt-plugin-gpt", "0.3.0", description="A GPT model",
+                                 manifest='kernel_api = "^1.0"\n[provides.model.gpt]\nsummary = "gpt"\n'))
+    raw_upload_wheel(client, "apt_plugin_xss", "1.0", summary=SCRIPT)
+    client.rate_plugin("apt-plugin-hello", 5)
+    PluginMarketplace(server.url, server.user("bob")).rate_plugin("apt-plugin-hello", 4)
+
+    browser.get(server.url)
+    rows = {r.get_attribute("data-name"): r for r in browser.find_elements(By.CSS_SELECTOR, "tr.plugin")}
+    assert sorted(rows) == ["apt-plugin-gpt", "apt-plugin-hello", "apt-plugin-xss"]
+    hello = rows["apt-plugin-hello"]
+    assert hello.find_element(By.CLASS_NAME, "versions").text == "1.0.0, 1.1.0"
+    assert hello.find_element(By.CLASS_NAME, "rating").text == "4.5 / 5 (2)"
+    assert hello.find_element(By.CLASS_NAME, "install").text == \
+        f"pip install --index-url {server.url}simple/ apt-plugin-hello"
+    assert "callback" in hello.text and "model" in rows["apt-plugin-gpt"].text
+    # the <script> is text on the page, and it did not run
+    assert rows["apt-plugin-xss"].find_element(By.CLASS_NAME, "summary").text == SCRIPT
+    assert browser.title == "APT Kernel plugins"
+    assert browser.find_elements(By.CSS_SELECTOR, "tr.plugin script") == []
+    shot = Path(tmp_path / "marketplace.png")
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
+
+    box = browser.find_element(By.ID, "q")
+    box.send_keys("gpt")
+    browser.find_element(By.ID, "search").click()
+    assert [r.get_attribute("data-name") for r in browser.find_elements(By.CSS_SELECTOR, "tr.plugin")] == \
+        ["apt-plugin-gpt"]
+    assert browser.find_element(By.ID, "count").text == "1 plugin"
+    browser.get(server.url + "?kind=callback")
+    assert [r.get_attribute("data-name") for r in browser.find_elements(By.CSS_SELECTOR, "tr.plugin")] == \
+        ["apt-plugin-hello"]
