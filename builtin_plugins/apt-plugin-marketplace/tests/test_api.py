@@ -7,8 +7,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from apt_plugin_marketplace.client import MarketplaceError, PluginMarketplace
 
+from apt_plugin_marketplace.client import MarketplaceError, PluginMarketplace
 from apt_sdk import KERNEL_API_VERSION
 from conftest import Server, kernel
 

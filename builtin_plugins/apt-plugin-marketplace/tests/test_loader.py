@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 import pytest
-from apt_plugin_marketplace.loader import PluginLoader
 
+from apt_plugin_marketplace.loader import PluginLoader
 from apt_sdk import UserError
 from conftest import build, make_plugin
 

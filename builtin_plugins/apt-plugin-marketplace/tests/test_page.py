@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from apt_plugin_marketplace.client import PluginMarketplace
 
+from apt_plugin_marketplace.client import PluginMarketplace
 from conftest import raw_upload_wheel
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

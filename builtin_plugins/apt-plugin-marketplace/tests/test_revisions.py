@@ -1,0 +1,169 @@
+"""Plugin installs as revisions, in a fresh virtual environment holding the kernel, the SDK and this
+plugin, against a real server: install, upgrade, roll back (one plugin, or the whole set to revision N
+exactly), history; a failed install changes nothing; a `kill -9` at any moment leaves the old set or the
+new one; upgrading the kernel keeps the plugins and names the ones it no longer fits."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import apt_kernel
+import apt_plugin_marketplace
+import apt_sdk
+from apt_plugin_marketplace.client import PluginMarketplace
+from apt_sdk.testing import fresh_venv
+from conftest import build
+
+KERNEL_SOURCE = Path(apt_kernel.__file__).parents[1]
+PROJECT = (KERNEL_SOURCE, Path(apt_sdk.__file__).parents[1], Path(apt_plugin_marketplace.__file__).parents[1])
+
+
+class Env:
+    def __init__(self, root: Path, server_url: str) -> None:
+        self.python = fresh_venv(root, editable=PROJECT)
+        self.root = root
+        self.env = {**os.environ, "APT_MARKETPLACE_URL": server_url, "APT_KERNEL_HOME": str(root / "home")}
+
+    def start(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([str(self.python), "-m", "apt_kernel.cli", *args], env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.root)
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.python), "-m", "apt_kernel.cli", *args], env=self.env, capture_output=True,
+                              text=True, timeout=300, cwd=self.root)  # not the repo: its apt_kernel would shadow
+
+    def plugins(self) -> dict[str, str]:
+        listed = self.run("plugins", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        return {p["name"]: p["version"] for p in json.loads(listed.stdout) if p["name"] != "apt-plugin-marketplace"}
+
+    def statuses(self) -> dict[str, tuple[str, str | None]]:
+        listed = json.loads(self.run("plugins", "list", "--json").stdout)
+        return {p["name"]: (p["status"], p["reason"]) for p in listed}
+
+    def history(self) -> list[dict]:
+        return json.loads(self.run("plugins", "history", "--json").stdout)
+
+    def pth(self) -> bytes | None:
+        found = list(self.root.glob("lib/python3*/site-packages/apt-kernel-plugins.pth"))
+        return found[0].read_bytes() if found else None
+
+
+@pytest.fixture
+def published(server, wheels):
+    client = PluginMarketplace(server.url, server.user("alice"))
+    for version in ("1.0.0", "1.1.0"):
+        client.publish_plugin(wheels("apt-plugin-hello", version))
+    client.publish_plugin(wheels("apt-plugin-broken", "1.0.0", code="raise ImportError('half-written plugin')\n"))
+    client.publish_plugin(wheels("apt-plugin-needy", "1.0.0", dependencies=("apt-kernel-sdk>=0.1,<2",
+                                                                             "no-such-library>=1")))
+    client.publish_plugin(wheels("apt-plugin-strict", "1.0.0",
+                                 manifest='kernel_api = "~1.0.0"\n[provides.callback.apt-plugin-strict-hello]\nsummary = "s"\n'))
+    return server
+
+
+def test_install_upgrade_rollback_and_history(published, tmp_path):
+    env = Env(tmp_path / "venv", published.url)
+    assert env.plugins() == {}
+    done = env.run("plugins", "install", "apt-plugin-hello==1.0.0")
+    assert done.returncode == 0 and "revision 1: apt-plugin-hello 1.0.0" in done.stdout, done.stderr
+    assert env.plugins() == {"apt-plugin-hello": "1.0.0"}
+    check = subprocess.run([str(env.python), "-c", "from apt_plugin_marketplace.manager import PluginVersionManager;"
+                            "print(PluginVersionManager().check_updates('apt-plugin-hello'))"],
+                           env=env.env, capture_output=True, text=True, cwd=env.root)
+    assert check.stdout.strip() == "{'has_update': True, 'current': '1.0.0', 'latest': '1.1.0'}", check.stderr
+
+    assert env.run("plugins", "upgrade", "apt-plugin-hello").returncode == 0
+    assert env.plugins() == {"apt-plugin-hello": "1.1.0"}
+    assert env.run("plugins", "rollback", "apt-plugin-hello").returncode == 0
+    assert env.plugins() == {"apt-plugin-hello": "1.0.0"}
+    assert env.run("plugins", "install", "apt-plugin-strict").returncode == 0
+    assert env.plugins() == {"apt-plugin-hello": "1.0.0", "apt-plugin-strict": "1.0.0"}
+
+    restored = env.run("plugins", "rollback", "--to", "2")
+    assert restored.returncode == 0 and "revision 5: apt-plugin-hello 1.1.0" in restored.stdout, restored.stderr
+    assert env.plugins() == {"apt-plugin-hello": "1.1.0"}
+    history = env.history()
+    assert [(h["revision"], h["current"]) for h in history] == [(0, False), (1, False), (2, False), (3, False),
+                                                                 (4, False), (5, True)]
+    assert history[5]["plugins"] == history[2]["plugins"] and history[5]["site"] == history[2]["site"]  # exactly
+    assert history[2]["plugins"]["apt-plugin-hello"]["sha256"] == \
+        PluginMarketplace(published.url).release_file("apt-plugin-hello", "1.1.0")["sha256"]
+    assert env.run("plugins", "rollback", "--to", "0").returncode == 0 and env.plugins() == {}
+    text = env.run("plugins", "history").stdout
+    assert "rollback to revision 0" in text and "* " in text
+    bad = env.run("plugins", "rollback", "--to", "99")
+    assert bad.returncode == 2 and "there is no revision 99" in bad.stderr
+
+
+def test_a_failed_install_changes_nothing(published, tmp_path):
+    env = Env(tmp_path / "venv", published.url)
+    assert env.run("plugins", "install", "apt-plugin-hello==1.0.0").returncode == 0
+    before = (env.plugins(), env.history(), env.pth())
+    broken = env.run("plugins", "install", "apt-plugin-broken")
+    assert broken.returncode == 2 and "failed its check, so nothing was changed" in broken.stderr
+    assert "half-written plugin" in broken.stderr
+    needy = env.run("plugins", "install", "apt-plugin-needy")
+    assert needy.returncode == 2 and "needs no-such-library>=1 (this environment lacks it)" in needy.stderr
+    missing = env.run("plugins", "install", "apt-plugin-nothing")
+    assert missing.returncode == 2 and "no plugin named 'apt-plugin-nothing'" in missing.stderr
+    assert (env.plugins(), env.history(), env.pth()) == before
+    assert not list((env.root / "apt-plugins" / "revisions").glob(".staging-*"))
+
+
+def test_upgrading_the_kernel_keeps_the_plugins_and_names_the_incompatible(published, tmp_path):
+    env = Env(tmp_path / "venv", published.url)
+    assert env.run("plugins", "install", "apt-plugin-hello", "apt-plugin-strict").returncode == 0
+    # a real kernel upgrade: a wheel of this kernel as 0.2.0 with contract 1.1.0, pip-installed over it
+    source = tmp_path / "kernel-src"
+    shutil.copytree(KERNEL_SOURCE / "apt_kernel", source / "apt_kernel", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(KERNEL_SOURCE / "pyproject.toml", source)
+    (source / "pyproject.toml").write_text((source / "pyproject.toml").read_text().replace(
+        'version = "0.1.0"', 'version = "0.2.0"', 1))
+    init = source / "apt_kernel" / "__init__.py"
+    init.write_text(init.read_text().replace('KERNEL_API_VERSION = "1.0.0"', 'KERNEL_API_VERSION = "1.1.0"')
+                    .replace('__version__ = "0.1.0"', '__version__ = "0.2.0"'))
+    wheel = build(source.rename(tmp_path / "apt-kernel-0.2.0"), tmp_path / "kernel-dist")
+    upgrade = subprocess.run([str(env.python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+                             capture_output=True, text=True)
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert "0.2.0" in env.run("--version").stdout
+    statuses = env.statuses()
+    assert statuses["apt-plugin-hello"] == ("installed", None)
+    assert statuses["apt-plugin-strict"] == ("incompatible", "needs kernel API ~1.0.0; this kernel's API is 1.1.0")
+    assert env.history()[-1]["current"]
+
+
+@pytest.mark.slow
+def test_kill_9_at_any_moment_of_an_install_leaves_the_old_set_or_the_new(published, tmp_path):
+    env = Env(tmp_path / "venv", published.url)
+    assert env.run("plugins", "install", "apt-plugin-hello==1.0.0").returncode == 0
+    started = time.monotonic()
+    assert env.run("plugins", "upgrade", "apt-plugin-hello", "--to", "1.1.0").returncode == 0
+    duration = time.monotonic() - started
+    rng = random.Random(0)
+    outcomes = {"old": 0, "new": 0}
+    for attempt in range(20):
+        old = env.plugins()["apt-plugin-hello"]
+        new = "1.0.0" if old == "1.1.0" else "1.1.0"
+        process = env.start("plugins", "upgrade", "apt-plugin-hello", "--to", new)
+        time.sleep(rng.uniform(0.2, 1.1) * duration)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        now = env.plugins()
+        assert now in ({"apt-plugin-hello": old}, {"apt-plugin-hello": new}), (attempt, now)
+        outcomes["old" if now["apt-plugin-hello"] == old else "new"] += 1
+    print(f"kill -9 outcomes over 20 installs: {outcomes}")
+    assert outcomes["old"] and outcomes["new"]  # the kills landed both before and after the switch
+    done = env.run("plugins", "upgrade", "apt-plugin-hello", "--to", "1.0.0")  # and the next install works
+    assert done.returncode == 0 or "nothing" in done.stderr, done.stderr
+    assert env.run("plugins", "history").returncode == 0
