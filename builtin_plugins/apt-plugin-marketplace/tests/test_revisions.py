@@ -66,8 +66,8 @@ def published(server, wheels):
     client.publish_plugin(wheels("apt-plugin-broken", "1.0.0", code="raise ImportError('half-written plugin')\n"))
     client.publish_plugin(wheels("apt-plugin-needy", "1.0.0", dependencies=("apt-kernel-sdk>=0.1,<2",
                                                                              "no-such-library>=1")))
-    client.publish_plugin(wheels("apt-plugin-strict", "1.0.0",
-                                 manifest='kernel_api = "~1.0.0"\n[provides.callback.apt-plugin-strict-hello]\nsummary = "s"\n'))
+    strict = 'kernel_api = "~1.0.0"\n[provides.callback.apt-plugin-strict-hello]\nsummary = "s"\n'
+    client.publish_plugin(wheels("apt-plugin-strict", "1.0.0", manifest=strict))
     return server
 
 
