@@ -181,6 +181,7 @@ def yank(name: str, body: YankIn, request: Request) -> dict:
             raise HTTPException(404, f"{project.name} has no version {version}")
         release.yanked, release.yanked_reason = body.yanked, body.reason if body.yanked else ""
         session.commit()
+        state(request).changed()
         return {"name": project.name, "version": version, "yanked": release.yanked}
 
 

@@ -8,6 +8,7 @@ under its sha256 and only then recorded in the database, so the index never link
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -53,31 +54,30 @@ def _negotiate(request: Request) -> str:
     return best
 
 
-def _render(request: Request, media: str, template: str, data: dict) -> Response:
-    if media == JSON_V1:
-        return JSONResponse({"meta": {"api-version": "1.1"}, **data}, media_type=JSON_V1)
-    html = state(request).templates.get_template(template).render(**data)
-    return Response(html, media_type=media)
-
-
 @router.get("/simple/")
-def simple_root(request: Request) -> Response:
-    media = _negotiate(request)
-    with state(request).sessions() as session:
+async def simple_root(request: Request) -> Response:
+    return await _cached(request, "/simple/", _root_data, "simple_root.html")
+
+
+def _root_data(st: State, _key: str) -> dict:
+    with st.sessions() as session:
         names = session.scalars(select(Project.name).order_by(Project.name)).all()
-    return _render(request, media, "simple_root.html", {"projects": [{"name": n} for n in names]})
+    return {"projects": [{"name": n} for n in names]}
 
 
 @router.get("/simple/{name}/")
-def simple_project(name: str, request: Request) -> Response:
+async def simple_project(name: str, request: Request) -> Response:
     canonical = canonicalize_name(name)
     if canonical != name:
         return RedirectResponse(f"/simple/{canonical}/", status_code=301)
-    media = _negotiate(request)
-    with state(request).sessions() as session:
+    return await _cached(request, canonical, _project_data, "simple_project.html")
+
+
+def _project_data(st: State, canonical: str) -> dict | None:
+    with st.sessions() as session:
         project = session.scalar(select(Project).where(Project.name == canonical))
         if project is None:
-            raise HTTPException(404, f"no project named {name!r}")
+            return None
         files = []
         for release in sorted_releases(project):
             for f in sorted(release.files, key=lambda f: f.filename):
@@ -85,8 +85,26 @@ def simple_project(name: str, request: Request) -> Response:
                               "requires-python": release.requires_python or None, "size": f.size,
                               "upload-time": f.created.isoformat() + "Z",
                               "yanked": (release.yanked_reason or True) if release.yanked else False})
-        versions = [r.version for r in sorted_releases(project)]
-    return _render(request, media, "simple_project.html", {"name": canonical, "files": files, "versions": versions})
+        return {"name": canonical, "files": files, "versions": [r.version for r in sorted_releases(project)]}
+
+
+async def _cached(request: Request, key: str, load, template: str) -> Response:
+    """Index pages are what pip asks for most: rendered once per change of the index, then served from memory
+    without touching the database (the generation check is a stat)."""
+    st = state(request)
+    media = _negotiate(request)
+    generation = st.generation()
+    hit = st.pages.get((key, media))
+    if hit is None or hit[0] != generation:
+        data = await run_in_threadpool(load, st, key)
+        if data is None:
+            raise HTTPException(404, f"no project named {key!r}")
+        if media == JSON_V1:
+            body = json.dumps({"meta": {"api-version": "1.1"}, **data}).encode()
+        else:
+            body = st.templates.get_template(template).render(**data).encode()
+        hit = st.pages[(key, media)] = (generation, body)
+    return Response(hit[1], media_type=media)
 
 
 @router.get("/files/{filename}")
@@ -184,6 +202,7 @@ def _record(st: State, user_id: int, info, filename: str, temp: Path, sha256: st
             session.rollback()
             raise HTTPException(409, f"{filename}: another upload of the same name or file won the race; retry") \
                 from None
+    st.changed()
     return JSONResponse({"ok": True, "name": info.canonical, "version": version, "sha256": sha256})
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+import os
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import HTTPException, Request
@@ -24,6 +27,25 @@ class State:
     max_upload: int
     max_unpacked: int
     templates: Environment
+    pages: dict = field(default_factory=dict)  # (path, media type) -> (generation, body): rendered index pages
+
+    @property
+    def marker(self) -> Path:
+        return self.files.parent / "index-generation"
+
+    def generation(self) -> tuple[int, int]:
+        """Changes whenever any process serving this storage publishes or yanks: the index pages are cached
+        per process and re-rendered when it moves (a stat, not a query, per request)."""
+        try:
+            info = self.marker.stat()
+        except FileNotFoundError:
+            return (0, 0)
+        return (info.st_ino, info.st_mtime_ns)
+
+    def changed(self) -> None:
+        temp = self.marker.with_name(f".index-generation.{os.getpid()}.{threading.get_ident()}")
+        temp.write_text(str(time.time_ns()))
+        os.replace(temp, self.marker)
 
 
 def make_templates() -> Environment:
