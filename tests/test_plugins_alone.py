@@ -34,7 +34,7 @@ def test_declared_plugin_dependencies_are_what_the_code_needs():
     assert declared("apt-plugin-errors") == {"apt-plugin-trainer"}  # not the trainer's own [lm] extra
     assert declared("apt-plugin-hpo") == {"apt-plugin-lm", "apt-plugin-trainer"}  # its [test] extra
     assert declared("apt-plugin-monitor") == set()
-    assert declared("apt-plugin-vision") == declared("apt-plugin-audio") == set()
+    assert declared("apt-plugin-vision") == declared("apt-plugin-audio") == declared("apt-plugin-marketplace") == set()
     assert declared("apt-plugin-multimodal") == {"apt-plugin-lm", "apt-plugin-vision", "apt-plugin-audio",
                                                  "apt-plugin-trainer"}  # its [train] extra
 
