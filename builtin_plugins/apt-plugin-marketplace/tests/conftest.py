@@ -171,15 +171,30 @@ def build(source: Path, out: Path, sdist: bool = False) -> Path:
     return next(out.glob(f"{module}-{source.name.rsplit('-', 1)[1]}-*.whl"))
 
 
-@pytest.fixture
-def wheels(tmp_path):
-    """``wheels(name, version, **make_plugin options) -> Path`` of a freshly built wheel."""
-    def factory(name: str, version: str, sdist: bool = False, **options) -> Path:
-        source = make_plugin(tmp_path / "src", name, version, **options)
-        return build(source, tmp_path / "dist", sdist=sdist)
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory):
+    """``wheels(name, version, **make_plugin options) -> Path`` of a wheel (or sdist) built by pip from a
+    generated source folder; built once per session for the same arguments (the files are only read)."""
+    root = tmp_path_factory.mktemp("wheels")
+    built: dict[str, Path] = {}
 
-    yield factory
-    shutil.rmtree(tmp_path / "src", ignore_errors=True)
+    def factory(name: str, version: str, sdist: bool = False, **options) -> Path:
+        key = repr((name, version, sdist, sorted(options.items())))
+        if key not in built:
+            folder = root / str(len(built))
+            built[key] = build(make_plugin(folder / "src", name, version, **options), folder / "dist", sdist=sdist)
+        return built[key]
+
+    return factory
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory) -> Server:
+    """One server for a module whose tests do not disturb each other."""
+    root = tmp_path_factory.mktemp("market")
+    srv = Server(root / "storage", f"sqlite:///{root / 'market.db'}").start()
+    yield srv
+    srv.stop()
 
 
 def raw_upload_wheel(client, module: str, version: str, summary: str = "") -> dict:

@@ -70,8 +70,9 @@ def symlink_member() -> zipfile.ZipInfo:
     ("apt_plugin_other-1.0-py3-none-any.whl", raw_wheel(), "the metadata names"),
 ], ids=["traversal", "absolute", "not-pep440", "not-a-dist", "not-zip", "manifest-not-toml", "manifest-invalid",
         "symlink", "member-traversal", "member-absolute", "zip-bomb", "name-mismatch"])
-def test_a_hostile_upload_is_refused_and_nothing_is_kept(server, filename, content, reason):
-    token = server.user("mallory")
+def test_a_hostile_upload_is_refused_and_nothing_is_kept(module_server, filename, content, reason):
+    server = module_server
+    token = server.tokens.get("mallory") or server.user("mallory")
     reply = upload(server, filename, content, token)
     assert reply.status_code == 400, reply.text
     assert reason in reply.json()["detail"]

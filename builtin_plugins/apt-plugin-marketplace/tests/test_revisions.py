@@ -58,8 +58,9 @@ class Env:
         return found[0].read_bytes() if found else None
 
 
-@pytest.fixture
-def published(server, wheels):
+@pytest.fixture(scope="module")
+def published(module_server, wheels):
+    server = module_server
     client = PluginMarketplace(server.url, server.user("alice"))
     for version in ("1.0.0", "1.1.0"):
         client.publish_plugin(wheels("apt-plugin-hello", version))
