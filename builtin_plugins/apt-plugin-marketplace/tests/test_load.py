@@ -30,8 +30,8 @@ def small_wheel(folder: Path, module: str, version: str, payload: bytes = b"") -
     return path
 
 
-def test_ten_publishers_and_fifty_installers_at_once(tmp_path):
-    db = f"sqlite:///{tmp_path / 'market.db'}"
+def test_ten_publishers_and_fifty_installers_at_once(tmp_path, any_db):
+    db = any_db
     with connect(db)() as session:  # ten accounts made up front, as an admin would
         tokens = [create_token(session, create_user(session, f"author{i}")) for i in range(10)]
         session.commit()

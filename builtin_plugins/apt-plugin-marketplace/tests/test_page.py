@@ -4,6 +4,7 @@ summary holding ``<script>`` is shown as text and never runs. A screenshot is sa
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -64,6 +65,10 @@ def test_the_directory_page_in_chromium(server, wheels, browser, tmp_path):
     shot = Path(tmp_path / "marketplace.png")
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
+    artifacts = os.environ.get("APT_TEST_ARTIFACTS")  # .ci/run keeps its screenshots there
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(artifacts) / shot.name)
     print(f"screenshot: {shot}")
 
     box = browser.find_element(By.ID, "q")

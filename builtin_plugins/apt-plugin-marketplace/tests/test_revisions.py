@@ -69,6 +69,9 @@ def published(module_server, wheels):
                                                                              "no-such-library>=1")))
     strict = 'kernel_api = "~1.0.0"\n[provides.callback.apt-plugin-strict-hello]\nsummary = "s"\n'
     client.publish_plugin(wheels("apt-plugin-strict", "1.0.0", manifest=strict))
+    big = ('kernel_api = "^1.0"\n[provides.callback.apt-plugin-big-hello]\nsummary = "b"\n'
+           '[requires]\napt-plugin-hello = ">=1.1"\n')
+    client.publish_plugin(wheels("apt-plugin-big", "1.0.0", manifest=big))
     return server
 
 
@@ -115,6 +118,13 @@ def test_a_failed_install_changes_nothing(published, tmp_path):
     assert "half-written plugin" in broken.stderr
     needy = env.run("plugins", "install", "apt-plugin-needy")
     assert needy.returncode == 2 and "needs no-such-library>=1 (this environment lacks it)" in needy.stderr
+    conflict = env.run("plugins", "install", "apt-plugin-big")  # needs hello >= 1.1; 1.0.0 is installed
+    assert conflict.returncode == 2, conflict.stderr
+    assert "apt-plugin-big 1.0.0 requires apt-plugin-hello >=1.1" in conflict.stderr
+    resolve = ("from apt_plugin_marketplace.manager import PluginVersionManager as M; "
+               "print(M().resolve_version_conflicts(['apt-plugin-big', 'apt-plugin-hello>=1.1']))")
+    plan = subprocess.run([str(env.python), "-c", resolve], env=env.env, capture_output=True, text=True, cwd=env.root)
+    assert plan.stdout.strip() == "{'apt-plugin-big': '1.0.0', 'apt-plugin-hello': '1.1.0'}", plan.stderr
     missing = env.run("plugins", "install", "apt-plugin-nothing")
     assert missing.returncode == 2 and "no plugin named 'apt-plugin-nothing'" in missing.stderr
     assert (env.plugins(), env.history(), env.pth()) == before
