@@ -18,7 +18,6 @@ from apt_kernel.context import BuildContext
 from apt_kernel.errors import OptionError, PipelineError, RunInterrupted, UserError
 from apt_kernel.hookspecs import hookimpl
 from apt_kernel.protocols import Batch, DataModule, Encoder, Loss, Model, Tokenizer, Trainer, TrainerState
-from apt_kernel.runner import check_pipeline, run_pipeline
 
 __all__ = [
     "EVENTS", "KERNEL_API_VERSION", "Batch", "BuildContext", "Callback", "CallbackError", "DataModule", "Encoder",
@@ -26,3 +25,13 @@ __all__ = [
     "PipelineError", "RunInterrupted", "Tokenizer", "Trainer", "TrainerState", "UserError",
     "check_pipeline", "hookimpl", "run_pipeline",
 ]
+
+
+def __getattr__(name: str):
+    # the runner pulls in the pipeline schema (pydantic): imported when a plugin first runs a pipeline, not
+    # by every plugin command that only needs UserError
+    if name in ("run_pipeline", "check_pipeline"):
+        from apt_kernel import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'apt_sdk' has no attribute {name!r}")
