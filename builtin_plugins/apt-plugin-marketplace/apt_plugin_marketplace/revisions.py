@@ -82,10 +82,12 @@ class Revisions:
             yield
 
     def current_number(self) -> int:
-        if not self.pth.exists():
-            return 0
-        first = self.pth.read_text().splitlines()[0]
-        return int(first.rsplit(" ", 1)[-1]) if first.startswith("# apt-kernel plugins revision ") else 0
+        lines = self.pth.read_text().splitlines() if self.pth.exists() else []
+        first = lines[0] if lines else ""
+        number = first.removeprefix("# apt-kernel plugins revision ")
+        if number == first or not number.isdigit():
+            return 0  # no file, or not ours: the environment as pip left it
+        return int(number)
 
     def read(self, number: int) -> dict:
         if number == 0:
