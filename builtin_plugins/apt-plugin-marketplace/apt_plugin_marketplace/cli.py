@@ -16,8 +16,9 @@ from apt_sdk import UserError
 
 
 def _home() -> Path:
-    base = os.environ.get("APT_KERNEL_HOME") or Path.home() / ".cache" / "apt-kernel"
-    return Path(base) / "marketplace"
+    from apt_sdk.plugins import kernel_home
+
+    return kernel_home() / "marketplace"
 
 
 def _db(value: str | None, storage: Path) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from apt_sdk import UserError
-from apt_sdk.plugins import KERNEL_API_VERSION, discover
+from apt_sdk.plugins import KERNEL_API_VERSION, discover, kernel_home
 
 from .distfile import BadDistribution, check_filename
 
@@ -27,8 +27,7 @@ class MarketplaceError(UserError):
 
 
 def _config() -> dict:
-    home = Path(os.environ.get("APT_KERNEL_HOME") or Path.home() / ".cache" / "apt-kernel")
-    path = home / "marketplace.toml"
+    path = kernel_home() / "marketplace.toml"
     try:
         return tomllib.loads(path.read_text()) if path.exists() else {}
     except tomllib.TOMLDecodeError as exc:
@@ -105,7 +104,10 @@ class PluginMarketplace:
         against the index before the file is kept. Returns the file's path."""
         if version == "latest":
             version = self.compatible(name)["version"]
-        entry = self.release_file(name, version)
+        return self.fetch(self.release_file(name, version), dest)
+
+    def fetch(self, entry: dict, dest: str | Path | None = None) -> Path:
+        """Download the file ``entry`` (from ``release_file``) into ``dest``, kept only if its sha256 matches."""
         folder = Path(dest) if dest else Path.cwd()
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / entry["filename"]

@@ -107,7 +107,7 @@ class PluginLoader:
 
     def _forget(self, name: str, root: Path, package: str) -> None:
         kernel = self.kernel
-        if kernel._pm is not None and kernel.pm.has_plugin(name):
+        if kernel.pm.has_plugin(name):
             kernel.pm.unregister(name=name)
         kernel.registry.remove_plugin(name)
         kernel.loaded.discard(name)

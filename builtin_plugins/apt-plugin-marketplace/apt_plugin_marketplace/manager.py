@@ -85,9 +85,9 @@ class PluginVersionManager:
     # the original API --------------------------------------------------------------------------------
     def check_updates(self, name: str) -> dict:
         name = canonicalize_name(name)
-        current = self.installed_versions().get(name)
-        latest = self.marketplace.compatible(name, {n: v for n, v in self.installed_versions().items()
-                                                    if n != name})["version"]
+        installed = self.installed_versions()
+        current = installed.pop(name, None)
+        latest = self.marketplace.compatible(name, installed)["version"]
         return {"has_update": current is None or Version(latest) > Version(current), "current": current,
                 "latest": latest}
 
@@ -115,9 +115,9 @@ class PluginVersionManager:
         name = canonicalize_name(name)
         current = self.revisions.current()
         now = current["plugins"].get(name)
-        for number in reversed(range(current["revision"])):
-            before = self.revisions.read(number)["plugins"].get(name) if number in self.revisions.numbers() else None
-            if number in self.revisions.numbers() and before != now:
+        for number in reversed([n for n in self.revisions.numbers() if n < current["revision"]]):
+            before = self.revisions.read(number)["plugins"].get(name)
+            if before != now:
                 plugins = {n: e["version"] for n, e in current["plugins"].items() if n != name}
                 if before is not None:
                     plugins[name] = before["version"]
@@ -139,7 +139,7 @@ class PluginVersionManager:
                 entry = self.marketplace.release_file(name, version)
                 if entry.get("manifest") is not None:
                     plugins.add(name)  # a plugin, not a library some plugin needs: the doctor must find it
-                wheels.append(self.marketplace.download_plugin(name, version, dest=self.revisions.cache))
+                wheels.append(self.marketplace.fetch(entry, dest=self.revisions.cache))
                 lock[name] = {"version": version, "sha256": entry["sha256"], "filename": entry["filename"]}
             site = staging / "site"
             site.mkdir()
