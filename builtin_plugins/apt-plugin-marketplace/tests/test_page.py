@@ -38,7 +38,9 @@ def browser(tmp_path):
 
 
 def test_the_directory_page_in_chromium(server, wheels, browser, tmp_path):
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     client = PluginMarketplace(server.url, server.user("alice"))
     client.publish_plugin(wheels("apt-plugin-hello", "1.0.0", description="Says hello"))
@@ -73,7 +75,12 @@ def test_the_directory_page_in_chromium(server, wheels, browser, tmp_path):
 
     box = browser.find_element(By.ID, "q")
     box.send_keys("gpt")
+    browser.execute_script("window.aptOldPage = true")
     browser.find_element(By.ID, "search").click()
+    # click() returns before the form's navigation ends: read rows only once a new document has loaded
+    # (a global set on the old one is gone); mid-navigation the driver may raise, so those are retried
+    WebDriverWait(browser, 30, ignored_exceptions=(WebDriverException,)).until(
+        lambda b: b.execute_script("return !window.aptOldPage && document.readyState === 'complete'"))
     assert [r.get_attribute("data-name") for r in browser.find_elements(By.CSS_SELECTOR, "tr.plugin")] == \
         ["apt-plugin-gpt"]
     assert browser.find_element(By.ID, "count").text == "1 plugin"
