@@ -29,7 +29,7 @@ PIPELINE = {
     "data": {"use": "text", "corpus": "python-stdlib-docs", "max_chars": 200_000, "block_size": 64, "batch_size": 16},
     "model": {"use": "apt-lm", "d_model": 128, "num_heads": 4, "num_layers": 2, "d_ff": 512},
     "loss": {"use": "lm-cross-entropy"},
-    "trainer": {"use": "apt-trainer", "log_every": 50, "export": False, "save_every_epoch": False,
+    "trainer": {"use": "apt-trainer", "log_every": 50, "export": False, "save_checkpoints": False,
                 "temp_checkpoint_freq": 0, "eval_batches": 1, "warmup_steps": 0},
 }
 

@@ -47,7 +47,7 @@ def accumulate(tmp_path, batch_size, steps_per_window, loss="lm-cross-entropy"):
         "model": {"use": "apt-lm", "d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64},
         "loss": {"use": loss},
         "trainer": {"use": "apt-trainer", "epochs": 1, "learning_rate": 1e-2, "warmup_steps": 0, "log_every": 0,
-                    "accumulate_grad_batches": steps_per_window, "save_every_epoch": False, "export": False,
+                    "accumulate_grad_batches": steps_per_window, "save_checkpoints": False, "export": False,
                     "temp_checkpoint_freq": 0},
     }
     result, context = run_pipeline(pipeline, kernel=kernel)
@@ -105,7 +105,7 @@ def test_the_applied_gradient_is_that_of_the_token_mean_over_the_whole_window(tm
         "model": {"use": "apt-lm", "d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64, "dropout": 0.0},
         "loss": {"use": "lm-cross-entropy"},
         "trainer": {"use": "apt-trainer", "max_steps": 1, "grad_clip": 0.0, "accumulate_grad_batches": 4,
-                    "log_every": 0, "save_every_epoch": False, "export": False, "temp_checkpoint_freq": 0},
+                    "log_every": 0, "save_checkpoints": False, "export": False, "temp_checkpoint_freq": 0},
         "callbacks": [{"use": "capture"}],
     }
     _, context = run_pipeline(pipeline, kernel=kernel)
@@ -254,7 +254,7 @@ def run_with_nan_step(output_dir, trainer=None, callbacks=()):
         "data": {"use": "padded"},
         "model": {"use": "apt-lm", "d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64},
         "loss": {"use": "nan-once"},
-        "trainer": {"use": "apt-trainer", "export": False, "save_every_epoch": False, "log_every": 1,
+        "trainer": {"use": "apt-trainer", "export": False, "save_checkpoints": False, "log_every": 1,
                     **(trainer or {})},
         "callbacks": [*callbacks, {"use": "snapshots"}]}, kernel=kernel)
     return probe, result, context

@@ -91,8 +91,9 @@ def test_trials_train_for_real_and_a_pruned_trial_stops_early(search_pipeline, t
     import torch
 
     trial_dir = searcher.output_dir / searcher.study_name / "trial_000"
-    saved = torch.load(next((trial_dir / "checkpoints").glob("*.pt")), weights_only=False)
-    assert saved["global_step"] == 12
+    checkpoints = sorted((trial_dir / "checkpoints").glob("*.pt"), key=lambda p: int(p.stem.rsplit("step", 1)[1]))
+    assert [int(p.stem.rsplit("step", 1)[1]) for p in checkpoints] == [3, 6, 9, 12]  # one per validation
+    assert torch.load(checkpoints[-1], weights_only=False)["global_step"] == 12
 
     pruning = HyperparameterSearcher({"trainer.learning_rate": (1e-4, 1e-2)}, n_trials=1, pipeline=search_pipeline,
                                      trial_overrides=["trainer.max_steps=12", "trainer.eval_every=3"],

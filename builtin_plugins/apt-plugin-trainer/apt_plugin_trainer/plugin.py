@@ -10,6 +10,8 @@ def build_trainer(options: dict, context: BuildContext):
     from .trainer import Trainer
 
     check_device(options["device"])
+    if options.get("save_every_epoch") is not None:  # the option's former name still works
+        options = {**options, "save_checkpoints": options["save_every_epoch"]}
     if options["resume_from"] and not context.resume:
         context.resume = options["resume_from"]  # the kernel then knows this run continues its folder's run
     return Trainer(options, context)

@@ -77,6 +77,15 @@ def model_and_optimizer_state(trainer: Trainer) -> tuple[dict, dict]:
             get_optimizer_state_dict(trainer.model, trainer.optimizer, options=options))
 
 
+def model_state(trainer: Trainer, copy: bool = False) -> dict:
+    """The model's weights, whole (gathered on rank 0 under FSDP, a collective); ``copy``: on the CPU,
+    detached from the training run's tensors."""
+    if trainer.fsdp:
+        return get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    weights = trainer.model.state_dict()
+    return {k: v.detach().to("cpu", copy=True) for k, v in weights.items()} if copy else weights
+
+
 def capture(trainer: Trainer, epoch_complete: bool) -> dict:
     """Everything needed to continue this run exactly (a collective under DDP/FSDP)."""
     model_state, optimizer_state = model_and_optimizer_state(trainer)
@@ -92,6 +101,7 @@ def capture(trainer: Trainer, epoch_complete: bool) -> dict:
         "metrics": {k: float(v) for k, v in trainer.last_metrics.items()},
         "position": {"epoch": trainer.epoch, "batches_done": trainer.batches_done, "epoch_complete": epoch_complete},
         "best_val": trainer.best_val,
+        "best_step": trainer.best_step,
         "callbacks": trainer.context.callbacks.state_dicts(),
         "rng": trainer.dist.gather(rng_state()),  # every rank's, indexed by rank
         "world_size": trainer.dist.world_size,
@@ -151,6 +161,7 @@ def restore(trainer: Trainer, path: Path, state: dict) -> tuple[int, int]:
     trainer.global_step, trainer.loss_history = state["global_step"], list(state["loss_history"])
     trainer.last_metrics = dict(state.get("metrics") or {})
     trainer.best_val = state.get("best_val", trainer.last_metrics.get("val_loss"))
+    trainer.best_step = state.get("best_step")
     trainer.context.callbacks.load_state_dicts(state.get("callbacks") or [])
     rngs = state.get("rng") or []
     if len(rngs) == trainer.dist.world_size:
@@ -168,18 +179,20 @@ def restore(trainer: Trainer, path: Path, state: dict) -> tuple[int, int]:
     return position["epoch"], position["batches_done"]
 
 
-def export(trainer: Trainer, directory: Path) -> Path | None:
-    """The trained model for inference: ``save_pretrained`` where the model has it, else safetensors;
-    the data's tokenizer beside it. Rank 0 writes (under FSDP every rank helps gather first)."""
+def export(trainer: Trainer, directory: Path, weights: dict | None = None) -> Path | None:
+    """The trained model for inference, with ``weights`` (the best validation's) when given, else as it is
+    now: ``save_pretrained`` where the model has it, else safetensors; the data's tokenizer beside it.
+    Rank 0 writes (under FSDP every rank helps gather first)."""
     model = trainer.model
     if trainer.fsdp:
-        full = model_and_optimizer_state(trainer)[0]
+        weights = model_state(trainer) if weights is None else weights  # {} off rank 0: no second gather
         if not trainer.is_main:
             return None
         model = type(trainer.model)(trainer.model.config)
-        model.load_state_dict(full)
     elif not trainer.is_main:
         return None
+    if weights is not None:
+        model.load_state_dict(weights)  # like load_best_model_at_end: the model in memory is the one exported
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(directory)
     else:

@@ -97,17 +97,29 @@ def flush(trainer: Trainer) -> None:
     trainer.pending.clear()
 
 
+def sampled(count: int, wanted: int) -> set[int] | None:
+    """``wanted`` batch indices spread evenly over ``count`` (the middle of each equal share), so a few
+    batches estimate the whole split rather than its beginning; None when every batch is wanted."""
+    if not wanted or wanted >= count:
+        return None
+    return {(2 * i + 1) * count // (2 * wanted) for i in range(wanted)}
+
+
 @torch.no_grad()
 def validate(trainer: Trainer) -> float | None:
     model = trainer.context.model
     model.eval()
     sums = torch.zeros(2, device=trainer.device)
     with trainer.errors.capture(trainer.global_step):
+        chosen = None
+        if trainer.o["eval_batches"]:
+            if trainer.val_count is None:  # the protocol gives no length: count this rank's batches once
+                trainer.val_count = sum(1 for _ in trainer.data.val_batches())
+            chosen = sampled(trainer.val_count, trainer.o["eval_batches"])
         for i, batch in enumerate(trainer.data.val_batches()):
-            if trainer.o["eval_batches"] and i >= trainer.o["eval_batches"]:
-                break
-            loss_sum, n = trainer.forward_loss(model, batch)
-            sums += torch.stack([loss_sum, n.float()])
+            if chosen is None or i in chosen:
+                loss_sum, n = trainer.forward_loss(model, batch)
+                sums += torch.stack([loss_sum, n.float()])
     model.train()
     trainer.errors.check()
     total, count = trainer.dist.sum(sums).tolist()

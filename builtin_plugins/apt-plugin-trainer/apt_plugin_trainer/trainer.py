@@ -49,6 +49,12 @@ class Trainer:
         self.batches_done = 0  # micro-batches of the current epoch already trained on
         self.loss_history: list[float] = []
         self.best_val: float | None = None
+        self.best_step: int | None = None  # the step of best_val
+        self.best_weights: dict | None = None  # a CPU copy of the model at best_step, for export = "best"
+        self.validated_at: int | None = None  # the step of the last validation: never two at one step
+        self.saved: tuple[int, bool] | None = None  # (step, epoch_complete) of the last checkpoint
+        self.last_path: Path | None = None  # the last regular checkpoint
+        self.val_count: int | None = None  # validation batches on this rank, counted once for eval_batches
         self.last_metrics: dict = {}
         self.optimizer = None
         self.seq_len: int | None = None  # of the first batch, for MFU
@@ -202,7 +208,7 @@ class Trainer:
         context.model.train()
         self.progress = Progress(context.progress, self.total_steps, self.global_step, self.log)
         self._call("on_fit_start")
-        val_loss, last_path, interrupted = self.last_metrics.get("val_loss"), None, None
+        interrupted = None
         try:
             for epoch in range(start_epoch, o["epochs"]):
                 self.epoch, self.batches_done = epoch, start_batch if epoch == start_epoch else 0
@@ -215,8 +221,7 @@ class Trainer:
                     if not self.errors.failed:
                         with self.errors.capture(self.global_step):
                             self._after_step(first + len(window))
-                    if o["eval_every"] and self.global_step % o["eval_every"] == 0:
-                        val_loss = validation(self)
+                    self._step_cadence()
                     if o["temp_checkpoint_freq"] and self.global_step % o["temp_checkpoint_freq"] == 0:
                         self._save_temp()
                     done = (o["max_steps"] and self.global_step >= o["max_steps"]) or \
@@ -231,7 +236,7 @@ class Trainer:
                         break
                 if interrupted:
                     break
-                val_loss, last_path = self._end_epoch(epoch, val_loss, last_path)
+                self._end_epoch(epoch)
                 if self.should_stop:
                     break
             if interrupted:
@@ -250,12 +255,9 @@ class Trainer:
         self._restore_handlers(previous_handlers)
         flush(self)
         self.manager.clear_temp()
-        result = self._result(val_loss, last_path, started)
-        if o["export"]:
-            exported = state.export(self, context.run_dir / "model")
-            if exported is not None:
-                result["export_dir"] = str(exported)
-                result["summary"].append(("model", f"{exported} (weights, config, tokenizer)"))
+        result = self._result(started)
+        if o["export"] is not False:
+            self._export(result)
         self._call("on_fit_end", result)
         self._close()
         return result
@@ -275,7 +277,7 @@ class Trainer:
         message = (f"nothing to train: the run already finished at step {self.global_step} ({limit}); "
                    f"raise {limit.split(' ')[0]} to train further")
         self.log(message)
-        result = self._result(self.last_metrics.get("val_loss"), self.resumed_from, started)
+        result = self._result(started, self.resumed_from)
         result["summary"].insert(0, ("nothing to do", message.split(": ", 1)[1]))
         self._close()
         return result
@@ -289,25 +291,77 @@ class Trainer:
             gc.collect()
         self.dist.close()
 
-    def _end_epoch(self, epoch: int, val_loss: float | None, last_path: Path | None) -> tuple:
-        """Validation (unless it just ran), the epoch's checkpoint and its callbacks."""
+    def _end_epoch(self, epoch: int) -> None:
+        """Validation and a checkpoint where the cadence or the end of the run asks for them; callbacks."""
         o = self.o
-        epoch_complete = not self.should_stop
-        if not (o["eval_every"] and self.global_step % o["eval_every"] == 0):
-            val_loss = validation(self)  # else it just ran at this step
+        end = self.should_stop or epoch == o["epochs"] - 1
+        if end or not o["eval_every"]:
+            self._validate()
+        if end or not (o["eval_every"] or o["checkpoint_every"]):
+            self._checkpoint(epoch_complete=not self.should_stop)
         flush(self)
-        finite = val_loss is not None and math.isfinite(val_loss)  # a NaN validation is never the best
-        is_best = finite and (self.best_val is None or val_loss < self.best_val)
-        if is_best:
-            self.best_val = val_loss
         self.last_metrics.update(train_loss=self._recent_loss())
-        if self.best_val is not None:
-            self.last_metrics["best_val_loss"] = self.best_val
-        if o["save_every_epoch"]:
-            last_path = self._save(epoch_complete, is_best)
-            self._call("on_checkpoint_saved", str(last_path))
         self._call("on_epoch_end", epoch, dict(self.last_metrics))
-        return val_loss, last_path
+
+    def _step_cadence(self) -> None:
+        """After an optimizer step: validate every eval_every steps; checkpoint every checkpoint_every
+        steps, or after each validation when checkpoint_every is 0."""
+        o, step = self.o, self.global_step
+        if o["eval_every"] and step % o["eval_every"] == 0:
+            self._validate()
+            if not o["checkpoint_every"]:
+                self._checkpoint(epoch_complete=False)
+        if o["checkpoint_every"] and step % o["checkpoint_every"] == 0:
+            self._checkpoint(epoch_complete=False)
+
+    def _validate(self) -> None:
+        """One validation at this step (never two); a finite loss below the best so far is the new best,
+        and with export = "best" its weights are kept (on the CPU) for model/."""
+        if self.validated_at == self.global_step:
+            return
+        self.validated_at = self.global_step
+        val_loss = validation(self)
+        if val_loss is None or not math.isfinite(val_loss) or (self.best_val is not None and val_loss >= self.best_val):
+            return
+        self.best_val, self.best_step = val_loss, self.global_step
+        self.last_metrics["best_val_loss"] = val_loss
+        if self.o["export"] in ("best", True):
+            self.best_weights = state.model_state(self, copy=True)
+
+    def _checkpoint(self, epoch_complete: bool) -> None:
+        """A checkpoint of this step (marked best when this step's validation was the best); written again
+        only to record that the step also completed the epoch."""
+        if not self.o["save_checkpoints"] or self.saved in ((self.global_step, epoch_complete),
+                                                            (self.global_step, True)):
+            return
+        flush(self)
+        self.last_metrics.update(train_loss=self._recent_loss())
+        self.last_path = self._save(epoch_complete, is_best=self.best_step == self.global_step)
+        self.saved = (self.global_step, epoch_complete)
+        self._call("on_checkpoint_saved", str(self.last_path))
+
+    def _export(self, result: dict) -> None:
+        """model/: the best validation's weights (export = "best", the default) or the last step's."""
+        weights, step = None, self.global_step
+        if self.o["export"] in ("best", True) and self.best_step is not None and self.best_step != self.global_step:
+            # after a resume, only the checkpoint has it (under FSDP the other ranks hold an empty dict)
+            weights = self.best_weights if self.best_weights is not None else self._best_from_checkpoint()
+            step = self.best_step if weights is not None else step
+        which = (f"the best validation: step {step}, val loss {self.best_val:.4f}" if step == self.best_step
+                 else f"the last step, {step}")
+        exported = state.export(self, self.context.run_dir / "model", weights)
+        if exported is not None:
+            result["export_dir"] = str(exported)
+            result["exported_step"] = step
+            result["summary"].append(("model", f"{exported} ({which})"))
+
+    def _best_from_checkpoint(self) -> dict | None:
+        best = [c for c in self.manager.checkpoints() if c["is_best"] and c["global_step"] == self.best_step]
+        if not best:
+            self.log(f"note: the best validation (step {self.best_step}) was not checkpointed before this run "
+                     "resumed; model/ holds the last step's weights")
+            return None
+        return self.manager.read(self.manager.dir / best[-1]["file"])["model_state_dict"]
 
     def _after_step(self, batches_done: int) -> None:
         self.batches_done = batches_done
@@ -344,9 +398,11 @@ class Trainer:
         recent = self.loss_history[-20:]
         return sum(recent) / len(recent) if recent else None
 
-    def _result(self, val_loss, last_path, started) -> dict:
+    def _result(self, started: float, last_path: Path | None = None) -> dict:
+        last_path = last_path or self.last_path
         result = {
-            "train_loss": self._recent_loss(), "val_loss": val_loss, "best_val_loss": self.best_val,
+            "train_loss": self._recent_loss(), "val_loss": self.last_metrics.get("val_loss"),
+            "best_val_loss": self.best_val,
             "steps": self.global_step, "epochs": self.epoch + 1, "tokens": int(self.tokens),
             "seconds": round(time.perf_counter() - started, 1), "checkpoint": str(last_path) if last_path else None,
             "loss_history": list(self.loss_history), "world_size": self.dist.world_size,

@@ -331,7 +331,7 @@ def test_fp16_without_cuda_is_a_clear_error(tmp_path):
 
 
 ORIGINAL_HANDLER = """
-import json, os, sys
+import gc, json, os, sys
 import torch
 import torch.distributed as dist
 from apt_plugin_trainer.failures import DistributedErrorHandler
@@ -350,6 +350,11 @@ wrote = handler.sync_checkpoint_on_error(model, optimizer, sys.argv[1])
 with open(f"{sys.argv[1]}.rank{rank}.json", "w") as fh:  # one file per rank: their stdouts interleave
     json.dump({"rank": rank, "quiet": quiet, "wrote_nothing": wrote_nothing, "wrote": wrote,
                "failures": [(f["rank"], f["type"], f["message"]) for f in failures]}, fh)
+# gloo aborts a process ("terminate called without an active exception") when the group is torn down
+# while a peer's last message is in flight or Python objects still hold its work: leave together, bare
+del handler
+gc.collect()
+dist.barrier()
 dist.destroy_process_group()
 """
 
