@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -118,6 +119,7 @@ def run(pipeline, overrides, resume, overwrite, no_progress, profile, nproc_per_
     from .runner import execute
 
     overrides = list(overrides)
+    resume_command = _resume_command(pipeline, overrides, plugins_dirs, strict, sandbox_all, nproc_per_node)
     kernel, plan = _plan(pipeline, overrides, plugins_dirs, strict)
     if sandbox_all and len(plan.sandboxed) < len(plan.config.callbacks):
         overrides += [f"callbacks.{i}.sandbox=true" for i in range(len(plan.config.callbacks))]
@@ -143,11 +145,22 @@ def run(pipeline, overrides, resume, overwrite, no_progress, profile, nproc_per_
 
         profiler = PluginProfiler()
     result, context = execute(kernel, plan, progress=progress, profiler=profiler, resume=resume, overwrite=overwrite,
-                              resume_command=f"apt-kernel run {pipeline} --resume latest")
+                              resume_command=resume_command)
     if int(os.environ.get("RANK", 0)) == 0:
         _summary(plan, result, context.resume_command)
         if profiler is not None:
             click.echo(f"\nProfile (also in {result['profile']}):\n{profiler.table()}")
+
+
+def _resume_command(pipeline, overrides, plugins_dirs, strict, sandbox_all, nproc) -> str:
+    """The command that continues this run: its pipeline with the same overrides (one of them may name the
+    output folder) and plugin folders, on as many processes."""
+    words = ["apt-kernel", "run", str(pipeline), *(a for item in overrides for a in ("--set", item))]
+    words += [a for d in plugins_dirs for a in ("--plugins-dir", d)] + (["--strict"] if strict else [])
+    words += ["--sandbox-all"] if sandbox_all else []
+    processes = nproc or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # a torchrun worker: as launched
+    words += ["--nproc-per-node", str(processes)] if processes > 1 else []
+    return shlex.join([*words, "--resume", "latest"])
 
 
 def _exec_torchrun(pipeline, overrides, nproc, nnodes, endpoint, rdzv_id, plugins_dirs, strict, profile,

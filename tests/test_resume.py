@@ -3,6 +3,7 @@ stops on SIGTERM / SIGINT. Every training run is a separate `apt-kernel run` pro
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -183,11 +184,15 @@ def test_signal_finishes_the_step_saves_and_says_how_to_resume(tmp_path, uninter
     returncode, output = finish(proc)
     assert returncode == code, output
     assert f"interrupted by {sig.name} at step 11" in output
-    assert f"resume with: apt-kernel run {tmp_path / 'exact.toml'} --resume latest" in output
     assert (out / "temp" / "apt_temp_step11.pt").exists()
-    resumed, _ = start(tmp_path, "signalled", "--resume", "latest")
-    returncode, output = finish(resumed)
-    assert returncode == 0, output
+    # the printed command, as given, continues this run (its --set names the output folder)
+    command = shlex.split(re.search(r"resume with: (.+)", output).group(1))
+    assert command[:3] == ["apt-kernel", "run", str(tmp_path / "exact.toml")] and command[-2:] == ["--resume", "latest"]
+    assert f"pipeline.output_dir={str(out)!r}" in command and str(PLUGINS) in command
+    resumed = subprocess.run([sys.executable, "-m", "apt_kernel.cli", *command[1:]], capture_output=True, text=True,
+                             env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resumed from {out / 'temp' / 'apt_temp_step11.pt'}" in resumed.stdout + resumed.stderr
     assert_identical(uninterrupted[1], final_state(out))
 
 
