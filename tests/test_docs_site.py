@@ -21,9 +21,8 @@ import pytest
 
 from apt_kernel import hookspecs
 from apt_kernel.callbacks import EVENTS
+from apt_sdk.testing import CHROMIUM, headless_chromium
 from conftest import REPO
-
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
 def build(out: Path) -> subprocess.CompletedProcess:
@@ -120,25 +119,15 @@ def test_no_link_inside_the_site_is_dead(site, served):
 
 @pytest.fixture
 def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1280,900"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
+    with headless_chromium(tmp_path / "chrome-profile") as driver:
+        yield driver
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver "
+@pytest.mark.skipif(not all(CHROMIUM), reason="needs Debian's chromium and chromium-driver "
                     "(.ci/run installs them)")
 def test_every_page_renders_in_chromium_and_the_search_finds_resume(site, served, browser, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -154,10 +143,11 @@ def test_every_page_renders_in_chromium_and_the_search_finds_resume(site, served
     box = browser.find_element(By.CSS_SELECTOR, "input.md-search__input")  # shown in the header at this width
     box.click()
     box.send_keys("resume", Keys.ENTER)
-    results = WebDriverWait(browser, 30).until(
-        lambda b: b.find_elements(By.CSS_SELECTOR, "li.md-search-result__item a"))
-    targets = [r.get_attribute("href") for r in results]
-    assert any("/training/" in t for t in targets), targets
+    def training_found(b):  # the result list is re-rendered as the search worker answers: read it again
+        targets = [r.get_attribute("href") for r in b.find_elements(By.CSS_SELECTOR, "li.md-search-result__item a")]
+        return any("/training/" in t for t in targets)
+
+    WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(training_found)
     shot = tmp_path / "docs-search.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000

@@ -5,6 +5,7 @@
 ``cli(*args)``: run ``apt-kernel ARGS`` in a child process, as a user would.
 ``read_manifest_file(path)``: read and check a plugin's ``apt-plugin.toml`` as the kernel does.
 ``fresh_venv(root, exclude, editable)``: a new virtual environment for install stories, without downloads.
+``headless_chromium(profile_dir)``: a selenium driver of the system's chromium, to test a web page for real.
 
 Every test gets its own plugin-status memory (``APT_KERNEL_HOME`` under ``tmp_path``) and no
 ``APT_*_PLUGINS`` selection from the environment, so a test never reads or writes the user's cache.
@@ -12,11 +13,14 @@ Every test gets its own plugin-status memory (``APT_KERNEL_HOME`` under ``tmp_pa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,8 @@ from apt_kernel.kernel import Kernel
 from apt_kernel.manifest import Manifest, parse_manifest, read_manifest_file
 from apt_kernel.runner import execute, plan_pipeline
 
-__all__ = ["IsolatedKernel", "apt_kernel", "cli", "fresh_venv", "read_manifest_file", "run_pipeline"]
+__all__ = ["IsolatedKernel", "apt_kernel", "cli", "fresh_venv", "headless_chromium", "read_manifest_file",
+           "run_pipeline"]
 
 
 class IsolatedKernel(Kernel):
@@ -103,3 +108,29 @@ def fresh_venv(root: Path, exclude: str = r"(?i)^(__editable__|apt[-_])", editab
         if install.returncode != 0:
             raise RuntimeError(f"pip install into {root} failed: {install.stderr[-2000:]}")
     return python
+
+
+CHROMIUM = (shutil.which("chromium"), shutil.which("chromedriver"))
+"""The system's chromium and chromedriver (Debian's ``chromium``, ``chromium-driver``), or None each."""
+
+
+@contextlib.contextmanager
+def headless_chromium(profile_dir: Path, window: str = "1280,900") -> Iterator[Any]:
+    """A selenium ``webdriver.Chrome`` of the system's chromium, headless, with its profile in
+    ``profile_dir``; quit on leaving. Skip a test without it: ``pytest.mark.skipif(not all(CHROMIUM), ...)``.
+    selenium is imported here, so only tests that use a browser need it installed."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM[0]
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", f"--user-data-dir={profile_dir}", f"--window-size={window}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMIUM[1]), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from apt_plugin_marketplace.client import PluginMarketplace
+from apt_sdk.testing import CHROMIUM, headless_chromium
 from conftest import raw_upload_wheel
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+pytestmark = pytest.mark.skipif(not all(CHROMIUM),
                                 reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
 
 SCRIPT = "<script>document.title='pwned'</script>"
@@ -22,19 +22,8 @@ SCRIPT = "<script>document.title='pwned'</script>"
 
 @pytest.fixture
 def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1200,900"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
+    with headless_chromium(tmp_path / "chrome-profile", "1200,900") as driver:
+        yield driver
 
 
 def test_the_directory_page_in_chromium(server, wheels, browser, tmp_path):
