@@ -6,6 +6,7 @@
 ``read_manifest_file(path)``: read and check a plugin's ``apt-plugin.toml`` as the kernel does.
 ``fresh_venv(root, exclude, editable)``: a new virtual environment for install stories, without downloads.
 ``headless_chromium(profile_dir)``: a selenium driver of the system's chromium, to test a web page for real.
+``screenshot(driver, path)``: save what the browser shows, and keep a copy in ``$APT_TEST_ARTIFACTS`` if set.
 
 Every test gets its own plugin-status memory (``APT_KERNEL_HOME`` under ``tmp_path``) and no
 ``APT_*_PLUGINS`` selection from the environment, so a test never reads or writes the user's cache.
@@ -31,7 +32,7 @@ from apt_kernel.kernel import Kernel
 from apt_kernel.manifest import Manifest, parse_manifest, read_manifest_file
 from apt_kernel.runner import execute, plan_pipeline
 
-__all__ = ["IsolatedKernel", "apt_kernel", "cli", "fresh_venv", "headless_chromium", "read_manifest_file",
+__all__ = ["IsolatedKernel", "apt_kernel", "cli", "fresh_venv", "headless_chromium", "read_manifest_file", "screenshot",
            "run_pipeline"]
 
 
@@ -134,3 +135,14 @@ def headless_chromium(profile_dir: Path, window: str = "1280,900") -> Iterator[A
         yield driver
     finally:
         driver.quit()
+
+
+def screenshot(driver: Any, path: Path) -> Path:
+    """Save the browser's view as PNG at ``path``; a CI that sets ``APT_TEST_ARTIFACTS`` (a folder) keeps
+    a copy there for people to look at."""
+    driver.save_screenshot(str(path))
+    artifacts = os.environ.get("APT_TEST_ARTIFACTS")
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(artifacts) / path.name)
+    return path

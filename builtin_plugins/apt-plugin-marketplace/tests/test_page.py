@@ -4,14 +4,10 @@ summary holding ``<script>`` is shown as text and never runs. A screenshot is sa
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
 
 from apt_plugin_marketplace.client import PluginMarketplace
-from apt_sdk.testing import CHROMIUM, headless_chromium
+from apt_sdk.testing import CHROMIUM, headless_chromium, screenshot
 from conftest import raw_upload_wheel
 
 pytestmark = pytest.mark.skipif(not all(CHROMIUM),
@@ -53,13 +49,8 @@ def test_the_directory_page_in_chromium(server, wheels, browser, tmp_path):
     assert rows["apt-plugin-xss"].find_element(By.CLASS_NAME, "summary").text == SCRIPT
     assert browser.title == "APT Kernel plugins"
     assert browser.find_elements(By.CSS_SELECTOR, "tr.plugin script") == []
-    shot = Path(tmp_path / "marketplace.png")
-    browser.save_screenshot(str(shot))
+    shot = screenshot(browser, tmp_path / "marketplace.png")  # .ci/run keeps it among its artifacts
     assert shot.stat().st_size > 10_000
-    artifacts = os.environ.get("APT_TEST_ARTIFACTS")  # .ci/run keeps its screenshots there
-    if artifacts:
-        Path(artifacts).mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, Path(artifacts) / shot.name)
     print(f"screenshot: {shot}")
 
     box = browser.find_element(By.ID, "q")

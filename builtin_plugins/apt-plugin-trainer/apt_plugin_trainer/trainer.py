@@ -29,13 +29,13 @@ import torch
 
 from apt_sdk import BuildContext, RunInterrupted, UserError
 
-from . import state
+from . import cadence, state
 from .checkpoint import CheckpointManager
 from .distributed import Distributed, shard_model
 from .failures import DistributedError, DistributedErrorHandler
 from .optim import param_groups, warmup_cosine
 from .progress import Progress, Throughput, mfu
-from .step import flush, guarded, train_step, validation, windows
+from .step import flush, guarded, train_step, windows
 
 
 class Trainer:
@@ -50,7 +50,7 @@ class Trainer:
         self.loss_history: list[float] = []
         self.best_val: float | None = None
         self.best_step: int | None = None  # the step of best_val
-        self.best_weights: dict | None = None  # a CPU copy of the model at best_step, for export = "best"
+        self.best_weights: dict | None = None  # the model at best_step on the CPU, when no checkpoint holds it
         self.validated_at: int | None = None  # the step of the last validation: never two at one step
         self.saved: tuple[int, bool] | None = None  # (step, epoch_complete) of the last checkpoint
         self.last_path: Path | None = None  # the last regular checkpoint
@@ -221,7 +221,7 @@ class Trainer:
                     if not self.errors.failed:
                         with self.errors.capture(self.global_step):
                             self._after_step(first + len(window))
-                    self._step_cadence()
+                    cadence.after_step(self)
                     if o["temp_checkpoint_freq"] and self.global_step % o["temp_checkpoint_freq"] == 0:
                         self._save_temp()
                     done = (o["max_steps"] and self.global_step >= o["max_steps"]) or \
@@ -236,7 +236,7 @@ class Trainer:
                         break
                 if interrupted:
                     break
-                self._end_epoch(epoch)
+                cadence.end_epoch(self, epoch)
                 if self.should_stop:
                     break
             if interrupted:
@@ -257,7 +257,7 @@ class Trainer:
         self.manager.clear_temp()
         result = self._result(started)
         if o["export"] is not False:
-            self._export(result)
+            cadence.export(self, result)
         self._call("on_fit_end", result)
         self._close()
         return result
@@ -290,78 +290,6 @@ class Trainer:
         if self.dist.started_group:
             gc.collect()
         self.dist.close()
-
-    def _end_epoch(self, epoch: int) -> None:
-        """Validation and a checkpoint where the cadence or the end of the run asks for them; callbacks."""
-        o = self.o
-        end = self.should_stop or epoch == o["epochs"] - 1
-        if end or not o["eval_every"]:
-            self._validate()
-        if end or not (o["eval_every"] or o["checkpoint_every"]):
-            self._checkpoint(epoch_complete=not self.should_stop)
-        flush(self)
-        self.last_metrics.update(train_loss=self._recent_loss())
-        self._call("on_epoch_end", epoch, dict(self.last_metrics))
-
-    def _step_cadence(self) -> None:
-        """After an optimizer step: validate every eval_every steps; checkpoint every checkpoint_every
-        steps, or after each validation when checkpoint_every is 0."""
-        o, step = self.o, self.global_step
-        if o["eval_every"] and step % o["eval_every"] == 0:
-            self._validate()
-            if not o["checkpoint_every"]:
-                self._checkpoint(epoch_complete=False)
-        if o["checkpoint_every"] and step % o["checkpoint_every"] == 0:
-            self._checkpoint(epoch_complete=False)
-
-    def _validate(self) -> None:
-        """One validation at this step (never two); a finite loss below the best so far is the new best,
-        and with export = "best" its weights are kept (on the CPU) for model/."""
-        if self.validated_at == self.global_step:
-            return
-        self.validated_at = self.global_step
-        val_loss = validation(self)
-        if val_loss is None or not math.isfinite(val_loss) or (self.best_val is not None and val_loss >= self.best_val):
-            return
-        self.best_val, self.best_step = val_loss, self.global_step
-        self.last_metrics["best_val_loss"] = val_loss
-        if self.o["export"] in ("best", True):
-            self.best_weights = state.model_state(self, copy=True)
-
-    def _checkpoint(self, epoch_complete: bool) -> None:
-        """A checkpoint of this step (marked best when this step's validation was the best); written again
-        only to record that the step also completed the epoch."""
-        if not self.o["save_checkpoints"] or self.saved in ((self.global_step, epoch_complete),
-                                                            (self.global_step, True)):
-            return
-        flush(self)
-        self.last_metrics.update(train_loss=self._recent_loss())
-        self.last_path = self._save(epoch_complete, is_best=self.best_step == self.global_step)
-        self.saved = (self.global_step, epoch_complete)
-        self._call("on_checkpoint_saved", str(self.last_path))
-
-    def _export(self, result: dict) -> None:
-        """model/: the best validation's weights (export = "best", the default) or the last step's."""
-        weights, step = None, self.global_step
-        if self.o["export"] in ("best", True) and self.best_step is not None and self.best_step != self.global_step:
-            # after a resume, only the checkpoint has it (under FSDP the other ranks hold an empty dict)
-            weights = self.best_weights if self.best_weights is not None else self._best_from_checkpoint()
-            step = self.best_step if weights is not None else step
-        which = (f"the best validation: step {step}, val loss {self.best_val:.4f}" if step == self.best_step
-                 else f"the last step, {step}")
-        exported = state.export(self, self.context.run_dir / "model", weights)
-        if exported is not None:
-            result["export_dir"] = str(exported)
-            result["exported_step"] = step
-            result["summary"].append(("model", f"{exported} ({which})"))
-
-    def _best_from_checkpoint(self) -> dict | None:
-        best = [c for c in self.manager.checkpoints() if c["is_best"] and c["global_step"] == self.best_step]
-        if not best:
-            self.log(f"note: the best validation (step {self.best_step}) was not checkpointed before this run "
-                     "resumed; model/ holds the last step's weights")
-            return None
-        return self.manager.read(self.manager.dir / best[-1]["file"])["model_state_dict"]
 
     def _after_step(self, batches_done: int) -> None:
         self.batches_done = batches_done

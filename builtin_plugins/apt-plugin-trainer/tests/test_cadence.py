@@ -124,3 +124,10 @@ def test_the_former_option_name_and_export_false_still_work(tmp_path):
     result = run(tmp_path, Recorder(), ["trainer.save_every_epoch=false", "trainer.export=false"])
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "model").exists()
     assert result["checkpoint"] is None and "export_dir" not in result
+
+
+def test_a_best_that_no_checkpoint_holds_is_kept_in_memory_for_the_export(tmp_path):
+    recorder = Recorder(corrupt_after=8)  # best at 8; checkpoints at 5, 10, 15 and 16 only
+    result = run(tmp_path, recorder, ["trainer.max_steps=16", "trainer.eval_every=4", "trainer.checkpoint_every=5"])
+    assert 8 not in steps_of(recorder.checkpoints) and min(recorder.validations, key=lambda v: v[1])[0] == 8
+    assert result["exported_step"] == 8 and same(exported(tmp_path), recorder.weights[8])
