@@ -112,3 +112,24 @@ def test_sandbox_all_runs_every_callback_in_a_worker(tmp_path):
     callbacks = '\n[[callbacks]]\nuse = "hostile"\nattack = "raise"\nat_step = 2\n'
     result = cli("run", str(pipeline(tmp_path, callbacks)), "--no-progress", "--plugins-dir", PLUGINS, "--sandbox-all")
     assert result.returncode == 1 and "hostile plugin gives up" in result.stderr and "(sandboxed)" in result.stderr
+
+
+def test_what_a_sandboxed_callback_prints_is_shown_while_the_run_goes_on(tmp_path):
+    # the worker runs `python -I`, which ignores PYTHONUNBUFFERED: its prints sat in a block buffer and
+    # were lost when the worker was closed (docs/tutorials/sandbox.md showed nothing)
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "talker.py").write_text(
+        'APT_MANIFEST = {"kernel_api": "^1.0", "version": "1.0.0", "provides": {"callback": {"talker": {}}}}\n'
+        "from apt_sdk import Callback, hookimpl\n\n"
+        "class Talker(Callback):\n"
+        "    def on_fit_start(self, trainer):\n"
+        "        print('hello from the sandbox')\n\n"
+        "@hookimpl\n"
+        "def register_callbacks(register):\n"
+        "    register('talker', lambda options, context: Talker())\n")
+    result = cli("run", str(pipeline(tmp_path, '\n[[callbacks]]\nuse = "talker"\nsandbox = true\n')), "--no-progress",
+                 "--plugins-dir", str(plugins))
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert "[talker] hello from the sandbox" in output, output

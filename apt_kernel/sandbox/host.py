@@ -108,10 +108,11 @@ class SandboxWorker:
         self.tmp = tempfile.mkdtemp(prefix="apt-sandbox-")
         host_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": self.tmp, "TMPDIR": self.tmp,
-               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
+               "PYTHONDONTWRITEBYTECODE": "1",
                **{key: os.environ[key] for key in self.limits.env if key in os.environ}}
+        # -u: the plugin's prints reach the log as they happen (-I ignores PYTHONUNBUFFERED)
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-m", "apt_kernel.sandbox.worker", str(worker_end.fileno())],
+            [sys.executable, "-I", "-u", "-m", "apt_kernel.sandbox.worker", str(worker_end.fileno())],
             pass_fds=[worker_end.fileno()], cwd=self.tmp, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         worker_end.close()
