@@ -169,7 +169,8 @@ def _schema_errors(exc: ValidationError, source: Source) -> PipelineError:
             continue
         table, key = _table_key(loc)
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            hint = closest(loc[-1], list(PipelineSection.model_fields)) if loc[0] == "pipeline" else None
+            msg = "unknown key" + (f" (did you mean {hint!r}?)" if hint else "")
         elif err["type"] == "missing":
             msg = "missing required key"
         else:

@@ -106,7 +106,9 @@ def _sandbox_limits(table: str, limits: dict, source: Source):
     except ValidationError as exc:
         err = exc.errors()[0]
         key = "limits." + ".".join(str(p) for p in err["loc"])
-        message = ("unknown key" if err["type"] == "extra_forbidden" else
+        hint = closest(str(err["loc"][-1]), list(SandboxLimits.model_fields)) if err["loc"] else None
+        unknown = "unknown key" + (f" (did you mean {hint!r}?)" if hint else "")
+        message = (unknown if err["type"] == "extra_forbidden" else
                    err["msg"].removeprefix("Value error, ") if err["type"] == "value_error" else
                    f"{err['msg'].lower()} (got {err.get('input')!r})")
         raise source.error(table, key, message) from None

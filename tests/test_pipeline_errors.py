@@ -32,7 +32,7 @@ def test_unknown_table(tmp_path, good):
 
 def test_unknown_key_in_pipeline_table(tmp_path, good):
     err = run_bad(tmp_path, good.replace('seed = 3', 'seed = 3\nsede = 4'))
-    assert "bad.toml: line 5: [pipeline] sede: unknown key" in err
+    assert "bad.toml: line 5: [pipeline] sede: unknown key (did you mean 'seed'?)" in err
 
 
 def test_unknown_component_option_suggests(tmp_path, good):

@@ -85,6 +85,10 @@ def test_sandbox_settings_are_checked_before_anything_runs(tmp_path):
     result = cli("run", str(bad_key), "--plugins-dir", PLUGINS)
     assert result.returncode == 2 and "callbacks[0]" in result.stderr and "cpu" in result.stderr
     assert not (tmp_path / "bad").exists()
+    typo = pipeline(tmp_path, '\n[[callbacks]]\nuse = "hostile"\nattack = "none"\n[callbacks.limits]\nnetwrok = true\n',
+                    name="typo")
+    result = cli("run", str(typo), "--plugins-dir", PLUGINS)
+    assert result.returncode == 2 and "limits.netwrok: unknown key (did you mean 'network'?)" in result.stderr
     model = pipeline(tmp_path, "", name="model").read_text().replace('use = "apt-lm"', 'use = "apt-lm"\nsandbox = true')
     (tmp_path / "model.toml").write_text(model)
     result = cli("run", str(tmp_path / "model.toml"))
