@@ -9,6 +9,8 @@ and audio with masks and stacks images; a record without an image or audio is ma
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -22,6 +24,7 @@ from apt_sdk import UserError
 from .records import Record, read_records
 
 IGNORE_INDEX = -100
+CUT = ".* is longer than max_seconds = "  # the audio preprocessor's warning for a clip it cuts
 
 
 def _preprocessor(processor: Any) -> Callable | None:
@@ -52,17 +55,26 @@ class MultimodalDataset(Dataset):
         self.audio_processor = _preprocessor(audio_processor)
         self.max_length = max_length
         self.skipped: list[tuple[str, str]] = []  # (where, why)
+        self.media_checked = check_media  # then a cut clip was reported here, once
         readable: set[Path] = set()  # media read once, however many records share them
         self.records: list[Record] = []
-        for record in read_records(data_list, root):
-            try:
-                self._check(record, check_media, readable)
-            except UserError as exc:
-                if on_bad_record == "fail":
-                    raise
-                self.skipped.append((record.where, str(exc)))
-                continue
-            self.records.append(record)
+        with warnings.catch_warnings(record=True) as cut:
+            warnings.filterwarnings("always", CUT)
+            for record in read_records(data_list, root):
+                try:
+                    self._check(record, check_media, readable)
+                except UserError as exc:
+                    if on_bad_record == "fail":
+                        raise
+                    self.skipped.append((record.where, str(exc)))
+                    continue
+                self.records.append(record)
+        clips = list(dict.fromkeys(str(w.message) for w in cut if re.match(CUT, str(w.message))))
+        for other in (w for w in cut if not re.match(CUT, str(w.message))):  # not ours to hold back
+            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+        if clips:  # one line for the data set, not one per clip and again at every epoch
+            warnings.warn(f"{len(clips)} audio clip{'s' if len(clips) > 1 else ''} longer than the audio window "
+                          f"{'are' if len(clips) > 1 else 'is'} cut to it, e.g. {clips[0]}", stacklevel=2)
         if not self.records:
             raise UserError("no usable records" + (f" ({len(self.skipped)} skipped)" if self.skipped else ""))
 
@@ -83,7 +95,10 @@ class MultimodalDataset(Dataset):
         if record.image_path is not None:
             item["image"] = self.image_processor([record.image_path], where=[record.where])[0]
         if record.audio_path is not None:
-            features, mask = self.audio_processor([record.audio_path], where=[record.where])
+            with warnings.catch_warnings():
+                if self.media_checked:
+                    warnings.filterwarnings("ignore", CUT)  # said once, when the data set was built
+                features, mask = self.audio_processor([record.audio_path], where=[record.where])
             item["audio"] = (features[0], mask[0])
         return item
 

@@ -142,3 +142,27 @@ def test_train_multimodal_model_runs_through_the_kernel(tmp_path, monkeypatch):
     assert saved["data"]["train_records"][0]["image_path"] == str(tmp_path / "data" / "media" / "train0.png")
     with pytest.raises(Exception, match="train record 2: a record is a dict"):
         train_multimodal_model(train[:2] + ["oops"], checkpoint_dir=tmp_path / "other")
+
+
+def test_clips_longer_than_the_window_are_reported_once_not_per_clip_and_epoch(tmp_path):
+    # FSDD has 20 clips over a second: each was warned about at build and again at every read (hundreds of lines)
+    import warnings
+
+    from apt_plugin_audio import AudioPreprocessor
+    from apt_plugin_lm.tokenization import CharTokenizer
+    from apt_plugin_multimodal.dataset import MultimodalDataset
+
+    records = []
+    for i, seconds in enumerate([1.5, 0.5, 2.0, 1.2]):
+        sf.write(tmp_path / f"{i}.wav", 0.3 * np.sin(np.arange(int(16000 * seconds)) * 0.3), 16000)
+        records.append({"prompt": "digit? ", "text": "one", "audio_path": str(tmp_path / f"{i}.wav")})
+    tokenizer = CharTokenizer.train(["digit? one"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = MultimodalDataset(records, tokenizer, audio_processor=AudioPreprocessor.for_window(1.0))
+        items = [data[i] for i in range(len(data)) for _ in range(2)]
+    about_clips = [str(w.message) for w in caught if "max_seconds" in str(w.message)]
+    assert [message.split(", e.g.")[0] for message in about_clips] == \
+        ["3 audio clips longer than the audio window are cut to it"]
+    assert "0.wav" in about_clips[0] and "1.50 s is longer than max_seconds = 1" in about_clips[0]
+    assert len(items) == 8
