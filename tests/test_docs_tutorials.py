@@ -1,7 +1,9 @@
 """The tutorials, run as written: every ``bash`` and ``python`` block of each page under docs/tutorials/,
-in order, in one scratch folder per page holding a copy of ``pipelines/``, with this environment's
-``apt-kernel`` first on PATH. A ``text`` block right after a block is that block's expected output:
-each of its lines must appear in what the block printed."""
+in order, in one scratch folder per page holding a copy of ``pipelines/``, in a virtual environment of
+the page's own that sees every package of this one (so a page's ``pip install`` changes nothing here),
+its ``bin`` first on PATH. A ``text`` block right after a block is that block's expected output:
+each of its lines must appear in what the block printed. A block titled "Illustration: ..." says on the
+page why it is not run (it needs a GPU, the internet); it is skipped."""
 
 from __future__ import annotations
 
@@ -14,10 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from apt_sdk.testing import fresh_venv
 from conftest import REPO
 
 TUTORIALS = REPO / "docs" / "tutorials"
-FENCE = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```$", re.S | re.M)
+FSDD = REPO.parent / "shared" / "data" / "fsdd"  # what the multimodal page's `git clone` fetches
+FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```$", re.S | re.M)
+ILLUSTRATION = 'title="Illustration: '
+
 PAGES = sorted(p.name for p in TUTORIALS.glob("*.md") if p.name != "index.md")
 
 
@@ -25,10 +31,10 @@ def blocks(page: Path) -> list[tuple[str, str, str | None]]:
     """(language, code, expected output or None) for each runnable block, in order."""
     found = FENCE.findall(page.read_text())
     runnable = []
-    for i, (language, body) in enumerate(found):
-        if language in ("bash", "python"):
+    for i, (language, info, body) in enumerate(found):
+        if language in ("bash", "python") and ILLUSTRATION not in info:
             follows = found[i + 1] if i + 1 < len(found) else None
-            runnable.append((language, body, follows[1] if follows and follows[0] == "text" else None))
+            runnable.append((language, body, follows[2] if follows and follows[0] == "text" else None))
     return runnable
 
 
@@ -39,15 +45,33 @@ def test_every_tutorial_is_in_the_path_and_has_something_to_run():
     assert all(f"tutorials/{page}" in nav for page in PAGES)
 
 
+def page_venv(root: Path) -> Path:
+    """A venv linking every package of this one, with this one's commands (apt-kernel, pip, tensorboard,
+    torchrun, ...) run by its python; returns its python."""
+    python = fresh_venv(root, exclude="^$")
+    for command in Path(sys.executable).parent.iterdir():
+        shim = python.parent / command.name
+        if not shim.exists() and command.is_file() and command.read_bytes()[:2] == b"#!":
+            shim.write_text(f'#!/bin/sh\nexec "{python}" "{command}" "$@"\n')
+            shim.chmod(0o755)
+    return python
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
 def test_a_tutorial_runs_as_written(page, tmp_path):
-    shutil.copytree(REPO / "pipelines", tmp_path / "pipelines")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}
+    work = tmp_path / "work"
+    shutil.copytree(REPO / "pipelines", work / "pipelines")
+    if "free-spoken-digit-dataset" in (TUTORIALS / page).read_text():
+        if not FSDD.is_dir():
+            pytest.skip("needs the FSDD recordings in ../shared/data")
+        (work / "free-spoken-digit-dataset").symlink_to(FSDD)
+    python = page_venv(tmp_path / "venv")
+    env = {**os.environ, "PATH": f"{python.parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
+           "VIRTUAL_ENV": str(python.parent.parent), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     for number, (language, code, expected) in enumerate(blocks(TUTORIALS / page), 1):
-        command = ["bash", "-euo", "pipefail", "-c", code] if language == "bash" else [sys.executable, "-c", code]
-        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        command = ["bash", "-euo", "pipefail", "-c", code] if language == "bash" else [str(python), "-c", code]
+        done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
         output = done.stdout + done.stderr
         assert done.returncode == 0, f"{page}, block {number} ({language}):\n{code}\n{output[-3000:]}"
         for line in (expected or "").splitlines():
