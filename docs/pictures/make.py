@@ -147,7 +147,7 @@ def observed_run(work: Path, out: Path, steps: int) -> None:
         '\n[[callbacks]]\nuse = "tensorboard"\nevery = 10\nhistogram_every = 50\n')
     (work / "observed.toml").write_text(pipeline)
     kernel("run", "observed.toml", "--no-progress", "--set", "pipeline.output_dir=runs/observed",
-           "--set", f"trainer.max_steps={steps}", "--set", f"trainer.eval_every={max(steps // 4, 1)}", cwd=work)
+           "--set", f"trainer.max_steps={steps}", "--set", f"trainer.eval_every={max(steps // 4, 5)}", cwd=work)
     run = work / "runs" / "observed"
     shutil.copy(run / "gradient_flow.png", out / "gradient-flow.png")
 
@@ -245,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        for name, make in (("observed run", lambda: observed_run(work, args.out, 20 if quick else 400)),
-                           ("search", lambda: search(work, args.out, 3 if quick else 10, 20 if quick else 60)),
+        for name, make in (("observed run", lambda: observed_run(work, args.out, 10 if quick else 400)),
+                           ("search", lambda: search(work, args.out, 3 if quick else 10, 10 if quick else 60)),
                            ("sort-of-clevr", lambda: sort_of_clevr(work, args.out, 20 if quick else 500,
                                                                    20 if quick else 600)),
                            ("marketplace", lambda: marketplace(work, args.out))):
