@@ -25,6 +25,11 @@ FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```$", re.S | re.M)
 ILLUSTRATION = 'title="Illustration: '
 
 PAGES = sorted(p.name for p in TUTORIALS.glob("*.md") if p.name != "index.md")
+# what a page's runs must reach, beyond printing what it says: (pattern with a number, the least it may be)
+LEARNED = {"multimodal.md": [  # chance: 10% for the digits
+    (r"test accuracy ([\d.]+)% of 360 \(exact match\)", 60.0),   # handwritten digits
+    (r"test accuracy ([\d.]+)% of 100 \(exact match\)", 60.0),   # a third of FSDD's test set
+]}
 
 
 def blocks(page: Path) -> list[tuple[str, str, str | None]]:
@@ -69,6 +74,7 @@ def test_a_tutorial_runs_as_written(page, tmp_path):
     python = page_venv(tmp_path / "venv")
     env = {**os.environ, "PATH": f"{python.parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
            "VIRTUAL_ENV": str(python.parent.parent), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    outputs = []
     for number, (language, code, expected) in enumerate(blocks(TUTORIALS / page), 1):
         command = ["bash", "-euo", "pipefail", "-c", code] if language == "bash" else [str(python), "-c", code]
         done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
@@ -76,3 +82,8 @@ def test_a_tutorial_runs_as_written(page, tmp_path):
         assert done.returncode == 0, f"{page}, block {number} ({language}):\n{code}\n{output[-3000:]}"
         for line in (expected or "").splitlines():
             assert line.strip() in output, f"{page}, block {number}: {line!r} not in its output:\n{output[-3000:]}"
+        outputs.append(output)
+    for pattern, least in LEARNED.get(page, []):
+        found = re.search(pattern, "\n".join(outputs))
+        assert found and float(found.group(1)) >= least, (page, pattern, found and found.group(0))
+        print(found.group(0))

@@ -214,6 +214,8 @@ def sort_of_clevr(work: Path, out: Path, images: int, steps: int) -> None:
 
 
 def marketplace(work: Path, out: Path) -> None:
+    from apt_plugin_marketplace.client import PluginMarketplace
+
     storage, port = work / "market", free_port()
     admin = ["--storage", str(storage)]
     storage.mkdir()
@@ -229,9 +231,9 @@ def marketplace(work: Path, out: Path) -> None:
                 subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                                 "-w", "dist", f"./{name}"], cwd=work, check=True, capture_output=True)
                 wheel = next((work / "dist").glob(f"{name.replace('-', '_')}-{version}-*.whl"))
-                kernel("plugins", "publish", "--index", url, "--token", alice, str(wheel), cwd=work)
-        for token, stars in ((alice, "5"), (bob, "4")):
-            kernel("plugins", "rate", "apt-plugin-loss-csv", stars, "--index", url, "--token", token, cwd=work)
+                PluginMarketplace(url, alice).publish_plugin(str(wheel))  # what `plugins publish` calls
+        for token, stars in ((alice, 5), (bob, 4)):
+            PluginMarketplace(url, token).rate_plugin("apt-plugin-loss-csv", stars)
         photograph(url, out / "marketplace.png", "return document.querySelectorAll('tr.plugin').length >= 2",
                    window="1200,600")
 
