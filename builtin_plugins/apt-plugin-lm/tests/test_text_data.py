@@ -118,3 +118,18 @@ def test_corpus_too_small_is_a_clear_error():
 def test_tiny_shakespeare_has_the_known_vocabulary():
     data = build_text_data(options(path=str(SHARED_DATA / "tinyshakespeare" / "input.txt"), block_size=64), 0)
     assert data.tokenizer.vocab_size == 65 + 4  # 65 characters + pad, bos, eos, unk
+
+
+def test_the_corpus_cache_gives_the_same_text_and_parses_a_changed_file_again(tmp_path):
+    root, cache = tmp_path / "lib", tmp_path / "cache"
+    (root / "pkg").mkdir(parents=True)
+    (root / "a.py").write_text('"""The first module of this little library, with a docstring long enough."""\n')
+    (root / "pkg" / "b.py").write_text('def f():\n    """A function whose docstring is long enough to be kept here."""\n')
+    first = stdlib_docstrings(root=root, cache=cache)
+    assert len(first) == 2 and list(cache.glob("*.json"))
+    assert stdlib_docstrings(root=root, cache=cache) == first  # from the cache
+    (root / "a.py").write_text('"""Changed: the module now says something else, and long enough too."""\n')
+    assert stdlib_docstrings(root=root, cache=cache)[0].startswith("Changed")
+    assert stdlib_docstrings(1, root=root, cache=cache) == stdlib_docstrings(1, root=root)[:1]
+    (cache / next(cache.iterdir()).name).write_text("not json")  # a broken cache is parsed again
+    assert stdlib_docstrings(root=root, cache=cache)[1] == first[1]

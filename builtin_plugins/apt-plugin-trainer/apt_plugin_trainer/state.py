@@ -12,13 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 
 from apt_sdk import UserError
 
@@ -55,13 +48,21 @@ def _tuples(value):
 IMPLEMENTATION = ("fused", "foreach", "capturable", "differentiable")
 
 
+def _dcp():
+    """torch's distributed state-dict helpers, imported when an FSDP run or a name-keyed optimizer state
+    needs them: the import takes about a second, which every single-process run paid at start."""
+    from torch.distributed.checkpoint import state_dict
+
+    return state_dict
+
+
 def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict) -> None:
     """Load an optimizer state saved plain (keyed by index) or by FSDP (keyed by parameter name). The
     implementation this run chose (fused, foreach) stays: the saved param groups carry the writer's, and
     an FSDP checkpoint's foreach AdamW resumed in one process would refuse the fused path's found_inf."""
     kept = [{k: group[k] for k in IMPLEMENTATION if k in group} for group in optimizer.param_groups]
     if any(isinstance(key, str) for key in state.get("state", {})):
-        set_optimizer_state_dict(model, optimizer, state)
+        _dcp().set_optimizer_state_dict(model, optimizer, state)
     else:
         optimizer.load_state_dict(state)
     for group, flags in zip(optimizer.param_groups, kept, strict=True):
@@ -72,16 +73,19 @@ def model_and_optimizer_state(trainer: Trainer) -> tuple[dict, dict]:
     if not trainer.fsdp:
         return trainer.model.state_dict(), trainer.optimizer.state_dict()
     # gathered whole on rank 0 (a collective: every rank calls it); optimizer state keyed by name
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return (get_model_state_dict(trainer.model, options=options),
-            get_optimizer_state_dict(trainer.model, trainer.optimizer, options=options))
+    dcp = _dcp()
+    options = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return (dcp.get_model_state_dict(trainer.model, options=options),
+            dcp.get_optimizer_state_dict(trainer.model, trainer.optimizer, options=options))
 
 
 def model_state(trainer: Trainer, copy: bool = False) -> dict:
     """The model's weights, whole (gathered on rank 0 under FSDP, a collective); ``copy``: on the CPU,
     detached from the training run's tensors."""
     if trainer.fsdp:
-        return get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        dcp = _dcp()
+        return dcp.get_model_state_dict(trainer.model, options=dcp.StateDictOptions(full_state_dict=True,
+                                                                                   cpu_offload=True))
     weights = trainer.model.state_dict()
     return {k: v.detach().to("cpu", copy=True) for k, v in weights.items()} if copy else weights
 
@@ -137,9 +141,11 @@ def _load_model_and_optimizer(trainer: Trainer, path: Path, state: dict, changes
     """Nothing is written before this succeeds; a checkpoint that does not fit names what changed."""
     try:
         if trainer.fsdp:
-            options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-            set_model_state_dict(trainer.model, state["model_state_dict"], options=options)
-            set_optimizer_state_dict(trainer.model, trainer.optimizer, state["optimizer_state_dict"], options=options)
+            dcp = _dcp()
+            options = dcp.StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+            dcp.set_model_state_dict(trainer.model, state["model_state_dict"], options=options)
+            dcp.set_optimizer_state_dict(trainer.model, trainer.optimizer, state["optimizer_state_dict"],
+                                         options=options)
         else:
             load_model_state(trainer.model, state["model_state_dict"], path)
             load_optimizer_state(trainer.model, trainer.optimizer, state["optimizer_state_dict"])
