@@ -30,7 +30,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # The longest files first: pytest-xdist hands whole files to workers in collection order (--dist loadfile),
 # and a long file started last leaves the other worker idle at the end (676 s against ~600 s).
-LONGEST_FIRST = ("test_docs_tutorials.py", "test_plugins_alone_marketplace.py", "test_plugins_alone.py", "test_resume.py")
+LONGEST_FIRST = ("test_docs_tutorials.py", "test_plugins_alone_marketplace.py", "test_plugins_alone.py",
+                 "test_resume.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,7 +1,7 @@
 """The tutorials, run as written: every ``bash`` and ``python`` block of each page under docs/tutorials/,
 in order, in one scratch folder per page holding a copy of ``pipelines/``, in a virtual environment of
-the page's own that sees every package of this one (so a page's ``pip install`` changes nothing here),
-its ``bin`` first on PATH. A ``text`` block right after a block is that block's expected output:
+the tutorials' own that sees every package of this one (so a page's ``pip install`` changes nothing
+here), its ``bin`` first on PATH. A ``text`` block right after a block is that block's expected output:
 each of its lines must appear in what the block printed. A block titled "Illustration: ..." says on the
 page why it is not run (it needs a GPU, the internet); it is skipped."""
 
@@ -62,16 +62,21 @@ def page_venv(root: Path) -> Path:
     return python
 
 
+@pytest.fixture(scope="module")
+def python(tmp_path_factory) -> Path:
+    """One venv for the pages (built once: a page's pip install -e of its own plugin harms no other)."""
+    return page_venv(tmp_path_factory.mktemp("tutorials") / "venv")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
-def test_a_tutorial_runs_as_written(page, tmp_path):
+def test_a_tutorial_runs_as_written(page, tmp_path, python):
     work = tmp_path / "work"
     shutil.copytree(REPO / "pipelines", work / "pipelines")
     if "free-spoken-digit-dataset" in (TUTORIALS / page).read_text():
         if not FSDD.is_dir():
             pytest.skip("needs the FSDD recordings in ../shared/data")
         (work / "free-spoken-digit-dataset").symlink_to(FSDD)
-    python = page_venv(tmp_path / "venv")
     env = {**os.environ, "PATH": f"{python.parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
            "VIRTUAL_ENV": str(python.parent.parent), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     outputs = []

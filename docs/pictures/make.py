@@ -11,7 +11,9 @@
 - marketplace.png: the plugin directory of a marketplace server, with plugins published to it by
   `apt-kernel plugins publish` and rated.
 
-Needs Debian's chromium and chromium-driver (what .ci/run installs) for the two screenshots.
+Needs Debian's chromium and chromium-driver (what .ci/run installs) for the two screenshots. It ends
+by checking that every picture a page shows was made and is a real picture (exit 1 otherwise); .ci/run
+runs the quick mode after the tests.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+SHOWN = re.compile(r"\]\((?:\.\./)*pictures/([\w.-]+\.png)\)")  # a picture a page shows
 KERNEL = [sys.executable, "-m", "apt_kernel.cli"]
 HPO_PIPELINE = """
 [pipeline]
@@ -255,8 +259,23 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             make()
             print(f"{name}: {time.monotonic() - started:.0f} s")
-    print(f"pictures in {args.out}")
-    return 0
+    return check(args.out)
+
+
+def check(folder: Path) -> int:
+    """Each picture the pages show was made: a PNG at least 200 px wide and high, not one flat colour."""
+    from PIL import Image, ImageStat
+
+    shown = {name for page in (REPO / "docs").rglob("*.md") for name in SHOWN.findall(page.read_text())}
+    missing = {name for name in shown if not (folder / name).exists()}
+    problems = [f"{name}: not made" for name in sorted(missing)]
+    for name in sorted(shown - missing):
+        with Image.open(folder / name) as picture:
+            spread = ImageStat.Stat(picture.convert("L")).stddev[0]
+            if picture.format != "PNG" or min(picture.size) < 200 or spread < 5:
+                problems.append(f"{name}: {picture.format} {picture.size}, brightness stddev {spread:.1f}")
+    print("\n".join(problems) or f"{len(shown)} pictures in {folder}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

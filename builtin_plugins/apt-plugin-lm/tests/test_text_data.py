@@ -124,7 +124,7 @@ def test_the_corpus_cache_gives_the_same_text_and_parses_a_changed_file_again(tm
     root, cache = tmp_path / "lib", tmp_path / "cache"
     (root / "pkg").mkdir(parents=True)
     (root / "a.py").write_text('"""The first module of this little library, with a docstring long enough."""\n')
-    (root / "pkg" / "b.py").write_text('def f():\n    """A function whose docstring is long enough to be kept here."""\n')
+    (root / "pkg" / "b.py").write_text('def f():\n    """A function whose docstring is long enough to keep."""\n')
     first = stdlib_docstrings(root=root, cache=cache)
     assert len(first) == 2 and list(cache.glob("*.json"))
     assert stdlib_docstrings(root=root, cache=cache) == first  # from the cache
