@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pickle
 import re
@@ -80,8 +81,9 @@ def run_nanogpt(source: Path, data: Path, work: Path, budget: float) -> dict:
     per_iter = (long - short) / 130
     startup = short - 20 * per_iter
     evals = 1.0 + 2 * 20 / 250  # eval every 250 iterations: 2 x 20 forward batches
-    # a multiple of eval_interval (250): nanoGPT saves its checkpoint only when it evaluates
-    iters = max(250, round((budget - startup) / (per_iter * evals) / 250) * 250)
+    # a multiple of eval_interval (250), rounded up: nanoGPT saves its checkpoint only when it evaluates,
+    # and rounding down gave it less than the budget
+    iters = max(250, math.ceil((budget - startup) / (per_iter * evals) / 250) * 250)
     seconds, log = train(iters, "out")
     checkpoint = torch.load(tree / "out" / "ckpt.pt", map_location="cpu", weights_only=False)
     sys.path.insert(0, str(tree))
