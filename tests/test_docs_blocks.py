@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 
+from test_docs_tutorials import FENCE
+
 from conftest import REPO
 
 DOCS = REPO / "docs"
-FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```$", re.S | re.M)
 TITLE = re.compile(r'title="([^"]+)"')
 def unaccounted(page: str, text: str) -> list[str]:
     """The runnable blocks of a page that neither a test runs nor say they are an illustration."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import socket
@@ -78,8 +77,9 @@ trial_overrides = {{ "trainer.max_steps" = {steps}, "trainer.eval_every" = {ever
 
 
 def kernel(*args: str, cwd: Path) -> str:
-    done = subprocess.run([*KERNEL, *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    from apt_sdk.testing import cli
+
+    done = cli(*args, cwd=cwd, env_extra={"PYTHONWARNINGS": "ignore"}, timeout=1800)
     if done.returncode != 0:
         raise SystemExit(f"apt-kernel {' '.join(args)} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
     return done.stdout

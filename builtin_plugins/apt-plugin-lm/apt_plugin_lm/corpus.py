@@ -72,9 +72,8 @@ def stdlib_docstrings(max_chars: int = 0, root: Path | None = None, cache: Path 
             total += len(doc) + 2
             if max_chars and total >= max_chars:
                 break
-        else:
-            continue
-        break
+        if max_chars and total >= max_chars:
+            break
     if changed:
         _save(cache_file, known)
     return texts

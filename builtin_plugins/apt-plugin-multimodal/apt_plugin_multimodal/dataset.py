@@ -69,12 +69,15 @@ class MultimodalDataset(Dataset):
                     self.skipped.append((record.where, str(exc)))
                     continue
                 self.records.append(record)
-        clips = list(dict.fromkeys(str(w.message) for w in cut if re.match(CUT, str(w.message))))
-        for other in (w for w in cut if not re.match(CUT, str(w.message))):  # not ours to hold back
-            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+        clips: dict[str, None] = {}  # the cut clips' messages, once each, in order
+        for caught in cut:
+            if re.match(CUT, str(caught.message)):
+                clips[str(caught.message)] = None
+            else:  # not ours to hold back
+                warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)
         if clips:  # one line for the data set, not one per clip and again at every epoch
             warnings.warn(f"{len(clips)} audio clip{'s' if len(clips) > 1 else ''} longer than the audio window "
-                          f"{'are' if len(clips) > 1 else 'is'} cut to it, e.g. {clips[0]}", stacklevel=2)
+                          f"{'are' if len(clips) > 1 else 'is'} cut to it, e.g. {next(iter(clips))}", stacklevel=2)
         if not self.records:
             raise UserError("no usable records" + (f" ({len(self.skipped)} skipped)" if self.skipped else ""))
 
