@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from apt_plugin_lm import model as model_module
 from apt_plugin_lm.model import APTConfig, APTLargeModel, Attention
 
 MODES = ["autopoietic", "sdpa"]
@@ -22,9 +23,18 @@ def small(mode="autopoietic", **kw):
     return model
 
 
+@pytest.fixture
+def query_blocks(request, monkeypatch):
+    """Blocks of 4 query rows, so the 16-token sequences here run the blocked path."""
+    if request.param:
+        monkeypatch.setattr(model_module, "MIN_BLOCK_ROWS", 4)
+    return request.param
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("padded", [False, True])
-def test_editing_token_t_plus_1_leaves_logits_up_to_t_unchanged(mode, padded):
+@pytest.mark.parametrize("query_blocks", [False, True], indirect=True)
+def test_editing_token_t_plus_1_leaves_logits_up_to_t_unchanged(mode, padded, query_blocks):
     model = small(mode)
     ids = torch.randint(4, 40, (3, 16))
     mask = torch.ones(3, 16, dtype=torch.bool)
@@ -184,3 +194,35 @@ def test_a_padded_row_sees_itself_under_a_kv_cache_as_in_the_full_pass(attention
     first = layer(x[:, :4], key_padding=padding[:, :4], cache=cache)
     rest = layer(x[:, 4:], key_padding=padding, cache=cache)
     torch.testing.assert_close(torch.cat([first, rest], 1), full, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_query_blocks_give_the_same_attention_and_gradients_as_one_block(monkeypatch, dtype):
+    """Blocked causal attention (15 rows in 4 blocks, the last one short) against the whole [T, S] at once,
+    with padding, a row whose own key is padding, and a cache continuing a prefix (the S - T offset)."""
+    torch.manual_seed(0)
+    layer = Attention(APTConfig(d_model=32, num_heads=4), causal=True).train()
+    with torch.no_grad():
+        layer.gate.fill_(0.8)
+        layer.tau.fill_(1.4)
+    x = torch.randn(3, 19, 32)
+    padding = torch.ones(3, 19, dtype=torch.bool)
+    padding[1, 12:], padding[2, :3] = False, False
+
+    def run(min_rows: int):
+        monkeypatch.setattr(model_module, "MIN_BLOCK_ROWS", min_rows)
+        layer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            cache: dict = {}
+            layer(x[:, :4], key_padding=padding[:, :4], cache=cache)
+            out = layer(x[:, 4:], key_padding=padding, cache=cache)  # T = 15 new queries, S = 19 keys
+        out.float().square().mean().backward()
+        return out.float(), {name: p.grad.clone() for name, p in layer.named_parameters()}
+
+    whole, whole_grads = run(min_rows=1000)
+    blocked, blocked_grads = run(min_rows=4)
+    tolerance = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(blocked, whole, **tolerance)
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(blocked_grads[name], grad, atol=1e-6 if dtype == torch.float32 else 1e-3,
+                                   rtol=1e-4 if dtype == torch.float32 else 5e-2, msg=name)
