@@ -226,3 +226,29 @@ def test_query_blocks_give_the_same_attention_and_gradients_as_one_block(monkeyp
     for name, grad in whole_grads.items():
         torch.testing.assert_close(blocked_grads[name], grad, atol=1e-6 if dtype == torch.float32 else 1e-3,
                                    rtol=1e-4 if dtype == torch.float32 else 5e-2, msg=name)
+
+
+def test_the_clamped_temperature_gets_gradients_back_into_its_range():
+    x = torch.tensor([0.9, 1.5, 2.2], requires_grad=True)
+    for upstream, expected in [([1.0, 1.0, 1.0], [0.0, 1.0, 1.0]), ([-1.0, -1.0, -1.0], [-1.0, -1.0, 0.0])]:
+        x.grad = None
+        model_module.InwardClamp.apply(x, 1.0, 2.0).backward(torch.tensor(upstream))
+        assert x.grad.tolist() == expected  # descent (x -= grad) may bring x back in, never push it further out
+
+
+def test_a_temperature_stepped_below_its_bound_gets_the_gradient_that_brings_it_back():
+    """tau starts on its lower bound; its first gradients (or weight decay) step it just below. With a plain
+    clamp its gradient was then 0 for good; now a loss that wants a softer softmax still reaches it."""
+    torch.manual_seed(0)
+    layer = Attention(APTConfig(d_model=32, num_heads=4), causal=True)
+    with torch.no_grad():
+        layer.gate.fill_(0.5)
+        layer.tau.fill_(0.98)
+    x, direction = torch.randn(2, 12, 32), torch.randn(2, 12, 32)
+    grads = []
+    for sign in (1.0, -1.0):
+        layer.zero_grad()
+        (sign * (layer(x) * direction).sum()).backward()
+        grads.append(layer.tau.grad.item())
+    assert sorted(g == 0 for g in grads) == [False, True], grads  # one sign of the loss wants it back up
+    assert min(grads) < 0  # and its gradient says so: descent raises tau into [1, 2]
