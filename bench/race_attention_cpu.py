@@ -1,0 +1,158 @@
+"""Issue 14, goal 8: does the autopoietic refinement earn its cost? `pipelines/shakespeare-char.toml` with
+`attention = "sdpa"` and with `attention = "autopoietic"`, each given the same wall time, back to back.
+
+    .venv/bin/python bench/race_attention_cpu.py [--data ../shared/data/tinyshakespeare/input.txt]
+        [--budget 300] [--seed 1337] [--json results.json]
+
+- Equal wall time is set in steps: SDPA gets the steps that fill the budget (two calibration runs, 30 and
+  330 steps, timed by the trainer's own training seconds), autopoietic those divided by the two models'
+  step-time ratio, measured first in one process in alternating rounds. Back-to-back 5-minute runs on
+  this VM drift by 10% or more, so each run's own clock would decide the race; the wall times are
+  printed beside. Each side gets a whole warm-up + cosine schedule (a time limit alone would cut the
+  slower side's schedule short); `trainer.epochs` is lifted so steps, not the 5-epoch cap, end a run.
+  `trainer.max_time_minutes` stays as a guard at 1.2 x the budget.
+- Both are scored the same way as in `race_nanogpt_cpu.py`: mean cross-entropy per character over the
+  whole validation split (the last 10%) in non-overlapping 64-character windows, on the exported
+  best-validation `model/`, and every checkpoint is scored too, which gives each side's curve of
+  whole-split loss against wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from race_nanogpt_cpu import REPO, score, val_text  # noqa: E402  the same scoring for every race
+
+MODES = ("sdpa", "autopoietic")
+
+
+def run(data: Path, out: Path, mode: str, steps: int, budget: float, seed: int) -> tuple[float, float, str]:
+    """One `apt-kernel run`; returns (its start as time.time(), wall seconds, stdout)."""
+    args = [sys.executable, "-m", "apt_kernel.cli", "run", str(REPO / "pipelines" / "shakespeare-char.toml"),
+            "--no-progress", "--set", f"data.path={data}", "--set", f"pipeline.output_dir={out}",
+            "--set", f"model.attention={mode}", "--set", f"pipeline.seed={seed}",
+            "--set", f"trainer.max_steps={steps}", "--set", "trainer.epochs=1000",  # steps decide, not epochs
+            "--set", f"trainer.max_time_minutes={budget * 1.2 / 60:.3f}"]
+    started, clock = time.time(), time.monotonic()
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"apt-kernel run ({mode}, {steps} steps) failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+    return started, time.monotonic() - clock, done.stdout
+
+
+def step_ratio(rounds: int) -> list[float]:
+    """Autopoietic / SDPA training-step time for the pipeline's model and batch, alternating in one process
+    (as bench_attention.py): back-to-back 5-minute runs on this VM drift by 10% or more, so equal wall
+    time is set by this ratio rather than by each run's own clock."""
+    from apt_plugin_lm.model import APTConfig, APTLargeModel
+
+    pipeline = tomllib.loads((REPO / "pipelines" / "shakespeare-char.toml").read_text())
+    shape = {k: v for k, v in pipeline["model"].items() if k not in ("use", "attention")}
+    batch, block = pipeline["data"]["batch_size"], pipeline["data"]["block_size"]
+    ids = torch.randint(0, 65, (batch, block + 1))
+    sides = {}
+    for mode in MODES:
+        torch.manual_seed(0)
+        model = APTLargeModel(APTConfig(vocab_size=65, max_seq_len=block, attention=mode, **shape))
+        sides[mode] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+
+    def steps(mode: str, count: int) -> float:
+        model, optimizer = sides[mode]
+        started = time.perf_counter()
+        for _ in range(count):
+            logits = model(ids[:, :-1])
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - started
+
+    for mode in MODES:
+        steps(mode, 3)
+    ratios = []
+    for _ in range(rounds):
+        times = {mode: steps(mode, 20) for mode in MODES}
+        ratios.append(times["autopoietic"] / times["sdpa"])
+    return ratios
+
+
+def calibrate(data: Path, work: Path, budget: float, seed: int) -> int:
+    """SDPA's steps in the budget: two runs (30, 330 steps), timed by the trainer's own training seconds."""
+    measured = {}
+    for steps in (30, 330):
+        _, wall, stdout = run(data, work / f"sdpa-{steps}", "sdpa", steps, budget, seed)
+        measured[steps] = (wall, float(re.search(r"^\s+seconds\s+([\d.]+)", stdout, re.M).group(1)))
+    per_step = (measured[330][1] - measured[30][1]) / 300  # one validation in 300 steps, as in the run
+    return max(330, math.floor((budget - (measured[30][0] - 30 * per_step)) / per_step))
+
+
+def race(mode: str, steps: int, data: Path, work: Path, budget: float, seed: int) -> dict:
+    from apt_plugin_lm.model import APTConfig, APTLargeModel
+    from apt_plugin_lm.tokenization import load_tokenizer
+
+    out = work / mode
+    started, seconds, _ = run(data, out, mode, steps, budget, seed)
+    tokenizer = load_tokenizer(out / "model" / "tokenizer")
+    ids = torch.tensor(tokenizer.encode(val_text(data)))
+    model = APTLargeModel.from_pretrained(out / "model").eval()
+    curve = []
+    for entry in json.loads((out / "metadata.json").read_text())["checkpoints"]:
+        state = torch.load(out / "checkpoints" / entry["file"], map_location="cpu", weights_only=False)
+        at = APTLargeModel(APTConfig.from_dict(state["config"]))
+        at.load_state_dict(state["model_state_dict"])
+        at.eval()
+        curve.append({"step": entry["global_step"], "seconds": round(entry["time"] - started, 1),
+                      "its_own_val": entry["metrics"].get("val_loss"), "val_whole_split": score(at, ids)})
+    tau = [round(float(p.detach().clamp(model.config.tau_min, model.config.tau_max)), 3)
+           for name, p in model.named_parameters() if name.endswith(".tau")]
+    gate = [round(float(p.detach()), 3) for name, p in model.named_parameters() if name.endswith(".gate")]
+    return {"mode": mode, "steps": steps, "seconds": round(seconds, 1), "val_whole_split": score(model, ids),
+            "curve": curve, "gate": gate, "tau": tau}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt")
+    parser.add_argument("--budget", type=float, default=300.0, help="seconds of each run")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--sdpa-steps", type=int, help="skip the calibration: SDPA's steps in the budget")
+    parser.add_argument("--rounds", type=int, default=9, help="alternating rounds of the step-time ratio")
+    parser.add_argument("--json", type=Path, help="write the results here too")
+    args = parser.parse_args()
+    data = args.data.resolve()
+    ratios = step_ratio(args.rounds)
+    ratio = statistics.median(ratios)
+    print(f"autopoietic / sdpa step time: median {ratio:.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}, "
+          f"{args.rounds} rounds)", flush=True)
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        sdpa_steps = args.sdpa_steps or calibrate(data, Path(folder), args.budget, args.seed)
+        for mode, steps in (("sdpa", sdpa_steps), ("autopoietic", round(sdpa_steps / ratio))):
+            results[mode] = race(mode, steps, data, Path(folder), args.budget, args.seed)
+            print(mode, json.dumps({k: v for k, v in results[mode].items() if k != "curve"}), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"ratio": ratios, **results}, indent=2))
+    print(f"\nseed {args.seed}, budget {args.budget:.0f} s, step-time ratio {ratio:.3f}")
+    print(f"{'attention':<13}{'steps':>8}{'seconds':>9}{'whole-split val':>17}")
+    for mode, result in results.items():
+        print(f"{mode:<13}{result['steps']:>8}{result['seconds']:>9.0f}{result['val_whole_split']:>17.4f}")
+    print("\ncurves (whole-split val of every checkpoint, seconds since the run started)")
+    for mode, result in results.items():
+        print(f"{mode:<13}" + "  ".join(f"{p['seconds']:.0f}s {p['val_whole_split']:.3f}" for p in result["curve"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
