@@ -110,22 +110,21 @@ class ElementwiseMLP(torch.autograd.Function):
         return grad_s, grad_w1, grad_b1, grad_w2
 
 
-class InwardClamp(torch.autograd.Function):
-    """clamp(x, low, high) whose gradient still reaches an x outside the range when a descent step would
-    move it back in. A plain clamp gives 0 there, for good: tau starts on its lower bound, its first
-    gradient asks for a sharper softmax, Adam steps it to 0.98, and it never learned again."""
+class ClampWithGradient(torch.autograd.Function):
+    """clamp(x, low, high) in the forward, the identity in the backward (a straight-through clamp).
+
+    A plain clamp gives 0 gradient outside the range, for good: tau starts on its lower bound, its first
+    gradient asks for a sharper softmax, Adam steps it to 0.98, and it never learned again. Passing only
+    the gradient that points back inside would not be linear in the loss, so gradient accumulation and
+    DDP (which sum the gradients of micro-batches and ranks) would train it differently from one batch."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, low: float, high: float) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        ctx.low, ctx.high = low, high
         return x.clamp(low, high)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        outward = ((x < ctx.low) & (grad > 0)) | ((x > ctx.high) & (grad < 0))  # descent subtracts grad
-        return grad.masked_fill(outward, 0), None, None
+        return grad, None, None
 
 
 class Attention(nn.Module):
@@ -204,7 +203,7 @@ class Attention(nn.Module):
         second Q.K^T product."""
         scale = 1.0 / math.sqrt(self.dk)
         if self.mode == "autopoietic":
-            tau = InwardClamp.apply(self.tau, self.tau_min, self.tau_max)
+            tau = ClampWithGradient.apply(self.tau, self.tau_min, self.tau_max)
             scale = scale / tau  # (scores + refinement) / tau: tau folded into q and into the bias
         scores = ((q * scale) @ k.transpose(-2, -1)).float()  # [B, H, T, S], scaled on the small side
         # -inf where masked, added rather than masked_fill'ed: a broadcast add is vectorised, a broadcast

@@ -247,27 +247,22 @@ def test_query_blocks_give_the_same_attention_and_gradients_as_one_block(monkeyp
                                    rtol=1e-4 if dtype == torch.float32 else 5e-2, msg=name)
 
 
-def test_the_clamped_temperature_gets_gradients_back_into_its_range():
+def test_the_clamped_temperature_passes_its_gradient_linearly():
     x = torch.tensor([0.9, 1.5, 2.2], requires_grad=True)
-    for upstream, expected in [([1.0, 1.0, 1.0], [0.0, 1.0, 1.0]), ([-1.0, -1.0, -1.0], [-1.0, -1.0, 0.0])]:
-        x.grad = None
-        model_module.InwardClamp.apply(x, 1.0, 2.0).backward(torch.tensor(upstream))
-        assert x.grad.tolist() == expected  # descent (x -= grad) may bring x back in, never push it further out
+    out = model_module.ClampWithGradient.apply(x, 1.0, 2.0)
+    assert out.tolist() == [1.0, 1.5, 2.0]
+    out.backward(torch.tensor([0.5, -1.0, 2.0]))
+    assert x.grad.tolist() == [0.5, -1.0, 2.0]  # linear: micro-batches and ranks may sum their gradients
 
 
-def test_a_temperature_stepped_below_its_bound_gets_the_gradient_that_brings_it_back():
+def test_a_temperature_stepped_below_its_bound_still_gets_gradients():
     """tau starts on its lower bound; its first gradients (or weight decay) step it just below. With a plain
-    clamp its gradient was then 0 for good; now a loss that wants a softer softmax still reaches it."""
+    clamp its gradient was then 0 for good."""
     torch.manual_seed(0)
     layer = Attention(APTConfig(d_model=32, num_heads=4), causal=True)
     with torch.no_grad():
         layer.gate.fill_(0.5)
         layer.tau.fill_(0.98)
     x, direction = torch.randn(2, 12, 32), torch.randn(2, 12, 32)
-    grads = []
-    for sign in (1.0, -1.0):
-        layer.zero_grad()
-        (sign * (layer(x) * direction).sum()).backward()
-        grads.append(layer.tau.grad.item())
-    assert sorted(g == 0 for g in grads) == [False, True], grads  # one sign of the loss wants it back up
-    assert min(grads) < 0  # and its gradient says so: descent raises tau into [1, 2]
+    (layer(x) * direction).sum().backward()
+    assert layer.tau.grad.abs() > 0
