@@ -16,67 +16,19 @@ With attention = "sdpa" the same weights run through fused scaled_dot_product_at
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+from .config import APTConfig  # also imported from here: apt_plugin_lm.model.APTConfig is the public path
+
+WEIGHTS_FILE = "model.safetensors"
 # causal explicit attention is computed in up to MAX_QUERY_BLOCKS blocks of query rows of at least
 # MIN_BLOCK_ROWS, each against only the keys it can see: 4 blocks compute 62.5% of the [T, S] scores
 MIN_BLOCK_ROWS, MAX_QUERY_BLOCKS = 64, 4
-
-
-@dataclass
-class APTConfig:
-    vocab_size: int = 256
-    d_model: int = 128
-    num_heads: int = 4
-    num_layers: int = 4
-    num_encoder_layers: int = 0  # > 0 adds an encoder and cross-attention (seq2seq with src_tokens)
-    d_ff: int = 512
-    max_seq_len: int = 256
-    dropout: float = 0.0
-    attention: str = "autopoietic"  # or "sdpa"
-    refine_hidden: int = 4  # h of the elementwise 1->h->1 MLP
-    init_tau: float = 1.0
-    tau_min: float = 1.0
-    tau_max: float = 2.0
-    pad_token_id: int = 0
-    bos_token_id: int = 1
-    eos_token_id: int = 2
-    tie_embeddings: bool = True
-
-    def __post_init__(self) -> None:
-        if self.d_model % self.num_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
-        if self.attention not in ("autopoietic", "sdpa"):
-            raise ValueError(f"attention must be 'autopoietic' or 'sdpa', not {self.attention!r}")
-        if not self.tau_min <= self.init_tau <= self.tau_max:
-            raise ValueError(f"init_tau {self.init_tau} outside [{self.tau_min}, {self.tau_max}]")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> APTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown APTConfig keys: {sorted(unknown)}")
-        return cls(**data)
-
-    def save(self, directory: str | Path) -> None:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        (Path(directory) / CONFIG_FILE).write_text(json.dumps(self.to_dict(), indent=2))
-
-    @classmethod
-    def load(cls, directory: str | Path) -> APTConfig:
-        return cls.from_dict(json.loads((Path(directory) / CONFIG_FILE).read_text()))
 
 
 class ElementwiseMLP(torch.autograd.Function):
@@ -191,8 +143,7 @@ class Attention(nn.Module):
         for start in range(0, T, rows):
             end = min(T, start + rows)
             keys = S - T + end  # the T queries are the last T of the S positions
-            block_mask = mask[..., start:end, :keys] if mask.shape[-2] > 1 else mask[..., :keys]
-            outs.append(self._attend(q[:, :, start:end], k[:, :, :keys], v[:, :, :keys], block_mask))
+            outs.append(self._attend(q[:, :, start:end], k[:, :, :keys], v[:, :, :keys], mask[..., start:end, :keys]))
         return torch.cat(outs, dim=2)
 
     def _attend(self, q, k, v, mask):
