@@ -24,7 +24,6 @@ import json
 import math
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,23 +33,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from race_nanogpt_cpu import REPO, score, val_text  # noqa: E402  the same scoring for every race
+from race_nanogpt_cpu import REPO, score, shakespeare_run, val_text  # noqa: E402  the same scoring for every race
 
 MODES = ("sdpa", "autopoietic")
 
 
 def run(data: Path, out: Path, mode: str, steps: int, budget: float, seed: int) -> tuple[float, float, str]:
-    """One `apt-kernel run`; returns (its start as time.time(), wall seconds, stdout)."""
-    args = [sys.executable, "-m", "apt_kernel.cli", "run", str(REPO / "pipelines" / "shakespeare-char.toml"),
-            "--no-progress", "--set", f"data.path={data}", "--set", f"pipeline.output_dir={out}",
-            "--set", f"model.attention={mode}", "--set", f"pipeline.seed={seed}",
-            "--set", f"trainer.max_steps={steps}", "--set", "trainer.epochs=1000",  # steps decide, not epochs
-            "--set", f"trainer.max_time_minutes={budget * 1.2 / 60:.3f}"]
-    started, clock = time.time(), time.monotonic()
-    done = subprocess.run(args, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"apt-kernel run ({mode}, {steps} steps) failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
-    return started, time.monotonic() - clock, done.stdout
+    return shakespeare_run(data, out, [f"model.attention={mode}", f"pipeline.seed={seed}",
+                                       f"trainer.max_steps={steps}", "trainer.epochs=1000",  # steps decide
+                                       f"trainer.max_time_minutes={budget * 1.2 / 60:.3f}"])
 
 
 def step_ratio(rounds: int) -> list[float]:

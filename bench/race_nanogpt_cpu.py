@@ -101,27 +101,33 @@ def run_nanogpt(source: Path, data: Path, work: Path, budget: float) -> dict:
             "ms_per_iter": per_iter * 1000, "log_tail": log.splitlines()[-3:]}
 
 
-def run_apt(data: Path, work: Path, overrides: list[str]) -> dict:
-    out = work / "apt"
+def shakespeare_run(data: Path, out: Path, overrides: list[str]) -> tuple[float, float, str]:
+    """`apt-kernel run pipelines/shakespeare-char.toml` into ``out``; (its start as time.time(), wall
+    seconds, stdout)."""
     args = [sys.executable, "-m", "apt_kernel.cli", "run", str(REPO / "pipelines" / "shakespeare-char.toml"),
             "--no-progress", "--set", f"data.path={data}", "--set", f"pipeline.output_dir={out}"]
     for override in overrides:
         args += ["--set", override]
-    started = time.monotonic()
+    started, clock = time.time(), time.monotonic()
     done = subprocess.run(args, capture_output=True, text=True)
-    seconds = time.monotonic() - started
     if done.returncode != 0:
-        raise SystemExit(f"apt-kernel run failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+        raise SystemExit(f"apt-kernel run {' '.join(overrides)} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+    return started, time.monotonic() - clock, done.stdout
+
+
+def run_apt(data: Path, work: Path, overrides: list[str]) -> dict:
+    out = work / "apt"
+    _, seconds, stdout = shakespeare_run(data, out, overrides)
     from apt_plugin_lm.model import APTLargeModel
     from apt_plugin_lm.tokenization import load_tokenizer
 
     model = APTLargeModel.from_pretrained(out / "model").eval()
     tokenizer = load_tokenizer(out / "model" / "tokenizer")
     ids = torch.tensor(tokenizer.encode(val_text(data)))
-    steps = int(re.search(r"steps\s+([\d,]+)", done.stdout).group(1).replace(",", ""))
-    best = re.search(r"the best validation: step (\d+)", done.stdout)
+    steps = int(re.search(r"steps\s+([\d,]+)", stdout).group(1).replace(",", ""))
+    best = re.search(r"the best validation: step (\d+)", stdout)
     return {"seconds": seconds, "steps": steps, "best_step": int(best.group(1)) if best else None,
-            "its_own_val": float(re.search(r"best val loss\s+([\d.]+)", done.stdout).group(1)),
+            "its_own_val": float(re.search(r"best val loss\s+([\d.]+)", stdout).group(1)),
             "val_whole_split": score(lambda x: model(x), ids)}
 
 
