@@ -53,6 +53,12 @@ def _distributed() -> Iterator[None]:
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    # imported before the group exists: their functions' `group=dist.group.WORLD` defaults would pin it, and
+    # the group's threads would outlive destroy_process_group (the trainer's distributed.py says more)
+    import torch.distributed.fsdp.sharded_grad_scaler  # noqa: F401
+    import torch.distributed.nn.functional  # noqa: F401
+    import torch.distributed.optim.zero_redundancy_optimizer  # noqa: F401
+
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
         yield

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from typing import Any
@@ -12,6 +13,12 @@ import torch.distributed as dist
 from apt_sdk import OptionError, UserError
 
 KNOWN_DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+# Modules whose functions take ``group=dist.group.WORLD`` as a default argument: imported after the group
+# exists (DDP imports the first lazily), they pin it forever, so destroy_process_group cannot free it and
+# gloo's threads outlive the run; at interpreter exit they then abort a rank now and then ("terminate
+# called without an active exception"). Imported before the group exists, their default is None.
+WORLD_DEFAULT_MODULES = ("torch.distributed.nn.functional", "torch.distributed.optim.zero_redundancy_optimizer",
+                         "torch.distributed.fsdp.sharded_grad_scaler")
 
 
 def check_device(name: str) -> None:
@@ -60,6 +67,8 @@ class Distributed:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
+            for module in WORLD_DEFAULT_MODULES:
+                importlib.import_module(module)
             dist.init_process_group(backend)
             self.started_group = True
 

@@ -388,3 +388,33 @@ def test_the_original_handler_in_one_process():
     assert [(f["rank"], f["type"], f["message"]) for f in failures] == [(0, "RuntimeError", "alone")]
     with pytest.raises(ValueError, match=r"DistributedErrorHandler\(world_size=4\) but this process's world_size is 1"):
         DistributedErrorHandler(0, 4)
+
+
+GROUP_TEARDOWN = """
+import gc, json, os, sys
+import torch
+from apt_plugin_trainer.distributed import Distributed
+
+group = Distributed("cpu")
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 2))
+model(torch.randn(4, 3)).sum().backward()
+del model
+gc.collect()
+group.close()
+threads = [open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task")]
+with open(f"{sys.argv[1]}.rank{group.rank}.json", "w") as fh:
+    json.dump([name for name in threads if "gloo" in name], fh)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="lists threads through /proc")
+def test_closing_the_process_group_after_ddp_stops_gloos_threads(tmp_path):
+    """Gloo's threads left running to interpreter exit aborted rank 1 of a finished DDP run now and then
+    ("terminate called without an active exception"): DDP's lazy imports pinned the group."""
+    script = tmp_path / "teardown.py"
+    script.write_text(GROUP_TEARDOWN)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(script), str(tmp_path / "threads")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [json.loads(Path(f"{tmp_path / 'threads'}.rank{rank}.json").read_text()) for rank in (0, 1)] == [[], []]
