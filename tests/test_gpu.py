@@ -3,7 +3,10 @@
 import pytest
 import torch
 
+from apt_kernel.runner import run_pipeline
 from apt_plugin_lm.model import APTConfig, APTLargeModel
+from apt_sdk import hookimpl
+from apt_sdk.testing import IsolatedKernel
 from conftest import cli
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -21,12 +24,14 @@ def model(mode):
     return m
 
 
+@pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("mode", MODES)
-def test_causal_on_cuda_in_bf16(mode):
+def test_causal_on_cuda_in_bf16(mode, padded):
     m = model(mode).eval()
     ids = torch.randint(4, 100, (4, 96), device="cuda")
     mask = torch.ones_like(ids, dtype=torch.bool)
     mask[1, 70:] = False
+    mask = mask if padded else None  # unpadded SDPA runs the is_causal (flash) kernel
     with torch.autocast("cuda", dtype=torch.bfloat16):
         base = m(ids, attention_mask=mask).float()
         for t in (0, 31, 63, 90):
@@ -128,3 +133,67 @@ def test_compiled_model_trains_on_cuda(tiny_pipeline):
     result = cli("run", str(tiny_pipeline), "--no-progress", "--set", "trainer.device=cuda",
                  "--set", "trainer.compile=true", "--set", "trainer.max_steps=10")
     assert result.returncode == 0, result.stderr
+
+
+class SyncGuard:
+    """From step 2 to the last, any call that makes the host wait for the GPU raises."""
+
+    MANIFEST = {"kernel_api": "^1.0", "provides": {"callback": {"no-host-sync": {}}}}
+
+    def __init__(self, last: int):
+        self.last, self.guarded = last, []
+
+    @hookimpl
+    def register_callbacks(self, register):
+        register("no-host-sync", lambda options, context: self)
+
+    def __getattr__(self, name):  # every other event: nothing to do
+        return lambda *args: None
+
+    def on_train_batch_end(self, trainer, step, metrics):
+        torch.cuda.set_sync_debug_mode("error" if 2 <= step < self.last else "default")
+        self.guarded.append(step)
+
+    def on_exception(self, trainer, error):
+        torch.cuda.set_sync_debug_mode("default")
+
+    def state_dict(self):
+        return {}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_training_step_on_cuda_never_waits_for_the_device(tmp_path, mode):
+    """Batches go to the GPU from pinned memory, losses are read back once per logging interval: between
+    logs nothing synchronises, so the host runs ahead and queues the next step while this one computes."""
+    guard = SyncGuard(last=8)
+    kernel = IsolatedKernel()
+    kernel.add(guard, SyncGuard.MANIFEST, name="sync")
+    try:
+        run_pipeline({
+            "pipeline": {"name": "sync", "output_dir": str(tmp_path / "run")},
+            "data": {"use": "text", "corpus": "python-stdlib-docs", "max_chars": 40000, "block_size": 64,
+                     "batch_size": 16},
+            "model": {"use": "apt-lm", "d_model": 64, "num_heads": 2, "num_layers": 2, "d_ff": 128,
+                      "attention": mode},
+            "loss": {"use": "lm-cross-entropy"},
+            "trainer": {"use": "apt-trainer", "device": "cuda", "precision": "bf16", "max_steps": 8,
+                        "log_every": 0, "eval_every": 0, "save_checkpoints": False, "temp_checkpoint_freq": 0,
+                        "export": False},
+            "callbacks": [{"use": "no-host-sync"}]}, kernel=kernel)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert guard.guarded == list(range(1, 9))
+
+
+def test_batches_go_to_the_gpu_from_pinned_memory(monkeypatch):
+    from apt_plugin_trainer.distributed import to_device
+
+    pinned = []
+    real = torch.Tensor.pin_memory
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: pinned.append(1) or real(self, *a, **k))
+    batch = torch.arange(12).view(3, 4)
+    moved = to_device(batch, torch.device("cuda"))
+    assert pinned == [1] and moved.is_cuda and torch.equal(moved.cpu(), batch)
+    already = real(batch)
+    to_device(already, torch.device("cuda"))
+    assert pinned == [1]  # a data module that pins its own batches is not pinned twice

@@ -121,12 +121,16 @@ class Attention(nn.Module):
                 if "k" in cache:
                     k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
                 cache["k"], cache["v"] = k, v
-        mask = self._mask(T, k.shape[2], key_padding, x.device)  # True = may attend, [B or 1, 1, T, S]
         if self.mode == "autopoietic" or self.record_attention:
-            y = self._explicit_attention(q, k, v, mask)
-        else:
-            p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            y = self._explicit_attention(q, k, v, self._mask(T, k.shape[2], key_padding, x.device))
+        elif self.causal and key_padding is None and T == k.shape[2]:
+            # is_causal rather than a mask: with any attn_mask, CUDA SDPA cannot use its flash kernel, and the
+            # CPU kernel computes the masked half too
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                               is_causal=True)
+        else:  # padding, cross-attention, or the new queries of a cache (the last T of S positions)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(T, k.shape[2], key_padding, x.device),
+                                               dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
     def _explicit_attention(self, q, k, v, mask):

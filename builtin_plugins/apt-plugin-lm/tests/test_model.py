@@ -70,6 +70,23 @@ def test_equal_to_standard_attention_at_initialisation():
     torch.testing.assert_close(auto.eval()(ids), plain.eval()(ids), atol=1e-5, rtol=1e-5)
 
 
+def test_sdpa_without_padding_takes_the_causal_kernel_and_gives_the_masked_result(monkeypatch):
+    """Unpadded causal SDPA passes is_causal instead of a mask (a mask keeps CUDA off its flash kernel)."""
+    torch.manual_seed(3)
+    model = APTLargeModel(APTConfig(vocab_size=40, d_model=32, num_heads=4, num_layers=2, max_seq_len=24,
+                                    attention="sdpa")).eval()
+    ids = torch.randint(0, 40, (2, 20))
+    masks = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: masks.append(k.get("attn_mask")) or sdpa(*a, **k))
+    plain = model(ids)
+    assert masks == [None, None]
+    padded = model(ids, attention_mask=torch.ones(2, 20, dtype=torch.bool))  # all real: the mask path
+    assert all(m is not None for m in masks[2:])
+    torch.testing.assert_close(plain, padded, atol=1e-5, rtol=1e-5)
+
+
 def test_gradients_are_finite_and_reach_the_refinement():
     model = small().train()
     ids = torch.randint(4, 40, (2, 16))

@@ -31,7 +31,7 @@ from apt_sdk import BuildContext, RunInterrupted, UserError
 
 from . import cadence, state
 from .checkpoint import CheckpointManager
-from .distributed import Distributed, shard_model
+from .distributed import Distributed, shard_model, to_device
 from .failures import DistributedError, DistributedErrorHandler
 from .optim import param_groups, warmup_cosine
 from .progress import Progress, Throughput, mfu
@@ -156,7 +156,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
     def forward_loss(self, module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        batch = {k: to_device(v, self.device) for k, v in batch.items()}
         if self.seq_len is None:
             self.seq_len = next((v.shape[1] for v in batch.values() if v.dim() >= 2), None)
         with self._autocast():
