@@ -59,20 +59,47 @@ def score(forward, ids: torch.Tensor) -> float:
     return total / (count * WINDOW)
 
 
-def run_nanogpt(source: Path, data: Path, work: Path, budget: float) -> dict:
+def nanogpt_tree(source: Path, data: Path, work: Path) -> Path:
+    """A copy of nanoGPT's source with this input.txt, prepared by its own prepare.py."""
     tree = work / "nanoGPT"
     shutil.copytree(source, tree, ignore=shutil.ignore_patterns(".git"))
     shutil.copy(data, tree / "data" / "shakespeare_char" / "input.txt")
     subprocess.run([sys.executable, "data/shakespeare_char/prepare.py"], cwd=tree, check=True, capture_output=True)
+    return tree
+
+
+def nanogpt_train(tree: Path, settings: list[str]) -> tuple[float, str]:
+    """`train.py config/train_shakespeare_char.py` with ``settings``; (wall seconds, stdout)."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "train.py", "config/train_shakespeare_char.py", *settings],
+                          cwd=tree, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"nanoGPT's train.py failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+    return time.monotonic() - started, done.stdout
+
+
+def nanogpt_score(tree: Path, data: Path, out: str, device: str = "cpu") -> dict:
+    """nanoGPT's best checkpoint (its ckpt.pt) scored on the whole validation split, with its own model.py."""
+    checkpoint = torch.load(tree / out / "ckpt.pt", map_location=device, weights_only=False)
+    sys.path.insert(0, str(tree))
+    from model import GPT, GPTConfig  # nanoGPT's own model.py
+
+    model = GPT(GPTConfig(**checkpoint["model_args"]))
+    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in checkpoint["model"].items()})
+    model.to(device).eval()
+    meta = pickle.loads((tree / "data" / "shakespeare_char" / "meta.pkl").read_bytes())
+    ids = torch.tensor([meta["stoi"][c] for c in val_text(data)], device=device)
+    # nanoGPT's forward gives the logits of every position only when it is given targets
+    loss = score(lambda x: model(x, torch.zeros_like(x))[0], ids)
+    return {"best_iter": checkpoint["iter_num"], "its_own_val": float(checkpoint["best_val_loss"]),
+            "val_whole_split": loss}
+
+
+def run_nanogpt(source: Path, data: Path, work: Path, budget: float) -> dict:
+    tree = nanogpt_tree(source, data, work)
 
     def train(iters: int, out: str) -> tuple[float, str]:
-        started = time.monotonic()
-        done = subprocess.run([sys.executable, "train.py", "config/train_shakespeare_char.py", *BABY,
-                               f"--max_iters={iters}", f"--lr_decay_iters={iters}", f"--out_dir={out}"],
-                              cwd=tree, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"nanoGPT's train.py failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
-        return time.monotonic() - started, done.stdout
+        return nanogpt_train(tree, [*BABY, f"--max_iters={iters}", f"--lr_decay_iters={iters}", f"--out_dir={out}"])
 
     # two short runs: their difference is the time of 130 iterations, start-up and the first eval cancel
     # (not 100: nanoGPT's schedule divides by lr_decay_iters - warmup_iters, 100)
@@ -85,26 +112,14 @@ def run_nanogpt(source: Path, data: Path, work: Path, budget: float) -> dict:
     # and rounding down gave it less than the budget
     iters = max(250, math.ceil((budget - startup) / (per_iter * evals) / 250) * 250)
     seconds, log = train(iters, "out")
-    checkpoint = torch.load(tree / "out" / "ckpt.pt", map_location="cpu", weights_only=False)
-    sys.path.insert(0, str(tree))
-    from model import GPT, GPTConfig  # nanoGPT's own model.py
-
-    model = GPT(GPTConfig(**checkpoint["model_args"]))
-    model.load_state_dict(checkpoint["model"])
-    model.eval()
-    meta = pickle.loads((tree / "data" / "shakespeare_char" / "meta.pkl").read_bytes())
-    ids = torch.tensor([meta["stoi"][c] for c in val_text(data)])
-    # nanoGPT's forward gives the logits of every position only when it is given targets
-    loss = score(lambda x: model(x, torch.zeros_like(x))[0], ids)
-    return {"seconds": seconds, "iters": iters, "best_iter": checkpoint["iter_num"],
-            "its_own_val": float(checkpoint["best_val_loss"]), "val_whole_split": loss,
+    return {"seconds": seconds, "iters": iters, **nanogpt_score(tree, data, "out"),
             "ms_per_iter": per_iter * 1000, "log_tail": log.splitlines()[-3:]}
 
 
-def shakespeare_run(data: Path, out: Path, overrides: list[str]) -> tuple[float, float, str]:
-    """`apt-kernel run pipelines/shakespeare-char.toml` into ``out``; (its start as time.time(), wall
-    seconds, stdout)."""
-    args = [sys.executable, "-m", "apt_kernel.cli", "run", str(REPO / "pipelines" / "shakespeare-char.toml"),
+def shakespeare_run(data: Path, out: Path, overrides: list[str],
+                    pipeline: str = "shakespeare-char.toml") -> tuple[float, float, str]:
+    """`apt-kernel run pipelines/<pipeline>` into ``out``; (its start as time.time(), wall seconds, stdout)."""
+    args = [sys.executable, "-m", "apt_kernel.cli", "run", str(REPO / "pipelines" / pipeline),
             "--no-progress", "--set", f"data.path={data}", "--set", f"pipeline.output_dir={out}"]
     for override in overrides:
         args += ["--set", override]
@@ -115,9 +130,10 @@ def shakespeare_run(data: Path, out: Path, overrides: list[str]) -> tuple[float,
     return started, time.monotonic() - clock, done.stdout
 
 
-def run_apt(data: Path, work: Path, overrides: list[str]) -> dict:
-    out = work / "apt"
-    _, seconds, stdout = shakespeare_run(data, out, overrides)
+def run_apt(data: Path, work: Path, overrides: list[str], pipeline: str = "shakespeare-char.toml",
+            name: str = "apt") -> dict:
+    out = work / name
+    _, seconds, stdout = shakespeare_run(data, out, overrides, pipeline)
     from apt_plugin_lm.model import APTLargeModel
     from apt_plugin_lm.tokenization import load_tokenizer
 
@@ -127,6 +143,7 @@ def run_apt(data: Path, work: Path, overrides: list[str]) -> dict:
     steps = int(re.search(r"steps\s+([\d,]+)", stdout).group(1).replace(",", ""))
     best = re.search(r"the best validation: step (\d+)", stdout)
     return {"seconds": seconds, "steps": steps, "best_step": int(best.group(1)) if best else None,
+            "train_seconds": float(re.search(r"seconds\s+([\d.]+)", stdout).group(1)),
             "its_own_val": float(re.search(r"best val loss\s+([\d.]+)", stdout).group(1)),
             "val_whole_split": score(lambda x: model(x), ids)}
 

@@ -71,6 +71,19 @@ def test_shakespeare_char_pipeline_runs(tmp_path):
     assert float(re.search(r"val loss\s+([\d.]+)", result.stdout).group(1)) < 3.3
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "tinyshakespeare" / "input.txt").exists(), reason="shared data absent")
+def test_the_gpu_shakespeare_pipeline_builds_and_steps_on_cpu(tmp_path):
+    """Its race runs on a GPU (bench/race_nanogpt_gpu.py); here its model, data and callbacks are built for real."""
+    result = cli("run", str(REPO / "pipelines" / "shakespeare-char-gpu.toml"), "--no-progress",
+                 "--set", f"data.path={str(SHARED_DATA / 'tinyshakespeare' / 'input.txt')!r}",
+                 "--set", f"pipeline.output_dir={str(tmp_path / 'gpu')!r}", "--set", "trainer.device='cpu'",
+                 "--set", "trainer.compile=false", "--set", "trainer.precision='fp32'", "--set", "trainer.max_steps=2",
+                 "--set", "trainer.eval_batches=1", "--set", "data.batch_size=4")
+    assert result.returncode == 0, result.stderr
+    assert "steps            2" in result.stdout and (tmp_path / "gpu" / "model").is_dir()
+
+
 def test_shakespeare_without_data_path_is_a_user_error(tmp_path):
     result = cli("run", str(REPO / "pipelines" / "shakespeare-char.toml"), "--set", "data.path='nowhere.txt'",
                  cwd=tmp_path)

@@ -67,6 +67,7 @@ def test_pipeline_trains_on_cuda_in_bf16(tiny_pipeline):
                  "--set", "trainer.precision=bf16", "--set", "trainer.max_steps=20")
     assert result.returncode == 0, result.stderr
     assert "val loss" in result.stdout
+    assert "peak GPU memory" in result.stdout
 
 
 GPU_PIPELINE = """

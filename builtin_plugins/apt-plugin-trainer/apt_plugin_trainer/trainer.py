@@ -334,11 +334,14 @@ class Trainer:
             "steps": self.global_step, "epochs": self.epoch + 1, "tokens": int(self.tokens),
             "seconds": round(time.perf_counter() - started, 1), "checkpoint": str(last_path) if last_path else None,
             "loss_history": list(self.loss_history), "world_size": self.dist.world_size,
+            # this process's peak of allocated CUDA memory, as torch.cuda.max_memory_allocated counts it
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
+            if self.device.type == "cuda" else None,
         }
         shown = [("train loss", "train_loss", "{:.4f}"), ("val loss", "val_loss", "{:.4f}"),
                  ("best val loss", "best_val_loss", "{:.4f}"), ("steps", "steps", "{}"), ("epochs", "epochs", "{}"),
                  ("tokens", "tokens", "{:,}"), ("seconds", "seconds", "{:.1f}"), ("processes", "world_size", "{}"),
-                 ("last checkpoint", "checkpoint", "{}")]
+                 ("peak GPU memory", "peak_memory_gib", "{:.3f} GiB"), ("last checkpoint", "checkpoint", "{}")]
         result["summary"] = [(label, form.format(result[key])) for label, key, form in shown if result[key] is not None]
         result["summary"] += [(str(label), str(text)) for label, text in getattr(self.data, "summary", None) or []]
         return result
