@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import re
 import statistics
 import sys
 import tempfile
@@ -33,13 +31,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from race_nanogpt_cpu import REPO, score, shakespeare_run, val_text  # noqa: E402  the same scoring for every race
+from race_nanogpt_cpu import REPO, score, shakespeare_run, steps_in_budget, val_text  # noqa: E402  shared
 
 MODES = ("sdpa", "autopoietic")
 
 
-def run(data: Path, out: Path, mode: str, steps: int, budget: float, seed: int) -> tuple[float, float, str]:
-    return shakespeare_run(data, out, [f"model.attention={mode}", f"pipeline.seed={seed}",
+def run(data: Path, out: Path, mode: str, steps: int, budget: float, seed: int,
+        extra: tuple[str, ...] = ()) -> tuple[float, float, str]:
+    return shakespeare_run(data, out, [*extra, f"model.attention={mode}", f"pipeline.seed={seed}",
                                        f"trainer.max_steps={steps}", "trainer.epochs=1000",  # steps decide
                                        f"trainer.max_time_minutes={budget * 1.2 / 60:.3f}"])
 
@@ -79,22 +78,12 @@ def step_ratio(rounds: int) -> list[float]:
     return ratios
 
 
-def calibrate(data: Path, work: Path, budget: float, seed: int) -> int:
-    """SDPA's steps in the budget: two runs (30, 330 steps), timed by the trainer's own training seconds."""
-    measured = {}
-    for steps in (30, 330):
-        _, wall, stdout = run(data, work / f"sdpa-{steps}", "sdpa", steps, budget, seed)
-        measured[steps] = (wall, float(re.search(r"^\s+seconds\s+([\d.]+)", stdout, re.M).group(1)))
-    per_step = (measured[330][1] - measured[30][1]) / 300  # one validation in 300 steps, as in the run
-    return max(330, math.floor((budget - (measured[30][0] - 30 * per_step)) / per_step))
-
-
-def race(mode: str, steps: int, data: Path, work: Path, budget: float, seed: int) -> dict:
+def race(mode: str, steps: int, data: Path, work: Path, budget: float, seed: int, extra: tuple[str, ...] = ()) -> dict:
     from apt_plugin_lm.model import APTConfig, APTLargeModel
     from apt_plugin_lm.tokenization import load_tokenizer
 
     out = work / mode
-    started, seconds, _ = run(data, out, mode, steps, budget, seed)
+    started, seconds, _ = run(data, out, mode, steps, budget, seed, extra)
     tokenizer = load_tokenizer(out / "model" / "tokenizer")
     ids = torch.tensor(tokenizer.encode(val_text(data)))
     model = APTLargeModel.from_pretrained(out / "model").eval()
@@ -121,6 +110,8 @@ def main() -> int:
     parser.add_argument("--sdpa-steps", type=int, help="skip the calibration: SDPA's steps in the budget")
     parser.add_argument("--rounds", type=int, default=9, help="alternating rounds of the step-time ratio")
     parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="an override of the autopoietic run only (e.g. model.tau_min=0.5)")
     args = parser.parse_args()
     data = args.data.resolve()
     ratios = step_ratio(args.rounds)
@@ -129,13 +120,17 @@ def main() -> int:
           f"{args.rounds} rounds)", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as folder:
-        sdpa_steps = args.sdpa_steps or calibrate(data, Path(folder), args.budget, args.seed)
+        guard = f"trainer.max_time_minutes={args.budget * 1.2 / 60:.3f}"
+        sdpa_steps = args.sdpa_steps or steps_in_budget(data, Path(folder), args.budget,
+                                                        ["model.attention=sdpa", f"pipeline.seed={args.seed}", guard])
         for mode, steps in (("sdpa", sdpa_steps), ("autopoietic", round(sdpa_steps / ratio))):
-            results[mode] = race(mode, steps, data, Path(folder), args.budget, args.seed)
+            extra = tuple(args.overrides) if mode == "autopoietic" else ()
+            results[mode] = race(mode, steps, data, Path(folder), args.budget, args.seed, extra)
             print(mode, json.dumps({k: v for k, v in results[mode].items() if k != "curve"}), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"ratio": ratios, **results}, indent=2))
-    print(f"\nseed {args.seed}, budget {args.budget:.0f} s, step-time ratio {ratio:.3f}")
+    print(f"\nseed {args.seed}, budget {args.budget:.0f} s, step-time ratio {ratio:.3f}, autopoietic overrides "
+          f"{args.overrides or 'none'}")
     print(f"{'attention':<13}{'steps':>8}{'seconds':>9}{'whole-split val':>17}")
     for mode, result in results.items():
         print(f"{mode:<13}{result['steps']:>8}{result['seconds']:>9.0f}{result['val_whole_split']:>17.4f}")

@@ -9,8 +9,10 @@ against nanoGPT's CPU "baby" configuration given the same wall time, back to bac
   with its README's CPU settings (4 layers, 4 heads, 128 wide, block 64, batch 12, dropout 0,
   eval_iters 20). `max_iters = lr_decay_iters` is stretched so the run takes the budget: two calibration
   runs (20 and 150 iterations) measure its time per iteration first.
-- APT runs `apt-kernel run pipelines/shakespeare-char.toml` as the repo has it (`--set` overrides go
-  to it only).
+- APT runs `apt-kernel run pipelines/shakespeare-char.toml` (`--set` overrides go to it only) with
+  `max_steps` stretched the same way, so its cosine schedule ends at the budget on this machine: the
+  file's 2,200 steps took 306 s on this VM one day and 190 s on another. `--as-is` runs the file
+  unchanged.
 - Both are then scored by this script, the same way: mean cross-entropy per character over the whole
   validation split (the last 10% of the text, nanoGPT's split) in non-overlapping 64-character windows,
   each model's best-validation weights (nanoGPT's `ckpt.pt`, APT's exported `model/`).
@@ -130,6 +132,20 @@ def shakespeare_run(data: Path, out: Path, overrides: list[str],
     return started, time.monotonic() - clock, done.stdout
 
 
+def steps_in_budget(data: Path, work: Path, budget: float, overrides: list[str]) -> int:
+    """The pipeline's steps that fill ``budget`` seconds of wall time on this machine, with ``overrides``:
+    two runs (30 and 330 steps) timed by the trainer's own training seconds; their difference is 300
+    steps with one validation and checkpoint, as the real run has every 250."""
+    measured = {}
+    for steps in (30, 330):
+        _, wall, stdout = shakespeare_run(data, work / f"calibration-{steps}",
+                                          [*overrides, f"trainer.max_steps={steps}", "trainer.epochs=1000"])
+        measured[steps] = (wall, float(re.search(r"^\s+seconds\s+([\d.]+)", stdout, re.M).group(1)))
+    per_step = (measured[330][1] - measured[30][1]) / 300
+    startup = measured[30][0] - 30 * per_step
+    return max(330, math.floor((budget - startup) / per_step))
+
+
 def run_apt(data: Path, work: Path, overrides: list[str], pipeline: str = "shakespeare-char.toml",
             name: str = "apt") -> dict:
     out = work / name
@@ -155,13 +171,18 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=300.0, help="seconds of nanoGPT's run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="an override of the APT run")
     parser.add_argument("--only", choices=["apt", "nanogpt"], help="one side only (when tuning it)")
+    parser.add_argument("--as-is", action="store_true", help="APT with the pipeline's own max_steps")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         results = {}
         if args.only != "nanogpt":
-            results["apt"] = run_apt(args.data.resolve(), work, args.overrides)
+            overrides = args.overrides
+            if not args.as_is:
+                steps = steps_in_budget(args.data.resolve(), work, args.budget, overrides)
+                overrides = [*overrides, f"trainer.max_steps={steps}", "trainer.epochs=1000"]
+            results["apt"] = run_apt(args.data.resolve(), work, overrides)
             print("apt", json.dumps(results["apt"]), flush=True)
         if args.only != "apt":
             results["nanogpt"] = run_nanogpt(args.nanogpt, args.data.resolve(), work, args.budget)

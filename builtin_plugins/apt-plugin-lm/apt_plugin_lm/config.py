@@ -34,6 +34,8 @@ class APTConfig:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
         if self.attention not in ("autopoietic", "sdpa"):
             raise ValueError(f"attention must be 'autopoietic' or 'sdpa', not {self.attention!r}")
+        if not 0 < self.tau_min <= self.tau_max:
+            raise ValueError(f"tau_min {self.tau_min} and tau_max {self.tau_max}: need 0 < tau_min <= tau_max")
         if not self.tau_min <= self.init_tau <= self.tau_max:
             raise ValueError(f"init_tau {self.init_tau} outside [{self.tau_min}, {self.tau_max}]")
 

@@ -283,3 +283,23 @@ def test_a_temperature_stepped_below_its_bound_still_gets_gradients():
     x, direction = torch.randn(2, 12, 32), torch.randn(2, 12, 32)
     (layer(x) * direction).sum().backward()
     assert layer.tau.grad.abs() > 0
+
+
+def test_the_temperature_may_go_below_one_when_its_bound_allows_and_bad_bounds_are_refused():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 40, (2, 12))
+    outputs = {}
+    for low in (1.0, 0.5):
+        model = APTLargeModel(APTConfig(vocab_size=40, d_model=32, num_heads=4, num_layers=1, tau_min=low)).eval()
+        model.load_state_dict(outputs.get("state", model.state_dict()))
+        outputs["state"] = model.state_dict()
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(".tau"):
+                    p.fill_(0.7)
+        outputs[low] = model(ids)
+    assert not torch.allclose(outputs[1.0], outputs[0.5])  # clamped to 1 there, 0.7 here
+    with pytest.raises(ValueError, match="tau_min 2.0 and tau_max 1.5"):
+        APTConfig(tau_min=2.0, tau_max=1.5)
+    with pytest.raises(ValueError, match="init_tau 0.5 outside"):
+        APTConfig(init_tau=0.5)
