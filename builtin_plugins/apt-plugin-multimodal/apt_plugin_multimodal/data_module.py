@@ -62,8 +62,10 @@ class MultimodalDataModule:
                       audio_processor=audio, max_length=self.block_size, on_bad_record=options["on_bad_record"])
         self.datasets: dict[str, MultimodalDataset] = {}
         for split, (key, _) in sources.items():
+            # only training images are shifted: validation and test see the images as they are
+            shift = options["image_shift"] if split == "train" else 0
             try:
-                self.datasets[split] = MultimodalDataset(records[split], **common)
+                self.datasets[split] = MultimodalDataset(records[split], **common, image_shift=shift, seed=seed)
             except UserError as exc:
                 raise OptionError(key, str(exc)) from None
         self.skipped = {split: data.skipped for split, data in self.datasets.items() if data.skipped}
@@ -99,6 +101,7 @@ class MultimodalDataModule:
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[dict]:
         """This rank's batches of ``epoch`` from batch number ``start`` on (to resume mid-epoch)."""
         order = self._order(epoch)[start * self.batch_size:]
+        self.datasets["train"].epoch = epoch  # before the loader's workers start: they take a copy
         if order:
             yield from self._loader("train", order)
 

@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -43,13 +44,18 @@ class MultimodalDataset(Dataset):
     :param on_bad_record: ``"fail"``: a bad record (unreadable media, too long) is an error naming it;
         ``"skip"``: it is left out and listed in ``skipped``. Media are checked once, here.
     :param check_media: read every image and clip once now, so a bad file is found before training.
+    :param image_shift: move each image by up to this many of its own pixels in x and y (0: off), drawn
+        from ``(seed, epoch, index)``: the same shifts in a resumed run, different ones each epoch. The
+        uncovered border takes the image's top-left colour (the background in these tasks). Set
+        ``epoch`` before each epoch's loader starts its workers.
     """
 
     def __init__(self, data_list: list[dict] | str | Path, text_tokenizer: Any, image_processor: Any = None,
                  audio_processor: Any = None, max_length: int = 256, on_bad_record: str = "fail",
-                 check_media: bool = True, root: str | Path | None = None):
+                 check_media: bool = True, root: str | Path | None = None, image_shift: int = 0, seed: int = 0):
         if on_bad_record not in ("fail", "skip"):
             raise UserError(f"on_bad_record must be 'fail' or 'skip', not {on_bad_record!r}")
+        self.image_shift, self.seed, self.epoch = image_shift, seed, 0
         self.tokenizer = text_tokenizer
         self.image_processor = _preprocessor(image_processor)
         self.audio_processor = _preprocessor(audio_processor)
@@ -96,7 +102,8 @@ class MultimodalDataset(Dataset):
         input_ids, labels = self.tokens(record)
         item: dict = {"input_ids": input_ids, "labels": labels, "image": None, "audio": None}
         if record.image_path is not None:
-            item["image"] = self.image_processor([record.image_path], where=[record.where])[0]
+            image = record.image_path if not self.image_shift else self._shifted(record, index)
+            item["image"] = self.image_processor([image], where=[record.where])[0]
         if record.audio_path is not None:
             with warnings.catch_warnings():
                 if self.media_checked:
@@ -104,6 +111,18 @@ class MultimodalDataset(Dataset):
                 features, mask = self.audio_processor([record.audio_path], where=[record.where])
             item["audio"] = (features[0], mask[0])
         return item
+
+    def _shifted(self, record: Record, index: int):
+        from PIL import Image
+
+        from apt_plugin_vision import load_image
+
+        image = load_image(record.image_path, record.where)
+        dx, dy = np.random.default_rng((self.seed, self.epoch, index)).integers(-self.image_shift,
+                                                                                 self.image_shift + 1, 2)
+        # output pixel (x, y) takes input pixel (x - dx, y - dy): the content moves by (dx, dy)
+        return image.transform(image.size, Image.Transform.AFFINE, (1, 0, -int(dx), 0, 1, -int(dy)),
+                               fillcolor=image.getpixel((0, 0)))
 
     def _check(self, record: Record, check_media: bool, readable: set[Path]) -> None:
         length = len(self.tokens(record)[0])
