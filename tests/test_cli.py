@@ -60,13 +60,18 @@ def test_quickstart_learns_offline(tmp_path):
     assert "sample before training" in result.stdout and "sample after training" in result.stdout
 
 
+def run_shakespeare(pipeline: str, out, *overrides: str):
+    """A Shakespeare pipeline on the shared Tiny Shakespeare, into ``out``, with ``--set`` overrides."""
+    sets = [word for override in (f"data.path={str(SHARED_DATA / 'tinyshakespeare' / 'input.txt')!r}",
+                                  f"pipeline.output_dir={str(out)!r}", *overrides) for word in ("--set", override)]
+    return cli("run", str(REPO / "pipelines" / pipeline), "--no-progress", *sets)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "tinyshakespeare" / "input.txt").exists(), reason="shared data absent")
 def test_shakespeare_char_pipeline_runs(tmp_path):
-    result = cli("run", str(REPO / "pipelines" / "shakespeare-char.toml"), "--no-progress",
-                 "--set", f"data.path={str(SHARED_DATA / 'tinyshakespeare' / 'input.txt')!r}",
-                 "--set", f"pipeline.output_dir={str(tmp_path / 'sh')!r}", "--set", "trainer.max_steps=60",
-                 "--set", "trainer.eval_batches=10")
+    result = run_shakespeare("shakespeare-char.toml", tmp_path / "sh", "trainer.max_steps=60",
+                             "trainer.eval_batches=10")
     assert result.returncode == 0, result.stderr
     assert float(re.search(r"val loss\s+([\d.]+)", result.stdout).group(1)) < 3.3
 
@@ -75,11 +80,9 @@ def test_shakespeare_char_pipeline_runs(tmp_path):
 @pytest.mark.skipif(not (SHARED_DATA / "tinyshakespeare" / "input.txt").exists(), reason="shared data absent")
 def test_the_gpu_shakespeare_pipeline_builds_and_steps_on_cpu(tmp_path):
     """Its race runs on a GPU (bench/race_nanogpt_gpu.py); here its model, data and callbacks are built for real."""
-    result = cli("run", str(REPO / "pipelines" / "shakespeare-char-gpu.toml"), "--no-progress",
-                 "--set", f"data.path={str(SHARED_DATA / 'tinyshakespeare' / 'input.txt')!r}",
-                 "--set", f"pipeline.output_dir={str(tmp_path / 'gpu')!r}", "--set", "trainer.device='cpu'",
-                 "--set", "trainer.compile=false", "--set", "trainer.precision='fp32'", "--set", "trainer.max_steps=2",
-                 "--set", "trainer.eval_batches=1", "--set", "data.batch_size=4")
+    result = run_shakespeare("shakespeare-char-gpu.toml", tmp_path / "gpu", "trainer.device='cpu'",
+                             "trainer.compile=false", "trainer.precision='fp32'", "trainer.max_steps=2",
+                             "trainer.eval_batches=1", "data.batch_size=4")
     assert result.returncode == 0, result.stderr
     assert "steps            2" in result.stdout and (tmp_path / "gpu" / "model").is_dir()
 
