@@ -196,8 +196,10 @@ export = false
              for step, rate in re.findall(r"step (\d+): loss [\d.]+, ([\d,]+) tok/s", text)]
     timed = [rate for step, rate in rates if step > args.warmup]
     peak = re.search(r"peak GPU memory\s+([\d.]+) GiB", text)
+    with torch.device("meta"):  # only its shape is needed: no 124M weights allocated for one number
+        flops = apt_model(s, args.attention).flops_per_token(s["seq"])
     return {"tok_s": statistics.median(timed), "intervals": rates, "peak_gib": float(peak[1]) if peak else None,
-            "flops_per_token": apt_model(s, args.attention).flops_per_token(s["seq"])}
+            "flops_per_token": flops}
 
 
 def one(args) -> None:

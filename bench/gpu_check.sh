@@ -5,20 +5,14 @@
 # `bash bench/gpu_check.sh tests` runs only the CUDA tests (a few minutes); no argument runs everything.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-fi
-plugins="./builtin_plugins/apt-plugin-lm ./builtin_plugins/apt-plugin-trainer ./builtin_plugins/apt-plugin-vision"
+plugins="lm trainer vision"
 tests="tests/test_gpu.py builtin_plugins/apt-plugin-lm/tests/test_model.py builtin_plugins/apt-plugin-vision/tests"
 if python3 -c "import librosa, soundfile" 2>/dev/null; then  # the audio plugin's own dependencies
-  plugins="$plugins ./builtin_plugins/apt-plugin-audio"
+  plugins="$plugins audio"
   tests="$tests builtin_plugins/apt-plugin-audio/tests"
 fi
-# shellcheck disable=SC2086
-python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/site . ./sdk $plugins || exit 1
-export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 -c "import torch, transformers; print('torch', torch.__version__, torch.cuda.get_device_name(), 'transformers', transformers.__version__)"
+. bench/gpu_install.sh
+python3 -c "import transformers; print('transformers', transformers.__version__)"
 # shellcheck disable=SC2086
 python3 -m pytest -q -p no:cacheprovider -rs $tests 2>&1 | tail -25
 [ "${1:-}" = "tests" ] && exit 0

@@ -7,15 +7,8 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 minutes=${1:-5}
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-fi
-plugins=""
-for p in lm trainer vision audio multimodal; do plugins="$plugins ./builtin_plugins/apt-plugin-$p"; done
-# shellcheck disable=SC2086
-python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/site . ./sdk $plugins || exit 1
-export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+plugins="lm trainer vision audio multimodal"
+. bench/gpu_install.sh
 repo=$PWD
 out=${OUT:-/tmp/out}
 mkdir -p /tmp/mm/data "$out" && cp -r .gpu-data/digits /tmp/mm/data/digits && cd /tmp/mm || exit 1

@@ -123,13 +123,12 @@ class Attention(nn.Module):
                 cache["k"], cache["v"] = k, v
         if self.mode == "autopoietic" or self.record_attention:
             y = self._explicit_attention(q, k, v, self._mask(T, k.shape[2], key_padding, x.device))
-        elif self.causal and key_padding is None and T == k.shape[2]:
-            # is_causal rather than a mask: with any attn_mask, CUDA SDPA cannot use its flash kernel, and the
-            # CPU kernel computes the masked half too
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                               is_causal=True)
-        else:  # padding, cross-attention, or the new queries of a cache (the last T of S positions)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(T, k.shape[2], key_padding, x.device),
+        else:
+            # plain causal attention (no padding, no cache offset) as is_causal rather than a mask: with any
+            # attn_mask, CUDA SDPA cannot use its flash kernel, and the CPU kernel computes the masked half too
+            causal = self.causal and key_padding is None and T == k.shape[2]
+            mask = None if causal else self._mask(T, k.shape[2], key_padding, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                                dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
