@@ -7,7 +7,8 @@
 - ``BuildContext``: a factory's second argument, ``factory(options, context)``;
 - errors: ``UserError`` (exit 2, no traceback), ``OptionError`` (a bad option, reported with the pipeline's
   file and line), ``PipelineError``, ``RunInterrupted``;
-- ``run_pipeline`` / ``check_pipeline``: run or validate a pipeline from Python.
+- ``run_pipeline`` / ``check_pipeline``: run or validate a pipeline from Python;
+- ``check_known_keys``: refuse a misspelt key of a dict the user wrote, naming the key it resembles.
 
 Test helpers for plugin authors are in ``apt_sdk.testing`` (pytest fixtures ``apt_kernel``, ``run_pipeline``).
 """
@@ -19,11 +20,13 @@ from apt_kernel.errors import OptionError, PipelineError, RunInterrupted, UserEr
 from apt_kernel.hookspecs import hookimpl
 from apt_kernel.protocols import Batch, DataModule, Encoder, Loss, Model, Tokenizer, Trainer, TrainerState
 
+from .options import check_known_keys
+
 __all__ = [
     "EVENTS", "KERNEL_API_VERSION", "Batch", "BuildContext", "Callback", "CallbackError", "DataModule", "Encoder",
     "Loss", "Model", "OptionError",
     "PipelineError", "RunInterrupted", "Tokenizer", "Trainer", "TrainerState", "UserError",
-    "check_pipeline", "hookimpl", "run_pipeline",
+    "check_known_keys", "check_pipeline", "hookimpl", "run_pipeline",
 ]
 
 

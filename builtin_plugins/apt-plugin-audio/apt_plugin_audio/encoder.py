@@ -26,7 +26,7 @@ from transformers import AutoConfig, WhisperConfig, WhisperFeatureExtractor, Whi
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import logging as hf_logging
 
-from apt_sdk import UserError
+from apt_sdk import UserError, check_known_keys
 
 from . import SAMPLING_RATE
 from .audio import AudioSource, describe, load_audio
@@ -193,6 +193,7 @@ def _build_config(config: WhisperConfig | dict | None, size: str, frames: int) -
             raise UserError(f"size {size!r} is not a preset: choose one of {', '.join(SIZES)}")
         if config is not None and not isinstance(config, dict):
             raise UserError(f"config must be a WhisperConfig or a dict, got {type(config).__name__}")
+        _check_fields(config or {}, WhisperConfig)
         fields = {**SIZES[size], **(config or {}), "max_source_positions": frames}
         try:
             built = WhisperConfig(**fields)
@@ -202,6 +203,14 @@ def _build_config(config: WhisperConfig | dict | None, size: str, frames: int) -
         raise UserError(f"invalid Whisper config: d_model {built.d_model} must divide by encoder_attention_heads "
                         f"{built.encoder_attention_heads}")
     return built
+
+
+def _check_fields(fields: dict, config_class: type) -> None:
+    """A misspelt field would be kept by transformers as an unused attribute and the preset's value used
+    instead, so a typo must fail here. A config saved by ``to_dict`` (it names its ``model_type``) is
+    exempt: it may hold fields of another transformers version, and its values are already the model's."""
+    if fields.get("model_type") != config_class.model_type:
+        check_known_keys(fields, config_class().to_dict(), f"{config_class.__name__} field")
 
 
 @contextlib.contextmanager

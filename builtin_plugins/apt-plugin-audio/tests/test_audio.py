@@ -85,6 +85,8 @@ def test_presets_configs_and_bad_arguments(tmp_path):
     for kwargs, message in [(dict(size="huge"), "size 'huge' is not a preset"),
                             (dict(model_type="wav2vec2"), "model_type 'wav2vec2' is not supported"),
                             (dict(size="tiny", config={"d_model": 33}), "invalid Whisper config"),
+                            (dict(size="tiny", config={"encoder_layer": 2}),
+                             r"unknown WhisperConfig field 'encoder_layer' \(did you mean 'encoder_layers'\?\)"),
                             (dict(model_name_or_path="x", config={}), "not both")]:
         with pytest.raises(UserError, match=message):
             AudioEncoder(**kwargs)

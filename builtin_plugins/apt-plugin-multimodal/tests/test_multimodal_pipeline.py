@@ -125,6 +125,13 @@ def test_a_bad_record_fails_by_its_line_or_is_skipped(run_pipeline, tmp_path):
     assert "line 51 of train.jsonl" in reported[0]["message"] and reported[0]["run_dir"] == str(context.run_dir)
 
 
+def test_a_misspelt_encoder_field_is_refused_by_its_option(run_pipeline, tmp_path):
+    write_manifests(tmp_path / "data")
+    with pytest.raises(PipelineError, match=r"\[model\] vision.*unknown CLIPVisionConfig field 'num_hidden_layer' "
+                                            r"\(did you mean 'num_hidden_layers'\?\)"):
+        run_pipeline(PIPELINE.format(folder=tmp_path / "data"), overrides=["model.vision={num_hidden_layer=1}"])
+
+
 def test_train_multimodal_model_runs_through_the_kernel(tmp_path, monkeypatch):
     from apt_plugin_multimodal import train_multimodal_model
 

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoConfig, CLIPConfig, CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
 from transformers.utils import logging as hf_logging
 
-from apt_sdk import UserError
+from apt_sdk import UserError, check_known_keys
 
 from .images import ImageSource, load_image
 
@@ -177,16 +177,27 @@ def _build_config(config: CLIPVisionConfig | CLIPConfig | dict | None, size: str
         raise UserError(f"size {size!r} is not a preset: choose one of {', '.join(SIZES)}")
     if config is not None and not isinstance(config, dict):
         raise UserError(f"config must be a CLIPVisionConfig, a CLIPConfig or a dict, got {type(config).__name__}")
+    _check_fields(config or {}, CLIPVisionConfig)
     fields = {**SIZES[size], **(config or {})}
     try:
         built = CLIPVisionConfig(**fields)
     except Exception as exc:  # noqa: BLE001 - transformers validates through huggingface_hub's own error types
         raise UserError(f"invalid CLIP vision config {fields}: {str(exc).strip().splitlines()[-1].strip()}") from None
-    if built.hidden_size % built.num_attention_heads or built.image_size % built.patch_size:
+    if built.hidden_size % built.num_attention_heads:
         raise UserError(f"invalid CLIP vision config: hidden_size {built.hidden_size} must divide by "
-                        f"num_attention_heads {built.num_attention_heads} and image_size {built.image_size} by "
+                        f"num_attention_heads {built.num_attention_heads}")
+    if built.image_size % built.patch_size:
+        raise UserError(f"invalid CLIP vision config: image_size {built.image_size} must divide by "
                         f"patch_size {built.patch_size}")
     return built
+
+
+def _check_fields(fields: dict, config_class: type) -> None:
+    """A misspelt field would be kept by transformers as an unused attribute and the preset's value used
+    instead, so a typo must fail here. A config saved by ``to_dict`` (it names its ``model_type``) is
+    exempt: it may hold fields of another transformers version, and its values are already the model's."""
+    if fields.get("model_type") != config_class.model_type:
+        check_known_keys(fields, config_class().to_dict(), f"{config_class.__name__} field")
 
 
 def _vision_part(config: CLIPConfig) -> CLIPVisionConfig:

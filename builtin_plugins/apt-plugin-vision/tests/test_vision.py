@@ -83,6 +83,10 @@ def test_presets_and_configs():
     (dict(size="huge"), "size 'huge' is not a preset"),
     (dict(model_type="vit"), "model_type 'vit' is not supported"),
     (dict(size="tiny", config={"hidden_size": 33}), "invalid CLIP vision config.*not a multiple"),
+    # transformers keeps an unknown field as an attribute and the preset's value would be used instead
+    (dict(size="tiny", config={"hiden_size": 64}), r"unknown CLIPVisionConfig field 'hiden_size' \(did you mean "
+                                                   r"'hidden_size'\?\)"),
+    (dict(size="tiny", config={"image_size": 36}), r"image_size 36 must divide by patch_size 8$"),
     (dict(model_name_or_path="x", config={}), "not both"),
 ])
 def test_bad_arguments_are_named(kwargs, message):
@@ -178,7 +182,7 @@ def _head_step(encoder: VisionEncoder, batch: list[Image.Image]) -> tuple[torch.
 
 
 def test_frozen_means_frozen():
-    config = {**TINY_VISION, "projection_dim": 16, "attention_dropout": 0.5, "dropout": 0.5}
+    config = {**TINY_VISION, "projection_dim": 16, "attention_dropout": 0.5}  # CLIP's only dropout
     encoder = VisionEncoder(config=config)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     batch = images(2)
