@@ -16,6 +16,7 @@ import sys
 import torch
 
 from apt_plugin_multimodal import MultimodalAPTModel
+from apt_sdk import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", action="store_true", help="sample instead of the most likely token")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    try:
+        return infer(args)
+    except UserError as exc:  # a wrong path or input: the message says which, a traceback would bury it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
+
+def infer(args: argparse.Namespace) -> int:
     model = MultimodalAPTModel.from_pretrained(args.checkpoint)
+    for flag, encoder in (("--image", model.vision), ("--audio", model.audio)):
+        if getattr(args, flag[2:]) and encoder is None:
+            raise UserError(f"{flag}: {args.checkpoint} was trained without {flag[2:]}, it cannot take one")
     generator = torch.Generator().manual_seed(args.seed)
     options = dict(max_length=args.max_length, do_sample=args.sample, generator=generator)
     if args.image or args.audio:

@@ -102,6 +102,11 @@ def test_trains_through_the_kernel_and_generates_from_the_run(run_pipeline, tmp_
                             (["--prompt", "plain? ", "--max-length", "5"], "text: ")):
         run = subprocess.run(example + extra, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0 and run.stdout.startswith(expected), run.stderr
+    for argv, message in (([str(tmp_path / "nowhere"), "--prompt", "x"], "nowhere: no such folder or checkpoint file"),
+                          ([str(context.run_dir), "--image", str(tmp_path / "none.png")], "none.png': no such file")):
+        run = subprocess.run([*example[:2], *argv], capture_output=True, text=True, timeout=120)
+        assert (run.returncode, run.stdout) == (2, "") and message in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr
 
 
 def test_a_bad_record_fails_by_its_line_or_is_skipped(run_pipeline, tmp_path):
