@@ -5,6 +5,7 @@ manifest, its line."""
 from __future__ import annotations
 
 import json
+import mimetypes
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,4 +71,11 @@ def _record(data: Any, where: str, base: Path) -> Record:
             raise UserError(f"{where}: {key!r} must be a non-empty string path, got {value!r}")
         paths[key] = None if value is None else (base / value)
     extra = {k: v for k, v in data.items() if k not in FIELDS}
+    for key, value in extra.items():
+        # other fields are kept as metadata, so a record whose picture sits under "image" would silently
+        # train as text only; a media file under another name, with no path field of its kind, is refused
+        kind = (mimetypes.guess_type(value)[0] or "").split("/")[0] if isinstance(value, str) else ""
+        if kind in ("image", "audio") and paths[f"{kind}_path"] is None:
+            raise UserError(f"{where}: field {key!r} holds an {kind} file {value!r}, but the {kind} is read only "
+                            f"from '{kind}_path': rename the field")
     return Record(text, prompt, paths["image_path"], paths["audio_path"], where, extra)
