@@ -16,9 +16,9 @@ import sys
 from importlib.metadata import distributions
 from pathlib import Path
 
-from packaging.requirements import Requirement
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 from apt_sdk.plugins import KERNEL_API_VERSION, Catalog, ResolutionError, discover, solve
 
@@ -99,6 +99,11 @@ class PluginVersionManager:
 
     def upgrade_plugin(self, name: str, target_version: str | None = None) -> int:
         name = canonicalize_name(name)
+        if target_version is not None:
+            try:
+                Version(target_version)
+            except InvalidVersion:
+                raise TransactionError(f"--to {target_version!r} is not a version (e.g. 1.2.0)") from None
         if name not in self.managed():
             raise TransactionError(f"{name} was not installed by the marketplace (`apt-kernel plugins install {name}`)")
         with self.revisions.locked():
@@ -157,7 +162,14 @@ def _ranges(plugins: dict[str, str] | list[str]) -> dict[str, str]:
         return {canonicalize_name(n): r for n, r in plugins.items()}
     ranges = {}
     for spec in plugins:
-        requirement = Requirement(spec)
+        try:
+            requirement = Requirement(spec)
+        except InvalidRequirement as exc:
+            raise TransactionError(f"{spec!r} is not a plugin requirement (NAME or NAME>=1.2): "
+                                   f"{str(exc).splitlines()[0]}") from None
+        if requirement.url or requirement.marker or requirement.extras:
+            raise TransactionError(f"{spec!r}: the marketplace installs NAME or NAME with a version range from its "
+                                   "index, without a URL, extras or an environment marker")
         ranges[canonicalize_name(requirement.name)] = str(requirement.specifier) or "*"
     return ranges
 

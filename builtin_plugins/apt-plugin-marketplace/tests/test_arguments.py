@@ -1,0 +1,23 @@
+"""What `apt-kernel plugins install/upgrade` refuse before touching the index or the environment: a
+requirement pip's grammar rejects, one the marketplace cannot honour (a URL, extras, a marker: before,
+those parts were dropped silently and the index's release installed), and a --to that is no version."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import free_port, kernel
+
+
+@pytest.mark.parametrize("args, message", [
+    (["install", "apt-plugin-x>=>1"], "'apt-plugin-x>=>1' is not a plugin requirement (NAME or NAME>=1.2): Expected"),
+    (["install", "apt-plugin-x @ https://example.com/x.whl"], "without a URL, extras or an environment marker"),
+    (["install", "apt-plugin-x[gpu]>=1"], "'apt-plugin-x[gpu]>=1': the marketplace installs NAME"),
+    (["upgrade", "apt-plugin-x", "--to", "1.x"], "--to '1.x' is not a version (e.g. 1.2.0)"),
+])
+def test_a_bad_requirement_is_refused_by_name_before_the_index_is_asked(args, message, tmp_path):
+    # no server listens on this port: reaching the index would fail differently
+    index = f"http://127.0.0.1:{free_port()}/"
+    done = kernel("plugins", *args, "--index", index, env={"APT_KERNEL_HOME": str(tmp_path / "home")})
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
