@@ -29,7 +29,7 @@ def train_step(trainer: Trainer, window: list[dict], first_index: int) -> None:
         with sync:
             if not trainer.errors.failed:
                 with trainer.errors.capture(step):
-                    loss_sum, n = trainer.forward_loss(module, batch)
+                    loss_sum, n = trainer.forward_loss(_short_batch_eager(trainer, batch) or module, batch)
             if last or trainer.fsdp:
                 trainer.errors.check()
             if not trainer.errors.failed:
@@ -44,6 +44,17 @@ def train_step(trainer: Trainer, window: list[dict], first_index: int) -> None:
         return  # reported by the check at the end of this step
     with trainer.errors.capture(step):
         update(trainer, totals)
+
+
+def _short_batch_eager(trainer: Trainer, batch: dict) -> torch.nn.Module | None:
+    """The uncompiled model for a batch with fewer rows than the first one compiled; None otherwise."""
+    if trainer.eager_module is None:
+        return None
+    rows = next((v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim()), None)
+    if trainer.compiled_rows is None:
+        trainer.compiled_rows = rows
+        return None
+    return trainer.eager_module if rows is not None and rows < trainer.compiled_rows else None
 
 
 def update(trainer: Trainer, totals: torch.Tensor) -> None:

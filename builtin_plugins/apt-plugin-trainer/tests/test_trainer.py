@@ -293,7 +293,8 @@ def run_with_probe(tmp_path, probe, **trainer):
     kernel = IsolatedKernel()
     kernel.add(Plugin(), {"kernel_api": "^1.0", "provides": {"callback": {"probe": {}}}}, name="probe")
     text = TINY_PIPELINE.format(out=(tmp_path / "run").as_posix()) + '\n[[callbacks]]\nuse = "probe"\n'
-    return run_pipeline(text, [f"trainer.{k}={v!r}" for k, v in trainer.items()], kernel=kernel)[0]
+    values = {k: str(v).lower() if isinstance(v, bool) else repr(v) for k, v in trainer.items()}  # TOML's true
+    return run_pipeline(text, [f"trainer.{k}={v}" for k, v in values.items()], kernel=kernel)[0]
 
 
 def test_bf16_autocast_really_computes_in_bf16_on_cpu(tmp_path):
@@ -320,6 +321,25 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     state = torch.load(next((tmp_path / "checkpoints").glob("*.pt")), weights_only=True)
     assert all(torch.isfinite(torch.tensor(state["loss_history"])))
     assert all(v.dtype == torch.float32 for v in state["model_state_dict"].values() if v.is_floating_point())
+
+
+def test_a_compiled_model_is_compiled_once_though_each_epoch_ends_with_a_short_batch(tmp_path):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    class Rows:  # no forward hook, which would break the compiled graph
+        rows: list[int] = []
+
+        def on_micro_batch_end(self, trainer, epoch, index, batch):
+            self.rows.append(batch["input_ids"].shape[0])
+
+    probe = Rows()
+    # the tiny corpus gives 70 full batches of 8 and a last one of 4 in the first epoch: 75 steps cross it
+    result = run_with_probe(tmp_path, probe, compile=True, max_steps=75, epochs=2)
+    assert result["steps"] == 75 and all(map(math.isfinite, result["loss_history"]))
+    assert sorted(set(probe.rows)) == [4, 8]
+    assert counters["stats"]["unique_graphs"] == 1  # the short batch ran eager: no second graph
 
 
 def test_fp16_without_cuda_is_a_clear_error(tmp_path):
