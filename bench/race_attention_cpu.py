@@ -2,7 +2,7 @@
 `attention = "sdpa"` and with `attention = "autopoietic"`, each given the same wall time, back to back.
 
     .venv/bin/python bench/race_attention_cpu.py [--data ../shared/data/tinyshakespeare/input.txt]
-        [--budget 300] [--seed 1337] [--json results.json]
+        [--budget 300] [--seed 1337] [--json results.json] [--compile] [--set model.tau_min=0.5]
 
 - Equal wall time is set in steps: SDPA gets the steps that fill the budget (two calibration runs, 30 and
   330 steps, timed by the trainer's own training seconds), autopoietic those divided by the two models'
@@ -11,6 +11,10 @@
   printed beside. Each side gets a whole warm-up + cosine schedule (a time limit alone would cut the
   slower side's schedule short); `trainer.epochs` is lifted so steps, not the 5-epoch cap, end a run.
   `trainer.max_time_minutes` stays as a guard at 1.2 x the budget.
+- `--compile` runs the autopoietic side compiled (`trainer.compile = true`): on CPU, Inductor fuses the
+  refinement's elementwise work, and SDPA is fastest eager. A model-only ratio cannot see what compiling
+  costs a real run (the compilation, validation on the eager model), so the autopoietic side is then
+  calibrated like SDPA, by its own two runs; the ratio is still printed.
 - Both are scored the same way as in `race_nanogpt_cpu.py`: mean cross-entropy per character over the
   whole validation split (the last 10%) in non-overlapping 64-character windows, on the exported
   best-validation `model/`, and every checkpoint is scored too, which gives each side's curve of
@@ -43,10 +47,11 @@ def run(data: Path, out: Path, mode: str, steps: int, budget: float, seed: int,
                                        f"trainer.max_time_minutes={budget * 1.2 / 60:.3f}"])
 
 
-def step_ratio(rounds: int) -> list[float]:
+def step_ratio(rounds: int, compile_autopoietic: bool = False) -> tuple[list[float], float]:
     """Autopoietic / SDPA training-step time for the pipeline's model and batch, alternating in one process
     (as bench_attention.py): back-to-back 5-minute runs on this VM drift by 10% or more, so equal wall
-    time is set by this ratio rather than by each run's own clock."""
+    time is set by this ratio rather than by each run's own clock. Also the seconds the first three
+    autopoietic steps took beyond three ordinary ones: its compilation, with ``compile_autopoietic``."""
     from apt_plugin_lm.model import APTConfig, APTLargeModel
 
     pipeline = tomllib.loads((REPO / "pipelines" / "shakespeare-char.toml").read_text())
@@ -57,7 +62,8 @@ def step_ratio(rounds: int) -> list[float]:
     for mode in MODES:
         torch.manual_seed(0)
         model = APTLargeModel(APTConfig(vocab_size=65, max_seq_len=block, attention=mode, **shape))
-        sides[mode] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        sides[mode] = (torch.compile(model) if compile_autopoietic and mode == "autopoietic" else model, optimizer)
 
     def steps(mode: str, count: int) -> float:
         model, optimizer = sides[mode]
@@ -69,13 +75,13 @@ def step_ratio(rounds: int) -> list[float]:
             optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - started
 
-    for mode in MODES:
-        steps(mode, 3)
-    ratios = []
+    warm_up = {mode: steps(mode, 3) for mode in MODES}
+    ratios, autopoietic_step = [], []
     for _ in range(rounds):
         times = {mode: steps(mode, 20) for mode in MODES}
         ratios.append(times["autopoietic"] / times["sdpa"])
-    return ratios
+        autopoietic_step.append(times["autopoietic"] / 20)
+    return ratios, max(0.0, warm_up["autopoietic"] - 3 * statistics.median(autopoietic_step))
 
 
 def race(mode: str, steps: int, data: Path, work: Path, budget: float, seed: int, extra: tuple[str, ...] = ()) -> dict:
@@ -112,23 +118,30 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the results here too")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="an override of the autopoietic run only (e.g. model.tau_min=0.5)")
+    parser.add_argument("--compile", action="store_true", help="the autopoietic side compiled (trainer.compile)")
     args = parser.parse_args()
     data = args.data.resolve()
-    ratios = step_ratio(args.rounds)
+    if args.compile:
+        args.overrides.append("trainer.compile=true")
+    ratios, compile_seconds = step_ratio(args.rounds, args.compile)
     ratio = statistics.median(ratios)
     print(f"autopoietic / sdpa step time: median {ratio:.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}, "
-          f"{args.rounds} rounds)", flush=True)
+          f"{args.rounds} rounds)" + (f"; compilation {compile_seconds:.1f} s" if args.compile else ""), flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         guard = f"trainer.max_time_minutes={args.budget * 1.2 / 60:.3f}"
         sdpa_steps = args.sdpa_steps or steps_in_budget(data, Path(folder), args.budget,
                                                         ["model.attention=sdpa", f"pipeline.seed={args.seed}", guard])
-        for mode, steps in (("sdpa", sdpa_steps), ("autopoietic", round(sdpa_steps / ratio))):
+        autopoietic_steps = round(sdpa_steps / ratio)
+        if args.compile:
+            autopoietic_steps = steps_in_budget(data, Path(folder) / "calibration-autopoietic", args.budget, [
+                *args.overrides, "model.attention=autopoietic", f"pipeline.seed={args.seed}", guard])
+        for mode, steps in (("sdpa", sdpa_steps), ("autopoietic", autopoietic_steps)):
             extra = tuple(args.overrides) if mode == "autopoietic" else ()
             results[mode] = race(mode, steps, data, Path(folder), args.budget, args.seed, extra)
             print(mode, json.dumps({k: v for k, v in results[mode].items() if k != "curve"}), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"ratio": ratios, **results}, indent=2))
+        args.json.write_text(json.dumps({"ratio": ratios, "compile_seconds": compile_seconds, **results}, indent=2))
     print(f"\nseed {args.seed}, budget {args.budget:.0f} s, step-time ratio {ratio:.3f}, autopoietic overrides "
           f"{args.overrides or 'none'}")
     print(f"{'attention':<13}{'steps':>8}{'seconds':>9}{'whole-split val':>17}")
