@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def infer(args: argparse.Namespace) -> int:
     model = MultimodalAPTModel.from_pretrained(args.checkpoint)
-    for flag, encoder in (("--image", model.vision), ("--audio", model.audio)):
-        if getattr(args, flag[2:]) and encoder is None:
-            raise UserError(f"{flag}: {args.checkpoint} was trained without {flag[2:]}, it cannot take one")
+    for media, given, encoder in (("image", args.image, model.vision), ("audio", args.audio, model.audio)):
+        if given and encoder is None:
+            raise UserError(f"--{media}: {args.checkpoint} was trained without {media}, it cannot take one")
     generator = torch.Generator().manual_seed(args.seed)
     options = dict(max_length=args.max_length, do_sample=args.sample, generator=generator)
     if args.image or args.audio:

@@ -48,13 +48,13 @@ def train_step(trainer: Trainer, window: list[dict], first_index: int) -> None:
 
 def _short_batch_eager(trainer: Trainer, batch: dict) -> torch.nn.Module | None:
     """The uncompiled model for a batch with fewer rows than the first one compiled; None otherwise."""
-    if trainer.eager_module is None:
+    if not trainer.eager_short_batches:
         return None
     rows = next((v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim()), None)
     if trainer.compiled_rows is None:
         trainer.compiled_rows = rows
         return None
-    return trainer.eager_module if rows is not None and rows < trainer.compiled_rows else None
+    return trainer.model if rows is not None and rows < trainer.compiled_rows else None
 
 
 def update(trainer: Trainer, totals: torch.Tensor) -> None:

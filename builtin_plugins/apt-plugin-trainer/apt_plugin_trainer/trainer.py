@@ -135,7 +135,7 @@ class Trainer:
                 self.train_module = torch.nn.parallel.DistributedDataParallel(self.train_module, device_ids=ids)
         # a short last batch of an epoch would change the compiled graph's batch size and recompile it
         # (~7 s on CPU for a small model, more than the whole epoch's tail is worth): it runs eager instead
-        self.eager_module = model if o["compile"] and not self.fsdp and not self.dist.enabled else None
+        self.eager_short_batches = o["compile"] and not self.fsdp and not self.dist.enabled
         self.compiled_rows: int | None = None
         # fused AdamW skips a step on the device when told found_inf: no host sync to check gradients;
         # sharded (DTensor) parameters take the foreach kernels and a host-side check instead
