@@ -19,8 +19,8 @@ gpu="--no-progress --set trainer.device=cuda --set trainer.precision=bf16"
 # shellcheck disable=SC2086
 python3 -m apt_kernel.cli run "$repo/pipelines/multimodal-digits.toml" $gpu --set data.num_workers=3 --set trainer.max_time_minutes="$minutes" > "$out/digits.log" 2>&1 &
 # shellcheck disable=SC2086
-python3 -m apt_kernel.cli run "$repo/pipelines/multimodal-sort-of-clevr.toml" $gpu --set data.num_workers=6 \
-  --set trainer.epochs=3 --set trainer.max_time_minutes="$minutes" > "$out/sort-of-clevr.log" 2>&1 &
+python3 -m apt_kernel.cli run "$repo/pipelines/multimodal-sort-of-clevr.toml" $gpu --set data.num_workers=4 \
+  --set trainer.max_time_minutes="$minutes" > "$out/sort-of-clevr.log" 2>&1 &
 # shellcheck disable=SC2086
 python3 -m apt_kernel.cli run "$repo/pipelines/multimodal-captions.toml" $gpu --set data.num_workers=5 \
   --set trainer.epochs=15 --set trainer.max_time_minutes="$minutes" > "$out/captions.log" 2>&1 &

@@ -106,17 +106,24 @@ class Attention(nn.Module):
         self.record_attention = False
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None,
-                key_padding: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
+                key_padding: torch.Tensor | None = None, cache: dict | None = None,
+                memory_index: torch.Tensor | None = None) -> torch.Tensor:
         """``cache``: a dict kept across calls while generating; keys and values of the tokens seen so
         far (self-attention) or of the memory (cross-attention) are kept there, so ``x`` need hold only
-        the new tokens. Exact: the refinement of a query row depends only on that row's scores."""
+        the new tokens. Exact: the refinement of a query row depends only on that row's scores.
+
+        ``memory_index [B]``: row b of ``x`` attends to ``memory[memory_index[b]]``, so rows that share a
+        memory (many questions about one image) have its keys and values projected once."""
         B, T, C = x.shape
         q = self.q(x).view(B, T, self.h, self.dk).transpose(1, 2)
         if cache is not None and self.cross and "k" in cache:
             k, v = cache["k"], cache["v"]
         else:
             source = memory if self.cross else x
-            k, v = (t.view(B, -1, self.h, self.dk).transpose(1, 2) for t in (self.k(source), self.v(source)))
+            k, v = (t.view(source.shape[0], -1, self.h, self.dk).transpose(1, 2)
+                    for t in (self.k(source), self.v(source)))
+            if memory_index is not None:
+                k, v = k.index_select(0, memory_index), v.index_select(0, memory_index)  # backward: index_add
             if cache is not None:
                 if "k" in cache:
                     k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
@@ -228,14 +235,17 @@ class Block(nn.Module):
         self.ln2, self.mlp = nn.LayerNorm(config.d_model), MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, padding=None, memory=None, memory_padding=None, cache: dict | None = None):
-        """``cache``: ``{}`` to start generating with a KV cache, then the same dict for each new token."""
+    def forward(self, x, padding=None, memory=None, memory_padding=None, cache: dict | None = None,
+                memory_index: torch.Tensor | None = None):
+        """``cache``: ``{}`` to start generating with a KV cache, then the same dict for each new token.
+        ``memory_index``: row b reads ``memory[memory_index[b]]`` (``Attention.forward``)."""
         self_cache = cross_cache = None
         if cache is not None:
             self_cache, cross_cache = cache.setdefault("self", {}), cache.setdefault("cross", {})
         x = x + self.dropout(self.attn(self.ln1(x), key_padding=padding, cache=self_cache))
         if self.cross is not None:
-            x = x + self.dropout(self.cross(self.ln_cross(x), memory, key_padding=memory_padding, cache=cross_cache))
+            x = x + self.dropout(self.cross(self.ln_cross(x), memory, key_padding=memory_padding, cache=cross_cache,
+                                            memory_index=memory_index))
         return x + self.mlp(self.ln2(x))
 
 

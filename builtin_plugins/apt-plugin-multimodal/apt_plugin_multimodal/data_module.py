@@ -3,7 +3,9 @@
 
 Batches come from a DataLoader whose workers read and preprocess the media; the order of an epoch is
 drawn from (seed, epoch) and split across ranks as the text data does, so a resumed run continues
-with exactly the batches it would have seen.
+with exactly the batches it would have seen. With ``group_by_image`` the draw is of images, each
+followed by all its records: a batch of many questions about few images reads and encodes each image
+once (Sort-of-CLEVR's 36 questions per image make that 36 times fewer images to encode).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 
+import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from apt_plugin_lm.tokenization import build_tokenizer
@@ -28,6 +31,7 @@ class MultimodalDataModule:
         self.batch_size, self.num_workers = options["batch_size"], options["num_workers"]
         self.image_size, self.max_audio_seconds = options["image_size"], options["max_audio_seconds"]
         self.block_size = options["max_length"]
+        self.group_by_image = options.get("group_by_image", False)
         sources = {}
         for split in ("train", "val", "test"):
             manifest, records = options.get(f"{split}_manifest"), options.get(f"{split}_records")
@@ -86,10 +90,28 @@ class MultimodalDataModule:
         self.rank, self.world_size = rank, world_size
 
     def _order(self, epoch: int) -> list[int]:
+        if self.group_by_image:
+            return self._grouped_order(epoch)
         sampler = DistributedSampler(range(len(self.datasets["train"])), num_replicas=self.world_size,
                                      rank=self.rank, shuffle=True, seed=self.seed, drop_last=self.world_size > 1)
         sampler.set_epoch(epoch)
         return list(sampler)
+
+    def _grouped_order(self, epoch: int) -> list[int]:
+        """Images in an order drawn from (seed, epoch), each followed by all its records; every rank takes an
+        equal run of it (so no rank has a batch more than another), which splits at most one image per rank."""
+        groups: dict[object, list[int]] = {}
+        for index, record in enumerate(self.datasets["train"].records):
+            key = record.image_path if record.image_path is not None else ("record", index)  # no image: alone
+            groups.setdefault(key, []).append(index)
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + epoch)
+        listed = list(groups.values())
+        order = [index for g in torch.randperm(len(listed), generator=generator).tolist() for index in listed[g]]
+        if self.world_size == 1:
+            return order
+        share = len(order) // self.world_size
+        return order[self.rank * share:(self.rank + 1) * share]
 
     def steps_per_epoch(self, epoch: int = 0) -> int:
         return math.ceil(len(self._order(epoch)) / self.batch_size)

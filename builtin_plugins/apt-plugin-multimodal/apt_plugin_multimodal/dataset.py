@@ -2,9 +2,13 @@
 
 An item is the tokens ``<bos> prompt text <eos>`` with labels only on the text (the prompt
 conditions, it is not scored), plus the record's pixel values and/or log-mel features. Images and
-audio are read and preprocessed in ``__getitem__``, so DataLoader workers do it. A batch pads text
+audio are read and preprocessed in ``__getitems__``, so DataLoader workers do it. A batch pads text
 and audio with masks and stacks images; a record without an image or audio is marked absent
 (``image_present``, an all-False ``audio_mask``), so batches may mix records with and without them.
+
+Records that share an image (Sort-of-CLEVR asks 36 questions of each) share its pixels: a batch reads
+each image once, stacks it once and says which row is whose (``image_index``), so the model encodes it
+once too.
 """
 
 from __future__ import annotations
@@ -45,9 +49,9 @@ class MultimodalDataset(Dataset):
         ``"skip"``: it is left out and listed in ``skipped``. Media are checked once, here.
     :param check_media: read every image and clip once now, so a bad file is found before training.
     :param image_shift: move each image by up to this many of its own pixels in x and y (0: off), drawn
-        from ``(seed, epoch, index)``: the same shifts in a resumed run, different ones each epoch. The
-        uncovered border takes the image's top-left colour (the background in these tasks). Set
-        ``epoch`` before each epoch's loader starts its workers.
+        from ``(seed, epoch, image)``: the same shifts in a resumed run, different ones each epoch, and the
+        same for every record of one image. The uncovered border takes the image's top-left colour (the
+        background in these tasks). Set ``epoch`` before each epoch's loader starts its workers.
     """
 
     def __init__(self, data_list: list[dict] | str | Path, text_tokenizer: Any, image_processor: Any = None,
@@ -86,6 +90,10 @@ class MultimodalDataset(Dataset):
                           f"{'are' if len(clips) > 1 else 'is'} cut to it, e.g. {next(iter(clips))}", stacklevel=2)
         if not self.records:
             raise UserError("no usable records" + (f" ({len(self.skipped)} skipped)" if self.skipped else ""))
+        self.images: dict[Path, int] = {}  # each image's number, in order of first use
+        for record in self.records:
+            if record.image_path is not None:
+                self.images.setdefault(record.image_path, len(self.images))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -98,12 +106,27 @@ class MultimodalDataset(Dataset):
         return sequence[:-1], labels
 
     def __getitem__(self, index: int) -> dict:
-        record = self.records[index]
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """The items of a batch (the DataLoader asks for a batch at once); an image two records share is
+        read once and is the same tensor in both."""
+        pixels: dict[Path, torch.Tensor] = {}
+        items = []
+        for index in indices:
+            record = self.records[index]
+            item = self._item(record)
+            if record.image_path is not None:
+                if record.image_path not in pixels:
+                    image = record.image_path if not self.image_shift else self._shifted(record)
+                    pixels[record.image_path] = self.image_processor([image], where=[record.where])[0]
+                item["image"] = pixels[record.image_path]
+            items.append(item)
+        return items
+
+    def _item(self, record: Record) -> dict:
         input_ids, labels = self.tokens(record)
         item: dict = {"input_ids": input_ids, "labels": labels, "image": None, "audio": None}
-        if record.image_path is not None:
-            image = record.image_path if not self.image_shift else self._shifted(record, index)
-            item["image"] = self.image_processor([image], where=[record.where])[0]
         if record.audio_path is not None:
             with warnings.catch_warnings():
                 if self.media_checked:
@@ -112,13 +135,14 @@ class MultimodalDataset(Dataset):
             item["audio"] = (features[0], mask[0])
         return item
 
-    def _shifted(self, record: Record, index: int):
+    def _shifted(self, record: Record):
         from PIL import Image
 
         from apt_plugin_vision import load_image
 
         image = load_image(record.image_path, record.where)
-        dx, dy = np.random.default_rng((self.seed, self.epoch, index)).integers(-self.image_shift,
+        number = self.images[record.image_path]
+        dx, dy = np.random.default_rng((self.seed, self.epoch, number)).integers(-self.image_shift,
                                                                                  self.image_shift + 1, 2)
         # output pixel (x, y) takes input pixel (x - dx, y - dy): the content moves by (dx, dy)
         return image.transform(image.size, Image.Transform.AFFINE, (1, 0, -int(dx), 0, 1, -int(dy)),
@@ -141,7 +165,10 @@ class MultimodalDataset(Dataset):
 
 
 def multimodal_collate_fn(items: list[dict], pad_id: int = 0) -> dict:
-    """Pad text (``text_attention_mask``), stack images (``image_present``) and audio (``audio_mask``)."""
+    """Pad text (``text_attention_mask``), stack images (``image_present``) and audio (``audio_mask``).
+
+    Items holding the same image tensor (``__getitems__`` shares one between records of an image) get
+    one row of ``image`` between them and ``image_index [B]``, each record's row in it."""
     width = max(len(item["input_ids"]) for item in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
@@ -154,7 +181,13 @@ def multimodal_collate_fn(items: list[dict], pad_id: int = 0) -> dict:
     images = [item["image"] for item in items]
     if any(image is not None for image in images):
         shape = next(image for image in images if image is not None).shape
-        batch["image"] = torch.stack([image if image is not None else torch.zeros(shape) for image in images])
+        rows = {id(image): image for image in images if image is not None}  # one per distinct tensor
+        if len(rows) < sum(image is not None for image in images):
+            number = {key: i for i, key in enumerate(rows)}
+            batch["image"] = torch.stack(list(rows.values()))
+            batch["image_index"] = torch.tensor([number[id(image)] if image is not None else 0 for image in images])
+        else:
+            batch["image"] = torch.stack([image if image is not None else torch.zeros(shape) for image in images])
         batch["image_present"] = torch.tensor([image is not None for image in images])
     clips = [item["audio"] for item in items]
     if any(clip is not None for clip in clips):

@@ -57,7 +57,8 @@ class MultimodalAPTModel(nn.Module):
     :param use_audio: build a Whisper audio encoder (``audio_encoder`` or one from ``audio_config``).
     :param vision_encoder: a ready ``VisionEncoder`` (weights loaded from a folder, say).
     :param audio_encoder: a ready ``AudioEncoder``.
-    :param vision_config: fields for a new ``VisionEncoder``: ``{"size": "small", "image_size": 64, ...}``.
+    :param vision_config: fields for a new ``VisionEncoder``: ``{"size": "small", "image_size": 64, ...}``
+        (``"stem": "conv"`` for a convolutional stem).
     :param audio_config: fields for a new ``AudioEncoder``: ``{"size": "small", "max_seconds": 1.0, ...}``.
     :param freeze_encoders: freeze the encoders (their projections into the decoder always train).
     """
@@ -101,8 +102,21 @@ class MultimodalAPTModel(nn.Module):
         self.tokenizer = None  # set by from_pretrained / train_multimodal_model; needed to generate text
 
     def memory(self, batch_size: int, image: Any = None, audio: Any = None, image_present: torch.Tensor | None = None,
-               audio_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The tokens the decoder cross-attends to, ``[B, 1 + N, d_model]``, and their mask (True = real)."""
+               audio_mask: torch.Tensor | None = None,
+               image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens the decoder cross-attends to, ``[B, 1 + N, d_model]``, and their mask (True = real).
+
+        :param image_index: ``[B]``, each record's row of ``image`` when records share images (``image`` then
+            holds each distinct image once and is encoded once)."""
+        memory, mask, index = self._shared_memory(batch_size, image, audio, image_present, audio_mask, image_index)
+        return (memory if index is None else memory.index_select(0, index)), mask
+
+    def _shared_memory(self, batch_size: int, image: Any, audio: Any, image_present: torch.Tensor | None,
+                       audio_mask: torch.Tensor | None, image_index: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``memory()`` before it is spread over the rows: ``(memory [M, 1 + N, d], mask [B, 1 + N], index)``,
+        where row b reads ``memory[index[b]]`` (``index`` None: M = B). With ``image_index`` and no audio, M
+        is the number of distinct images, so each is encoded, projected and turned into keys and values once."""
         device = self.nothing.device
         image_features = audio_features = None
         if image is not None:
@@ -116,39 +130,47 @@ class MultimodalAPTModel(nn.Module):
                 audio_features = self.audio(audio)
             else:
                 audio_features, audio_mask = self.audio.encode_batch(audio)
-        nothing = self.nothing.expand(batch_size, -1, -1)
         visible = torch.ones(batch_size, 1, dtype=torch.bool, device=device)
         if image_features is None and audio_features is None:
-            return nothing, visible
-        tokens, mask = self.fusion.memory(image_features, audio_features,
-                                          None if image_present is None else image_present.to(device),
+            return self.nothing.expand(batch_size, -1, -1), visible, None
+        index = None if image_index is None or image_features is None else image_index.to(device)
+        if index is not None and audio_features is not None:  # audio is per record: spread the images first
+            image_features, index = image_features[index], None
+        present = None if image_present is None else image_present.to(device).bool()
+        tokens, mask = self.fusion.memory(image_features, audio_features, present if index is None else None,
                                           None if audio_mask is None else audio_mask.to(device))
-        return torch.cat([nothing, tokens.to(nothing.dtype)], 1), torch.cat([visible, mask], 1)
+        if index is not None:  # per record: a record without an image keeps its image tokens hidden
+            mask = mask[index] if present is None else mask[index] & present[:, None]
+        nothing = self.nothing.expand(tokens.shape[0], -1, -1)
+        return torch.cat([nothing, tokens.to(nothing.dtype)], 1), torch.cat([visible, mask], 1), index
 
     def forward(self, text_input_ids: torch.Tensor, image: Any = None, audio: Any = None,
                 text_attention_mask: torch.Tensor | None = None, image_present: torch.Tensor | None = None,
-                audio_mask: torch.Tensor | None = None) -> torch.Tensor:
+                audio_mask: torch.Tensor | None = None, image_index: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, T, V]``; position t depends on text tokens <= t and on all of the image and audio.
 
         :param image: pixel values ``[B, 3, H, W]`` or a list of images; ``image_present [B]`` marks the
             records that really have one (the others' pixels are ignored).
         :param audio: log-mel features ``[B, mels, frames]`` with ``audio_mask [B, frames]``, or a list of
             clips; a record without audio has an all-False mask.
+        :param image_index: ``[B]``: ``image`` holds distinct images and record b's is ``image[image_index[b]]``.
         """
         ids = text_input_ids
         if ids.shape[1] > self.apt_config.max_seq_len:
             raise ValueError(f"sequence length {ids.shape[1]} exceeds max_seq_len {self.apt_config.max_seq_len}")
-        memory, memory_mask = self.memory(ids.shape[0], image, audio, image_present, audio_mask)
-        return self._decode(ids, memory, memory_mask, text_attention_mask)
+        memory, memory_mask, index = self._shared_memory(ids.shape[0], image, audio, image_present, audio_mask,
+                                                         image_index)
+        return self._decode(ids, memory, memory_mask, text_attention_mask, memory_index=index)
 
     def _decode(self, ids: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
-                padding: torch.Tensor | None = None, caches: list[dict] | None = None, start: int = 0) -> torch.Tensor:
+                padding: torch.Tensor | None = None, caches: list[dict] | None = None, start: int = 0,
+                memory_index: torch.Tensor | None = None) -> torch.Tensor:
         """``caches`` (one dict per block) keep keys and values between calls; ``ids`` are then the tokens
-        from position ``start`` on."""
+        from position ``start`` on. Row b reads ``memory[memory_index[b]]`` (all of ``memory`` if None)."""
         x = self.drop(self.tok(ids) + self.pos(torch.arange(start, start + ids.shape[1], device=ids.device)))
         for i, block in enumerate(self.blocks):
             x = block(x, padding=padding, memory=memory, memory_padding=memory_mask,
-                      cache=None if caches is None else caches[i])
+                      cache=None if caches is None else caches[i], memory_index=memory_index)
         return self.lm_head(self.ln_f(x))
 
     @torch.no_grad()
@@ -173,22 +195,27 @@ class MultimodalAPTModel(nn.Module):
     @torch.no_grad()
     def generate_batch(self, prompts: list[str], image: Any = None, audio: Any = None,
                        image_present: torch.Tensor | None = None, audio_mask: torch.Tensor | None = None,
-                       max_length: int = 100, **sampling: Any) -> list[str]:
+                       max_length: int = 100, image_index: torch.Tensor | None = None, **sampling: Any) -> list[str]:
         """``generate_from_multimodal`` for many prompts at once: ``image``/``audio`` as ``forward`` takes
-        them (one per prompt). Prompts of the same length in tokens are decoded together, so no row is
-        padded; ``sampling`` takes ``do_sample``, ``temperature``, ``top_k``, ``generator``, ``use_cache``."""
+        them (one per prompt, or distinct ones with ``image_index``). Prompts of the same length in tokens
+        are decoded together, so no row is padded; ``sampling`` takes ``do_sample``, ``temperature``,
+        ``top_k``, ``generator``, ``use_cache``."""
         if self.tokenizer is None:
             raise UserError("this model has no tokenizer: load it with from_pretrained, or set model.tokenizer")
         was_training = self.training
         self.eval()
         tokenizer = self.tokenizer
         encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
-        memory, memory_mask = self.memory(len(prompts), image, audio, image_present, audio_mask)
+        memory, memory_mask, index = self._shared_memory(len(prompts), image, audio, image_present, audio_mask,
+                                                         image_index)
         answers: list[str] = [""] * len(prompts)
         for length in sorted({len(ids) for ids in encoded}):
             rows = [i for i, ids in enumerate(encoded) if len(ids) == length]
             ids = torch.tensor([encoded[i] for i in rows], device=memory.device)
-            new = self._generate(ids, memory[rows], memory_mask[rows], max_length, **sampling)
+            if index is None:
+                new = self._generate(ids, memory[rows], memory_mask[rows], max_length, **sampling)
+            else:
+                new = self._generate(ids, memory, memory_mask[rows], max_length, memory_index=index[rows], **sampling)
             for i, tokens in zip(rows, new, strict=True):
                 answers[i] = tokenizer.decode(tokens)
         self.train(was_training)
@@ -196,7 +223,8 @@ class MultimodalAPTModel(nn.Module):
 
     def _generate(self, ids: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, max_length: int,
                   do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
-                  generator: torch.Generator | None = None, use_cache: bool = True) -> list[list[int]]:
+                  generator: torch.Generator | None = None, use_cache: bool = True,
+                  memory_index: torch.Tensor | None = None) -> list[list[int]]:
         """New tokens of each row, up to its end-of-text token."""
         eos, limit = self.tokenizer.eos_id, self.apt_config.max_seq_len
         caches: list[dict] | None = [{} for _ in self.blocks] if use_cache and ids.shape[1] <= limit else None
@@ -205,10 +233,11 @@ class MultimodalAPTModel(nn.Module):
         new: list[torch.Tensor] = []
         for _ in range(max_length):
             if caches is not None and ids.shape[1] <= limit:
-                logits = self._decode(ids[:, done:], memory, memory_mask, caches=caches, start=done)[:, -1].float()
+                logits = self._decode(ids[:, done:], memory, memory_mask, caches=caches, start=done,
+                                      memory_index=memory_index)[:, -1].float()
                 done = ids.shape[1]
             else:
-                logits = self._decode(ids[:, -limit:], memory, memory_mask)[:, -1].float()
+                logits = self._decode(ids[:, -limit:], memory, memory_mask, memory_index=memory_index)[:, -1].float()
             if do_sample:
                 logits = logits / max(temperature, 1e-6)
                 if top_k:
@@ -314,8 +343,8 @@ def _vision(encoder: nn.Module | None, fields: dict | None, freeze: bool) -> tup
 
     if encoder is None:
         fields = dict(fields or {"size": "tiny"})
-        size = fields.pop("size", "tiny")
-        encoder = VisionEncoder(size=size, config=fields or None, freeze_encoder=freeze)
+        size, stem = fields.pop("size", "tiny"), fields.pop("stem", None)
+        encoder = VisionEncoder(size=size, config=fields or None, freeze_encoder=freeze, stem=stem)
     return encoder, encoder.model.config.to_dict()
 
 

@@ -41,7 +41,7 @@ def build_model(options: dict, context: BuildContext):
         fields = {**(options.get("vision") or {}), "image_size": data.image_size}
         try:
             vision = VisionEncoder(size=options["vision_size"], config=fields, freeze_encoder=freeze,
-                                   position_std=options.get("vision_position_std"))
+                                   position_std=options.get("vision_position_std"), stem=options.get("vision_stem"))
         except UserError as exc:
             raise OptionError("vision", str(exc)) from None
     if data.uses_audio and audio is None:

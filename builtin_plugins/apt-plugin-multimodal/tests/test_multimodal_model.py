@@ -150,14 +150,16 @@ def test_kv_cache_gives_the_logits_of_the_full_pass(attention):
     assert cached == model.generate_from_multimodal("what colour? ", image=image[0], max_length=30, use_cache=False)
 
 
-def test_image_shift_moves_each_image_by_at_most_n_pixels_the_same_way_for_a_seed_epoch_and_index(tmp_path):
+def test_image_shift_moves_each_image_by_at_most_n_pixels_the_same_way_for_a_seed_epoch_and_image(tmp_path):
     from apt_plugin_multimodal import MultimodalDataset
     from apt_plugin_vision import ImagePreprocessor
 
     picture = np.zeros((8, 8, 3), dtype=np.uint8)
     picture[3:5, 3:5] = 255  # a white square on black
-    Image.fromarray(picture).save(tmp_path / "square.png")
-    records = [{"prompt": "where? ", "text": "middle", "image_path": str(tmp_path / "square.png")}] * 24
+    for i in range(24):
+        Image.fromarray(picture).save(tmp_path / f"square{i}.png")
+    records = [{"prompt": "where? ", "text": "middle", "image_path": str(tmp_path / f"square{i}.png")}
+               for i in range(24)]
     common = dict(text_tokenizer=CharTokenizer.train(["where? middle"]), image_processor=ImagePreprocessor.for_size(8))
 
     def square(data, index):  # the top-left corner of the bright pixels of item ``index``
@@ -168,9 +170,16 @@ def test_image_shift_moves_each_image_by_at_most_n_pixels_the_same_way_for_a_see
     assert {square(plain, i) for i in range(24)} == {(3, 3)}
     shifted = MultimodalDataset(records, **common, image_shift=1, seed=5)
     first = [square(shifted, i) for i in range(24)]
-    assert first == [square(shifted, i) for i in range(24)]  # the same draw for the same seed, epoch and index
+    assert first == [square(shifted, i) for i in range(24)]  # the same draw for the same seed, epoch and image
     assert all(abs(y - 3) <= 1 and abs(x - 3) <= 1 for y, x in first) and len(set(first)) > 3
     assert all((shifted[i]["image"] < 0).sum() == (plain[i]["image"] < 0).sum() for i in range(24))  # black border
     shifted.epoch = 1
     assert [square(shifted, i) for i in range(24)] != first  # a new draw each epoch
     assert [square(MultimodalDataset(records, **common, image_shift=1, seed=6), i) for i in range(24)] != first
+
+    # two questions about one image see it moved the same way, or their answers could disagree
+    asked_twice = [r for record in records[:6] for r in (record, {**record, "prompt": "again? "})]
+    common["text_tokenizer"] = CharTokenizer.train(["where? again? middle"])
+    twice = MultimodalDataset(asked_twice, **common, image_shift=1, seed=5)
+    assert [square(twice, i) for i in range(0, 12, 2)] == [square(twice, i) for i in range(1, 12, 2)]
+    assert len({square(twice, i) for i in range(12)}) > 1

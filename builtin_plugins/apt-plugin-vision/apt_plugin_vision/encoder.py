@@ -25,6 +25,7 @@ from transformers.utils import logging as hf_logging
 from apt_sdk import UserError, check_known_keys
 
 from .images import ImageSource, load_image
+from .stem import STEMS, ConvStem
 
 SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -83,6 +84,9 @@ class VisionEncoder(nn.Module):
         trained from scratch learns *where* things are very slowly. At 1.0 it learned "is the red object
         left or right" in 1,000 steps where 0.02 stayed at chance after 1,500. Global tasks such as
         digits do better at 0.02.
+    :param stem: for a new encoder, how pixels become tokens: ``"patches"`` (CLIP's linear patch
+        embedding) or ``"conv"`` (``ConvStem``: stride-2 convolutions and coordinate channels, on the same
+        grid). Saved in the config as ``stem``, so a saved encoder rebuilds its own.
 
     ``output_dim`` is the embedding width D (``encode_batch`` gives ``[B, D]``); ``vision_dim`` and
     ``num_tokens`` describe ``patch_features``: ``[B, num_tokens, vision_dim]``, the class token first.
@@ -90,18 +94,24 @@ class VisionEncoder(nn.Module):
 
     def __init__(self, model_type: str = "clip", model_name_or_path: str | Path | None = None,
                  config: CLIPVisionConfig | CLIPConfig | dict | None = None, size: str = "base",
-                 freeze_encoder: bool = True, position_std: float | None = None):
+                 freeze_encoder: bool = True, position_std: float | None = None, stem: str | None = None):
         super().__init__()
         if model_type not in MODEL_TYPES:
             raise UserError(f"model_type {model_type!r} is not supported: this plugin provides "
                             f"{', '.join(MODEL_TYPES)}")
         if model_name_or_path is not None and config is not None:
             raise UserError("pass model_name_or_path (saved weights) or config (a new encoder), not both")
+        if stem is not None and stem not in STEMS:
+            raise UserError(f"stem {stem!r} is not one of {', '.join(STEMS)}")
         if model_name_or_path is not None:
+            if stem is not None:
+                raise UserError("stem sets how a new encoder embeds pixels; saved weights bring their own (drop stem)")
             self.model, processor = _load(str(model_name_or_path))
         else:
             vision_config = _build_config(config, size)
-            self.model = CLIPVisionModelWithProjection(vision_config)
+            if stem is not None:
+                vision_config.stem = stem
+            self.model = _tower(vision_config)
             if position_std is not None:
                 with torch.no_grad():
                     self.model.vision_model.embeddings.position_embedding.weight.normal_(0.0, position_std)
@@ -192,6 +202,15 @@ def _build_config(config: CLIPVisionConfig | CLIPConfig | dict | None, size: str
     return built
 
 
+def _tower(config: CLIPVisionConfig) -> CLIPVisionModelWithProjection:
+    """A new tower; with ``config.stem == "conv"`` its patch embedding is a ``ConvStem``."""
+    model = CLIPVisionModelWithProjection(config)
+    if getattr(config, "stem", "patches") == "conv":
+        model.vision_model.embeddings.patch_embedding = ConvStem(config.hidden_size, config.image_size,
+                                                                 config.patch_size, config.num_channels)
+    return model
+
+
 def _check_fields(fields: dict, config_class: type) -> None:
     """A misspelt field would be kept by transformers as an unused attribute and the preset's value used
     instead, so a typo must fail here. A config saved by ``to_dict`` (it names its ``model_type``) is
@@ -232,7 +251,15 @@ def _load(name: str) -> tuple[CLIPVisionModelWithProjection, CLIPImageProcessorP
             if config.model_type not in ("clip", "clip_vision_model"):
                 raise UserError(f"{name!r} holds a {config.model_type!r} model, not CLIP")
             vision = _vision_part(config) if isinstance(config, CLIPConfig) else config
-            model, info = CLIPVisionModelWithProjection.from_pretrained(source, config=vision, output_loading_info=True)
+            stem = getattr(vision, "stem", "patches")
+            if stem not in STEMS:
+                raise UserError(f"{name!r} has stem {stem!r}, not one of {', '.join(STEMS)}")
+            if stem == "conv":  # a layout transformers does not know: build it, then load the saved tensors
+                model = _tower(vision)
+                info = _load_tensors(model, local)
+            else:
+                model, info = CLIPVisionModelWithProjection.from_pretrained(source, config=vision,
+                                                                            output_loading_info=True)
             processor = _processor(source, vision.image_size)
     except (OSError, ValueError) as exc:
         if local.is_dir():
@@ -246,6 +273,21 @@ def _load(name: str) -> tuple[CLIPVisionModelWithProjection, CLIPImageProcessorP
         raise UserError(f"{name!r} lacks {len(missing)} weights of a CLIP image tower with projection "
                         f"(e.g. {', '.join(missing[:3])}): save a CLIPModel or CLIPVisionModelWithProjection")
     return model.eval(), processor
+
+
+def _load_tensors(model: CLIPVisionModelWithProjection, folder: Path) -> dict[str, list[str]]:
+    """A conv-stem tower's weights from the ``model.safetensors`` its ``save_pretrained`` wrote."""
+    from safetensors.torch import load_model
+
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise UserError(f"{str(folder)!r} has a conv-stem config but no model.safetensors (only a folder written "
+                        f"by VisionEncoder.save_pretrained holds one)")
+    missing, unexpected = load_model(model, str(weights), strict=False)
+    if unexpected:
+        raise UserError(f"{weights} holds tensors this conv-stem tower does not have (e.g. "
+                        f"{', '.join(sorted(unexpected)[:3])}): it was saved from another model")
+    return {"missing_keys": list(missing)}
 
 
 def _processor(source: str, image_size: int) -> CLIPImageProcessorPil:

@@ -256,3 +256,33 @@ def test_position_std_sets_a_new_towers_position_embeddings(tmp_path):
     wide.save_pretrained(tmp_path / "tower")  # loaded weights are kept as saved
     loaded = VisionEncoder(model_name_or_path=tmp_path / "tower")
     assert loaded.model.vision_model.embeddings.position_embedding.weight.std().item() == pytest.approx(std[0])
+
+
+@pytest.mark.parametrize(("image_size", "patch_size", "convolutions"),
+                         [(75, 15, 4), (64, 8, 3), (75, 5, 2), (16, 1, 1)])
+def test_a_conv_stem_gives_the_patch_grid_and_a_saved_tower_rebuilds_it(tmp_path, image_size, patch_size, convolutions):
+    config = {**TINY_VISION, "image_size": image_size, "patch_size": patch_size}
+    torch.manual_seed(0)
+    encoder = VisionEncoder(config=config, stem="conv", freeze_encoder=False).eval()
+    stem = encoder.model.vision_model.embeddings.patch_embedding
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in stem.layers) == convolutions
+    pixels = torch.randn(2, 3, image_size, image_size)
+    features = encoder.patch_features(pixels)
+    assert features.shape == (2, 1 + (image_size // patch_size) ** 2, 32) == (2, encoder.num_tokens, encoder.vision_dim)
+    patches = VisionEncoder(config=config, freeze_encoder=False).patch_features(pixels)
+    assert patches.shape == features.shape  # the same tokens a patch embedding gives, from another stem
+
+    encoder.save_pretrained(tmp_path)
+    loaded = VisionEncoder(model_name_or_path=tmp_path)
+    assert loaded.model.config.stem == "conv"
+    torch.testing.assert_close(loaded.patch_features(pixels), features)
+    features.sum().backward()  # the stem trains: its first convolution gets a gradient
+    assert stem.layers[0].weight.grad.abs().sum() > 0
+
+
+def test_a_stem_is_named_and_only_for_a_new_tower(tmp_path):
+    with pytest.raises(UserError, match="stem 'convolution' is not one of patches, conv"):
+        VisionEncoder(config=TINY_VISION, stem="convolution")
+    VisionEncoder(config=TINY_VISION).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="saved weights bring their own"):
+        VisionEncoder(model_name_or_path=tmp_path, stem="conv")
