@@ -22,8 +22,8 @@ python3 -m apt_kernel.cli run "$repo/pipelines/multimodal-digits.toml" $gpu --se
 python3 -m apt_kernel.cli run "$repo/pipelines/multimodal-sort-of-clevr.toml" $gpu --set data.num_workers=4 \
   --set trainer.max_time_minutes="$minutes" > "$out/sort-of-clevr.log" 2>&1 &
 # shellcheck disable=SC2086
-python3 -m apt_kernel.cli run "$repo/pipelines/multimodal-captions.toml" $gpu --set data.num_workers=5 \
-  --set trainer.epochs=15 --set trainer.max_time_minutes="$minutes" > "$out/captions.log" 2>&1 &
+python3 -m apt_kernel.cli run "$repo/pipelines/multimodal-captions.toml" $gpu --set data.num_workers=4 \
+  --set trainer.max_time_minutes="$minutes" > "$out/captions.log" 2>&1 &
 wait
 for task in digits sort-of-clevr captions; do
   echo "== $task"; grep -E "step .*00:|accuracy|object F1|relational|seconds|steps|Error|error" "$out/$task.log" | tail -14
