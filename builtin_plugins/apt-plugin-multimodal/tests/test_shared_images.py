@@ -137,3 +137,15 @@ def test_group_by_image_batches_whole_images_in_an_order_drawn_from_seed_and_epo
         ranks.append(data._order(0))
     assert len(ranks[0]) == len(ranks[1]) == len(records) // 2 and not set(ranks[0]) & set(ranks[1])
     assert ranks[0] + ranks[1] == first[:len(records) // 2 * 2]
+
+
+def test_a_saved_conv_stem_model_loads_back_with_its_stem(records, tmp_path):
+    data = dataset(records)
+    model = tiny_model("sdpa", data.tokenizer.vocab_size)
+    model.tokenizer = data.tokenizer
+    batch = multimodal_collate_fn(data.__getitems__([0, 1, 3, 15]), data.tokenizer.pad_id)
+    batch.pop("labels")
+    model.save_pretrained(tmp_path / "saved")
+    loaded = MultimodalAPTModel.from_pretrained(tmp_path / "saved").eval()
+    assert type(loaded.vision.model.vision_model.embeddings.patch_embedding).__name__ == "ConvStem"
+    torch.testing.assert_close(loaded(**batch), model(**batch))
