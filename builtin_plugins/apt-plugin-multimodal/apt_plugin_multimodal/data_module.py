@@ -83,6 +83,7 @@ class MultimodalDataModule:
                     if report_error is not None:
                         report_error({"type": "SkippedRecord", "severity": "warning", "plugin": "apt-plugin-multimodal",
                                       "message": f"{split}_manifest: {why}", "hook": "data"})
+        self.groups = _image_groups(self.datasets["train"].records) if self.group_by_image else []
         self.uses_image = any(r.image_path for r in self.datasets["train"].records)
         self.uses_audio = any(r.audio_path for r in self.datasets["train"].records)
 
@@ -99,15 +100,12 @@ class MultimodalDataModule:
 
     def _grouped_order(self, epoch: int) -> list[int]:
         """Images in an order drawn from (seed, epoch), each followed by all its records; every rank takes an
-        equal run of it (so no rank has a batch more than another), which splits at most one image per rank."""
-        groups: dict[object, list[int]] = {}
-        for index, record in enumerate(self.datasets["train"].records):
-            key = record.image_path if record.image_path is not None else ("record", index)  # no image: alone
-            groups.setdefault(key, []).append(index)
+        equal run of it (so no rank has a batch more than another), which splits at most one image per rank.
+        Not DistributedSampler over images: ranks would get unequal numbers of records, hence of steps."""
         generator = torch.Generator()
         generator.manual_seed(self.seed + epoch)
-        listed = list(groups.values())
-        order = [index for g in torch.randperm(len(listed), generator=generator).tolist() for index in listed[g]]
+        draw = torch.randperm(len(self.groups), generator=generator).tolist()
+        order = [index for g in draw for index in self.groups[g]]
         if self.world_size == 1:
             return order
         share = len(order) // self.world_size
@@ -133,3 +131,11 @@ class MultimodalDataModule:
         indices = list(range(len(self.datasets["val"])))[self.rank::self.world_size]
         if indices:
             yield from self._loader("val", indices)
+
+
+def _image_groups(records: list) -> list[list[int]]:
+    """The indices of each image's records, images in order of first use; a record without an image alone."""
+    groups: dict[object, list[int]] = {}
+    for index, record in enumerate(records):
+        groups.setdefault(record.image_path if record.image_path is not None else ("record", index), []).append(index)
+    return list(groups.values())
