@@ -13,6 +13,7 @@ once too.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Callable
@@ -64,6 +65,7 @@ class MultimodalDataset(Dataset):
         self.image_processor = _preprocessor(image_processor)
         self.audio_processor = _preprocessor(audio_processor)
         self.max_length = max_length
+        self._encoded: dict[str, list[int]] = {}  # VQA repeats a few dozen prompts and answers over 10^5 records
         self.skipped: list[tuple[str, str]] = []  # (where, why)
         self.media_checked = check_media  # then a cut clip was reported here, once
         readable: set[Path] = set()  # media read once, however many records share them
@@ -100,10 +102,15 @@ class MultimodalDataset(Dataset):
 
     def tokens(self, record: Record) -> tuple[list[int], list[int]]:
         """``(input_ids, labels)`` of a record: labels are -100 where the next token is prompt."""
-        prompt = [self.tokenizer.bos_id, *self.tokenizer.encode(record.prompt)]
-        sequence = [*prompt, *self.tokenizer.encode(record.text), self.tokenizer.eos_id]
+        prompt = [self.tokenizer.bos_id, *self._encode(record.prompt)]
+        sequence = [*prompt, *self._encode(record.text), self.tokenizer.eos_id]
         labels = [IGNORE_INDEX] * (len(prompt) - 1) + sequence[len(prompt):]
         return sequence[:-1], labels
+
+    def _encode(self, text: str) -> list[int]:
+        if text not in self._encoded:
+            self._encoded[text] = self.tokenizer.encode(text)
+        return self._encoded[text]
 
     def __getitem__(self, index: int) -> dict:
         return self.__getitems__([index])[0]
@@ -199,7 +206,18 @@ def multimodal_collate_fn(items: list[dict], pad_id: int = 0) -> dict:
 
 def create_multimodal_dataloader(dataset: MultimodalDataset, batch_size: int = 8, shuffle: bool = True,
                                  num_workers: int = 0, **kwargs: Any) -> DataLoader:
-    """A DataLoader whose workers read and preprocess the media; batches as ``multimodal_collate_fn`` makes them."""
+    """A DataLoader whose workers read and preprocess the media; batches as ``multimodal_collate_fn`` makes them.
+    The workers leave the caller's process group, so Ctrl-C or a SIGTERM to the group reaches only the training
+    process, which finishes its step and saves; it stops its workers itself."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       collate_fn=partial(multimodal_collate_fn, pad_id=dataset.tokenizer.pad_id),
-                      persistent_workers=num_workers > 0, **kwargs)
+                      persistent_workers=num_workers > 0,
+                      worker_init_fn=partial(_own_process_group, kwargs.pop("worker_init_fn", None)), **kwargs)
+
+
+def _own_process_group(then: Callable[[int], None] | None, worker_id: int) -> None:
+    # A worker killed by the group's signal makes the DataLoader raise in the main process mid-step, so the
+    # step is neither finished nor saved. An orphaned worker still exits: torch's watchdog sees its parent go.
+    os.setpgrp()
+    if then is not None:
+        then(worker_id)

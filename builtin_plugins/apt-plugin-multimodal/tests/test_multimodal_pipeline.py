@@ -5,8 +5,11 @@ loaded back with from_pretrained to generate."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +110,30 @@ def test_trains_through_the_kernel_and_generates_from_the_run(run_pipeline, tmp_
         run = subprocess.run([*example[:2], *argv], capture_output=True, text=True, timeout=120)
         assert (run.returncode, run.stdout) == (2, "") and message in run.stderr, run.stderr
         assert "Traceback" not in run.stderr
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_saves_and_says_how_to_resume(tmp_path):
+    """`timeout`, a batch scheduler or Ctrl-C signal the whole process group, loader workers included; a worker
+    that died of the signal made the main process raise mid-step instead of finishing it and saving."""
+    write_manifests(tmp_path / "data")
+    (tmp_path / "p.toml").write_text(PIPELINE.format(folder=tmp_path / "data"))
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "apt_kernel.cli", "run", str(tmp_path / "p.toml"), "--no-progress",
+               "--set", "data.num_workers=1", "--set", "trainer.max_steps=100000", "--set", "trainer.epochs=100000",
+               "--set", "trainer.eval_every=0", "--set", "trainer.temp_checkpoint_freq=5",
+               "--set", f"pipeline.output_dir={str(out)!r}"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=dict(os.environ, APT_KERNEL_HOME=str(tmp_path / "home")))
+    deadline = time.time() + 120
+    while not list((out / "temp").glob("*.pt")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # well into the steps after that save
+    os.killpg(proc.pid, signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, output
+    assert "interrupted by SIGTERM at step" in output and "Traceback" not in output, output
+    step = int(output.split("interrupted by SIGTERM at step ")[1].split(";")[0])
+    assert (out / "temp" / f"apt_temp_step{step}.pt").exists(), output
 
 
 def test_a_bad_record_fails_by_its_line_or_is_skipped(run_pipeline, tmp_path):
