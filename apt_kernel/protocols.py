@@ -35,6 +35,10 @@ class DataModule(Protocol):
     - ``tokenizer``: a ``Tokenizer``; checkpoints and the exported model save it beside the weights.
     - ``block_size``: tokens per sequence; used for MFU when batches do not say.
     - ``summary``: ``(label, text)`` pairs the run's summary shows (records skipped, say).
+
+    A data module that loads with worker processes (a ``DataLoader`` with ``num_workers``) gives them
+    ``apt_sdk.loader_worker_init()`` as ``worker_init_fn``, so a SIGTERM or Ctrl-C to the process group
+    lets the trainer finish the step and save rather than lose it to a killed worker.
     """
 
     def steps_per_epoch(self, epoch: int) -> int: ...

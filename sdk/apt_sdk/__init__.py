@@ -8,7 +8,9 @@
 - errors: ``UserError`` (exit 2, no traceback), ``OptionError`` (a bad option, reported with the pipeline's
   file and line), ``PipelineError``, ``RunInterrupted``;
 - ``run_pipeline`` / ``check_pipeline``: run or validate a pipeline from Python;
-- ``check_known_keys``: refuse a misspelt key of a dict the user wrote, naming the key it resembles.
+- ``check_known_keys``: refuse a misspelt key of a dict the user wrote, naming the key it resembles;
+- ``loader_worker_init``: a DataLoader ``worker_init_fn`` so a stop signal to the process group lets the
+  step finish and save instead of killing the loader's workers under it.
 
 Test helpers for plugin authors are in ``apt_sdk.testing`` (pytest fixtures ``apt_kernel``, ``run_pipeline``).
 """
@@ -21,12 +23,13 @@ from apt_kernel.hookspecs import hookimpl
 from apt_kernel.protocols import Batch, DataModule, Encoder, Loss, Model, Tokenizer, Trainer, TrainerState
 
 from .options import check_known_keys
+from .workers import loader_worker_init
 
 __all__ = [
     "EVENTS", "KERNEL_API_VERSION", "Batch", "BuildContext", "Callback", "CallbackError", "DataModule", "Encoder",
     "Loss", "Model", "OptionError",
     "PipelineError", "RunInterrupted", "Tokenizer", "Trainer", "TrainerState", "UserError",
-    "check_known_keys", "check_pipeline", "hookimpl", "run_pipeline",
+    "check_known_keys", "check_pipeline", "hookimpl", "loader_worker_init", "run_pipeline",
 ]
 
 

@@ -13,7 +13,6 @@ once too.
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from collections.abc import Callable
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apt_sdk import UserError
+from apt_sdk import UserError, loader_worker_init
 
 from .records import Record, read_records
 
@@ -207,17 +206,9 @@ def multimodal_collate_fn(items: list[dict], pad_id: int = 0) -> dict:
 def create_multimodal_dataloader(dataset: MultimodalDataset, batch_size: int = 8, shuffle: bool = True,
                                  num_workers: int = 0, **kwargs: Any) -> DataLoader:
     """A DataLoader whose workers read and preprocess the media; batches as ``multimodal_collate_fn`` makes them.
-    The workers leave the caller's process group, so Ctrl-C or a SIGTERM to the group reaches only the training
-    process, which finishes its step and saves; it stops its workers itself."""
+    The workers leave the caller's process group (``apt_sdk.loader_worker_init``), so Ctrl-C or a SIGTERM to
+    the group reaches only the training process, which finishes its step and saves."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       collate_fn=partial(multimodal_collate_fn, pad_id=dataset.tokenizer.pad_id),
                       persistent_workers=num_workers > 0,
-                      worker_init_fn=partial(_own_process_group, kwargs.pop("worker_init_fn", None)), **kwargs)
-
-
-def _own_process_group(then: Callable[[int], None] | None, worker_id: int) -> None:
-    # A worker killed by the group's signal makes the DataLoader raise in the main process mid-step, so the
-    # step is neither finished nor saved. An orphaned worker still exits: torch's watchdog sees its parent go.
-    os.setpgrp()
-    if then is not None:
-        then(worker_id)
+                      worker_init_fn=loader_worker_init(kwargs.pop("worker_init_fn", None)), **kwargs)
