@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -134,6 +136,14 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves_and_says_how_to_
     assert "interrupted by SIGTERM at step" in output and "Traceback" not in output, output
     step = int(output.split("interrupted by SIGTERM at step ")[1].split(";")[0])
     assert (out / "temp" / f"apt_temp_step{step}.pt").exists(), output
+    # the command it prints continues from that step, loader workers and all
+    command = shlex.split(re.search(r"resume with: (.+)", output).group(1))
+    assert command[-2:] == ["--resume", "latest"], output
+    resumed = subprocess.run([sys.executable, "-m", "apt_kernel.cli", *command[1:-2],
+                              "--set", f"trainer.max_steps={step + 2}", *command[-2:]], capture_output=True, text=True,
+                             env=dict(os.environ, APT_KERNEL_HOME=str(tmp_path / "home")), timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resumed from {out / 'temp' / f'apt_temp_step{step}.pt'}" in resumed.stdout + resumed.stderr
 
 
 def test_a_bad_record_fails_by_its_line_or_is_skipped(run_pipeline, tmp_path):
