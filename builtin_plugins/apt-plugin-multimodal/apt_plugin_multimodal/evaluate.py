@@ -1,6 +1,7 @@
 """The ``multimodal-accuracy`` callback: when training ends, generate an answer for every record of the
-held-out manifest and score it: exact match of the whole answer (per ``kind`` when records carry
-one, as Sort-of-CLEVR's relational and non-relational questions do), or object-level F1 of captions.
+held-out manifest and score it: exact match of the whole answer (also per ``kind`` and per ``question``
+when records carry them, as Sort-of-CLEVR's relational and non-relational questions and its six question
+types do), or object-level F1 of captions.
 The numbers join the run's result and its summary."""
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from .sort_of_clevr import object_f1
 
 def score(dataset: MultimodalDataset, model, metric: str = "exact", batch_size: int = 64,
           max_new_tokens: int = 16, num_workers: int = 0) -> dict[str, float]:
-    """``{"accuracy": .., "accuracy_<kind>": .., "examples": n}`` or ``{"object_f1": .., ...}``."""
+    """``{"accuracy": .., "accuracy_<kind>": .., "accuracy_<question>": .., "examples": n}``, with
+    ``"object_f1"`` for captions."""
     device = next(model.parameters()).device
     right: dict[str, int] = defaultdict(int)
     seen: dict[str, int] = defaultdict(int)
@@ -31,7 +33,7 @@ def score(dataset: MultimodalDataset, model, metric: str = "exact", batch_size: 
         for record, answer in zip(records, answers, strict=True):
             if metric == "object-f1":
                 counts = [a + b for a, b in zip(counts, object_f1(answer, record.text), strict=True)]
-            for kind in ("all", record.extra.get("kind")):
+            for kind in ("all", record.extra.get("kind"), record.extra.get("question")):
                 if kind is not None:
                     seen[kind] += 1
                     right[kind] += answer.strip() == record.text.strip()

@@ -68,7 +68,8 @@ def draw(things: list[Thing]) -> Image.Image:
 
 
 def questions(things: list[Thing]) -> list[dict]:
-    """``{"prompt", "text", "kind"}`` for every colour and question type (6 x 6 = 36 per image)."""
+    """``{"prompt", "text", "kind", "question"}`` for every colour and question type (6 x 6 = 36 per image);
+    ``question`` names the type ("nearest shape"), so a score can be broken down by it."""
     out = []
     for t in things:
         others = [o for o in things if o is not t]
@@ -81,7 +82,8 @@ def questions(things: list[Thing]) -> list[dict]:
         }
         for question, answer in answers.items():
             kind = "non-relational" if question in NON_RELATIONAL else "relational"
-            out.append({"prompt": f"{t.colour} {question}", "text": answer, "kind": kind})
+            out.append({"prompt": f"{t.colour} {question}", "text": answer, "kind": kind,
+                        "question": question.removesuffix("? ")})
     return out
 
 

@@ -11,11 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from click.testing import CliRunner
 
+from apt_plugin_lm.tokenization import CharTokenizer
 from apt_plugin_multimodal import sort_of_clevr
 from apt_plugin_multimodal.cli import multimodal
+from apt_plugin_multimodal.dataset import MultimodalDataset
+from apt_plugin_multimodal.evaluate import score
 from apt_plugin_multimodal.sort_of_clevr import Thing
+from apt_plugin_vision import ImagePreprocessor
 
 REPO = Path(__file__).resolve().parents[3]
 FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
@@ -79,6 +84,8 @@ def test_prepare_writes_the_standard_splits(tmp_path):
     prepare("sort-of-clevr", "--out", str(tmp_path / "clevr"), "--train-images", "3", "--test-images", "2")
     train, test = records(tmp_path / "clevr" / "train.jsonl"), records(tmp_path / "clevr" / "test.jsonl")
     assert (len(train), len(test)) == (108, 72) and Counter(r["kind"] for r in train)["relational"] == 54
+    assert Counter(r["question"] for r in test) == {q.removesuffix("? "): 12 for q in sort_of_clevr.NON_RELATIONAL
+                                                    + sort_of_clevr.RELATIONAL}
     captions = records(tmp_path / "clevr" / "captions-test.jsonl")
     assert len(captions) == 2 and captions[0]["image_path"] == test[0]["image_path"]
     assert open(tmp_path / "clevr" / train[0]["image_path"], "rb").read() != \
@@ -91,3 +98,31 @@ def test_fsdd_split_is_index_0_to_4_for_test(tmp_path):
     train, test = records(tmp_path / "train.jsonl"), records(tmp_path / "test.jsonl")
     assert (len(train), len(test)) == (2700, 300)
     assert all(int(os.path.basename(r["audio_path"]).split("_")[2][:-4]) < 5 for r in test)
+
+
+class Answerer(torch.nn.Module):
+    """Answers every question right except those whose prompt contains ``wrong``: what score is given."""
+
+    def __init__(self, truth: list[str], wrong: str) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))  # score asks a parameter for the device
+        self.truth, self.wrong, self.asked = iter(truth), wrong, 0
+
+    def generate_batch(self, prompts: list[str], max_length: int, **media) -> list[str]:
+        assert media["image_index"].shape[0] == len(prompts)  # one image per record, each stored once
+        self.asked += len(prompts)
+        return ["nope" if self.wrong in p else next(self.truth) for p in prompts]
+
+
+def test_score_breaks_exact_match_down_by_kind_and_question(tmp_path):
+    prepare("sort-of-clevr", "--out", str(tmp_path), "--train-images", "1", "--test-images", "2")
+    test = records(tmp_path / "test.jsonl")
+    tokenizer = CharTokenizer.train(r["prompt"] + r["text"] for r in test)
+    dataset = MultimodalDataset(tmp_path / "test.jsonl", tokenizer, ImagePreprocessor.for_size(75), max_length=32)
+    wrong = "nearest"
+    model = Answerer([r["text"] for r in test if wrong not in r["prompt"]], wrong)
+    scores = score(dataset, model, batch_size=16)
+    assert model.asked == scores["examples"] == 72
+    assert scores["accuracy_nearest shape"] == 0 and scores["accuracy_farthest shape"] == 1
+    assert scores["accuracy_non-relational"] == scores["accuracy_shape"] == 1
+    assert scores["accuracy_relational"] == pytest.approx(2 / 3) and scores["accuracy"] == pytest.approx(5 / 6)
