@@ -17,6 +17,8 @@ def loader_worker_init(then: Callable[[int], None] | None = None) -> Callable[[i
     still exits, because torch's worker watchdog sees its parent go.
 
     :param then: the data module's own ``worker_init_fn``, called after, with the worker's id.
+
+    New in apt-kernel-sdk 0.1.1: a plugin that uses it requires ``apt-kernel-sdk>=0.1.1``.
     """
     return partial(_leave_process_group, then)
 
