@@ -36,9 +36,10 @@ class DataModule(Protocol):
     - ``block_size``: tokens per sequence; used for MFU when batches do not say.
     - ``summary``: ``(label, text)`` pairs the run's summary shows (records skipped, say).
 
-    A data module that loads with worker processes (a ``DataLoader`` with ``num_workers``) gives them
-    ``apt_sdk.loader_worker_init()`` as ``worker_init_fn``, so a SIGTERM or Ctrl-C to the process group
-    lets the trainer finish the step and save rather than lose it to a killed worker.
+    A data module that loads with worker processes (a ``DataLoader`` with ``num_workers``) starts them
+    with ``apt_sdk.start_loader(loader)`` (its workers leave the process group, through
+    ``apt_sdk.loader_worker_init``), so a SIGTERM or Ctrl-C to the process group lets the trainer finish
+    the step and save rather than lose it to a killed worker.
     """
 
     def steps_per_epoch(self, epoch: int) -> int: ...

@@ -18,6 +18,19 @@ def test_help_does_not_import_torch_or_pydantic():
     assert "Usage: " in out and out.strip().endswith("[]")
 
 
+def test_loading_every_builtin_plugin_imports_no_heavy_library():
+    """What `plugins doctor` does for each plugin (and `plugins list` after an edit): load its module and let it
+    register. Registration names factories; torch, optuna and the encoders' libraries wait for a build."""
+    code = ("import sys; from apt_kernel.kernel import Kernel\n"
+            "kernel = Kernel(plugins_dirs=[], strict=True); kernel.load_all()\n"
+            "print(sorted(kernel.plugins)); print(sorted(m for m in ('torch', 'optuna', 'transformers', 'librosa', "
+            "'fastapi', 'sqlalchemy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded, heavy = out.strip().splitlines()
+    assert "apt-plugin-errors" in loaded and "apt-plugin-hpo" in loaded, loaded
+    assert heavy == "[]"
+
+
 def test_version_and_unknown_command():
     assert "kernel API 1.0.0" in cli("--version").stdout
     bad = cli("fly")

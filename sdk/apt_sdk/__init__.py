@@ -9,8 +9,8 @@
   file and line), ``PipelineError``, ``RunInterrupted``;
 - ``run_pipeline`` / ``check_pipeline``: run or validate a pipeline from Python;
 - ``check_known_keys``: refuse a misspelt key of a dict the user wrote, naming the key it resembles;
-- ``loader_worker_init``: a DataLoader ``worker_init_fn`` so a stop signal to the process group lets the
-  step finish and save instead of killing the loader's workers under it.
+- ``start_loader`` and ``loader_worker_init``: start a DataLoader's workers so a stop signal to the process
+  group lets the step finish and save instead of killing the loader's workers under it.
 
 Test helpers for plugin authors are in ``apt_sdk.testing`` (pytest fixtures ``apt_kernel``, ``run_pipeline``).
 """
@@ -23,13 +23,13 @@ from apt_kernel.hookspecs import hookimpl
 from apt_kernel.protocols import Batch, DataModule, Encoder, Loss, Model, Tokenizer, Trainer, TrainerState
 
 from .options import check_known_keys
-from .workers import loader_worker_init
+from .workers import loader_worker_init, start_loader
 
 __all__ = [
     "EVENTS", "KERNEL_API_VERSION", "Batch", "BuildContext", "Callback", "CallbackError", "DataModule", "Encoder",
     "Loss", "Model", "OptionError",
     "PipelineError", "RunInterrupted", "Tokenizer", "Trainer", "TrainerState", "UserError",
-    "check_known_keys", "check_pipeline", "hookimpl", "loader_worker_init", "run_pipeline",
+    "check_known_keys", "check_pipeline", "hookimpl", "loader_worker_init", "run_pipeline", "start_loader",
 ]
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from apt_sdk import BuildContext, Callback, RunInterrupted, hookimpl
 
-from .distributed import DistributedError
 from .logger import ErrorLogger
 
 _ACTIVE: dict[str, ErrorLog] = {}  # run_dir -> that run's error-log callback (hooks carry only run_dir)
@@ -41,6 +40,8 @@ class ErrorLog(Callback):
         if isinstance(error, RunInterrupted):  # a requested stop, not an error
             return
         self.logged.add((type(error).__name__, str(error)))
+        from .distributed import DistributedError  # here: loading the plugin (doctor, list) needs no torch
+
         if isinstance(error, DistributedError):  # rank 0 records each failing rank's own error, once
             if trainer.is_main:
                 for failure in error.failures:

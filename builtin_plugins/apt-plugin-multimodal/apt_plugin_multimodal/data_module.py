@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from apt_plugin_lm.tokenization import build_tokenizer
-from apt_sdk import OptionError, UserError
+from apt_sdk import OptionError, UserError, start_loader
 
 from .dataset import MultimodalDataset, create_multimodal_dataloader
 from .records import read_records
@@ -123,14 +123,14 @@ class MultimodalDataModule:
         order = self._order(epoch)[start * self.batch_size:]
         self.datasets["train"].epoch = epoch  # before the loader's workers start: they take a copy
         if order:
-            yield from self._loader("train", order)
+            yield from start_loader(self._loader("train", order))
 
     def val_batches(self) -> Iterator[dict]:
         if "val" not in self.datasets:
             return
         indices = list(range(len(self.datasets["val"])))[self.rank::self.world_size]
         if indices:
-            yield from self._loader("val", indices)
+            yield from start_loader(self._loader("val", indices))
 
 
 def _image_groups(records: list) -> list[list[int]]:
