@@ -1,5 +1,5 @@
 """The site's pictures come from docs/pictures/make.py, which makes them from real runs (.ci/run runs its
-quick mode beside the tests, and the script checks what it made): every picture a page shows is in the
+quick mode after the tests, and the script checks what it made): every picture a page shows is in the
 repo, every one in the repo is shown, and the script's check finds a missing or blank picture."""
 
 from __future__ import annotations

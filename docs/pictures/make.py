@@ -13,7 +13,7 @@
 
 Needs Debian's chromium and chromium-driver (what .ci/run installs) for the two screenshots. It ends
 by checking that every picture a page shows was made and is a real picture (exit 1 otherwise); .ci/run
-runs the quick mode beside the tests.
+runs the quick mode after the tests.
 """
 
 from __future__ import annotations
