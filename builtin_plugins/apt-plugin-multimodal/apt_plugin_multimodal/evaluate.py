@@ -33,10 +33,10 @@ def score(dataset: MultimodalDataset, model, metric: str = "exact", batch_size: 
         for record, answer in zip(records, answers, strict=True):
             if metric == "object-f1":
                 counts = [a + b for a, b in zip(counts, object_f1(answer, record.text), strict=True)]
-            for kind in ("all", record.extra.get("kind"), record.extra.get("question")):
-                if kind is not None:
-                    seen[kind] += 1
-                    right[kind] += answer.strip() == record.text.strip()
+            for group in ("all", record.extra.get("kind"), record.extra.get("question")):
+                if group is not None:
+                    seen[group] += 1
+                    right[group] += answer.strip() == record.text.strip()
     result: dict[str, float] = {"examples": seen["all"], "accuracy": right["all"] / seen["all"]}
     result.update({f"accuracy_{k}": right[k] / seen[k] for k in seen if k != "all"})
     if metric == "object-f1":
