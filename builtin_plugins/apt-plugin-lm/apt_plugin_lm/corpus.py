@@ -24,8 +24,11 @@ SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packa
 
 def stdlib_files(root: Path | None = None) -> list[Path]:
     root = root or Path(sysconfig.get_paths()["stdlib"])
-    files = [p for p in root.rglob("*.py")
-             if not SKIP_DIRS.intersection(p.relative_to(root).parts[:-1])]
+    files = []
+    # pruned while walking: site-packages alone can hold tens of thousands of files, and every run lists these
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [name for name in subfolders if name not in SKIP_DIRS]
+        files += [Path(folder, name) for name in names if name.endswith(".py")]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 

@@ -125,6 +125,9 @@ def test_the_corpus_cache_gives_the_same_text_and_parses_a_changed_file_again(tm
     (root / "pkg").mkdir(parents=True)
     (root / "a.py").write_text('"""The first module of this little library, with a docstring long enough."""\n')
     (root / "pkg" / "b.py").write_text('def f():\n    """A function whose docstring is long enough to keep."""\n')
+    for skipped in (root / "site-packages" / "numpy", root / "pkg" / "tests"):  # not the standard library's prose
+        skipped.mkdir(parents=True)
+        (skipped / "c.py").write_text('"""A docstring in a folder the corpus skips, long enough to keep."""\n')
     first = stdlib_docstrings(root=root, cache=cache)
     assert len(first) == 2 and list(cache.glob("*.json"))
     assert stdlib_docstrings(root=root, cache=cache) == first  # from the cache
