@@ -64,12 +64,12 @@ def test_run_prints_a_summary_and_writes_the_run(tiny_pipeline, tmp_path):
 def test_quickstart_learns_offline(tmp_path):
     """The embedded default, shortened: val loss falls far below the corpus's unigram entropy."""
     result = cli("run", str(REPO / "pipelines" / "quickstart.toml"), "--no-progress",
-                 "--set", f"pipeline.output_dir={str(tmp_path / 'qs')!r}", "--set", "trainer.max_steps=250",
+                 "--set", f"pipeline.output_dir={str(tmp_path / 'qs')!r}", "--set", "trainer.max_steps=150",
                  "--set", "trainer.eval_every=0", "--set", "data.max_chars=300000", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     val = float(re.search(r"val loss\s+([\d.]+)", result.stdout).group(1))
     entropy = float(re.search(r"unigram entropy\s+([\d.]+)", result.stdout).group(1))
-    assert val < entropy - 0.7, (val, entropy)
+    assert val < entropy - 0.6, (val, entropy)  # measured: 2.573 against an entropy of 3.322 (the bound 2.722)
     assert "sample before training" in result.stdout and "sample after training" in result.stdout
 
 

@@ -187,7 +187,7 @@ def test_preprocessing_runs_in_dataloader_workers(tmp_path):
         paths.append(str(tmp_path / f"{i}.wav"))
         sf.write(paths[-1], tone(0.25 * (i + 1), 8000, hz=200.0 + 50 * i), 8000)
     collate = _WorkerCollate(encoder.preprocessor)
-    loader = torch.utils.data.DataLoader(paths, batch_size=2, num_workers=2, collate_fn=collate,
+    loader = torch.utils.data.DataLoader(paths, batch_size=2, num_workers=1, collate_fn=collate,
                                          multiprocessing_context="spawn")
     outputs, masks, pids = [], [], set()
     for features, mask, pid in loader:

@@ -224,7 +224,7 @@ def test_preprocessing_runs_in_dataloader_workers(tmp_path):
         paths.append(str(tmp_path / f"{i}.png"))
         image.save(paths[-1])
     collate = _WorkerCollate(encoder.preprocessor)
-    loader = torch.utils.data.DataLoader(paths, batch_size=3, num_workers=2, collate_fn=collate,
+    loader = torch.utils.data.DataLoader(paths, batch_size=3, num_workers=1, collate_fn=collate,
                                          multiprocessing_context="spawn")
     outputs, pids = [], set()
     for pixels, pid in loader:
