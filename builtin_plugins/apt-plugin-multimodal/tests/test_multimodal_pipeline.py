@@ -107,11 +107,14 @@ def test_trains_through_the_kernel_and_generates_from_the_run(run_pipeline, tmp_
                             (["--prompt", "plain? ", "--max-length", "5"], "text: ")):
         run = subprocess.run(example + extra, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0 and run.stdout.startswith(expected), run.stderr
-    # the benchmark that scores a saved model on a manifest, as the multimodal-accuracy callback does
-    scored = subprocess.run([sys.executable, str(REPO / "bench" / "multimodal_score.py"), str(context.run_dir),
-                             str(tmp_path / "data" / "val.jsonl"), "--image-size", "16", "--max-length", "24",
+    # the benchmark that scores a saved model on a manifest, as the multimodal-accuracy callback does, with the
+    # run's own data options (from its pipeline.json)
+    scored = subprocess.run([sys.executable, str(REPO / "bench" / "multimodal_score.py"),
+                             str(context.run_dir / "model"), str(tmp_path / "data" / "val.jsonl"),
                              "--max-new-tokens", "8"], capture_output=True, text=True, timeout=120)
     assert scored.returncode == 0, scored.stderr
+    recorded = (context.run_dir / "pipeline.json").resolve()
+    assert f"image_size 16, max_length 24, max_audio_seconds 1.0 (unless given, from {recorded})" in scored.stdout
     assert re.search(r"val.jsonl: 12 examples in \d+ s\n  accuracy +\d+\.\d\d%\n$", scored.stdout), scored.stdout
     for argv, message in (([str(tmp_path / "nowhere"), "--prompt", "x"], "nowhere: no such folder or checkpoint file"),
                           ([str(context.run_dir), "--image", str(tmp_path / "none.png")], "none.png': no such file")):
