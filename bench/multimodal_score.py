@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from apt_kernel.rundir import RECORD
 from apt_plugin_multimodal.dataset import MultimodalDataset
 from apt_plugin_multimodal.evaluate import score
 from apt_plugin_multimodal.model import MultimodalAPTModel
@@ -27,8 +28,8 @@ def recorded_data_options(model: Path) -> tuple[dict, Path | None]:
     its ``checkpoints/`` or ``temp/``) and the ``pipeline.json`` they come from; ``({}, None)`` outside a run."""
     model = model.resolve()
     for folder in (model, *model.parents[:2]):
-        if (folder / "pipeline.json").is_file():
-            return json.loads((folder / "pipeline.json").read_text()).get("data", {}), folder / "pipeline.json"
+        if (folder / RECORD).is_file():
+            return json.loads((folder / RECORD).read_text()).get("data", {}), folder / RECORD
     return {}, None
 
 
