@@ -8,7 +8,8 @@ per-round ratios. The gate is set away from 0 so the refinement does real work.
 
 --compile compiles the autopoietic model only (torch.compile; the first steps, which compile, are the
 warm-up): on CPU, Inductor fuses the refinement's elementwise work while SDPA is fastest eager, so each
-side runs as it runs fastest.
+side runs as it runs fastest. --compile-sdpa compiles the SDPA model too: the refinement's own cost with
+both sides compiled, as the GPU table of issue 14 measures them.
 """
 
 from __future__ import annotations
@@ -65,13 +66,15 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=65)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--compile", action="store_true", help="the autopoietic model compiled")
+    parser.add_argument("--compile-sdpa", action="store_true", help="the SDPA model compiled")
     args = parser.parse_args()
     device = torch.device(args.device)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq + 1), device=device)
     models = {mode: make(mode, args, device) for mode in ("sdpa", "autopoietic")}
-    if args.compile:
-        model, optimizer = models["autopoietic"]
-        models["autopoietic"] = (torch.compile(model), optimizer)
+    for mode, compiled in (("autopoietic", args.compile), ("sdpa", args.compile_sdpa)):
+        if compiled:
+            model, optimizer = models[mode]
+            models[mode] = (torch.compile(model), optimizer)
     for model, optimizer in models.values():  # warm-up
         step_time(model, optimizer, ids, 2, args.precision, device)
     results: dict[str, list[float]] = {"sdpa": [], "autopoietic": []}
@@ -82,7 +85,7 @@ def main() -> None:
     print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
           f"threads {torch.get_num_threads()}, precision {args.precision}, batch {args.batch}, T {args.seq}, "
           f"d_model {args.d_model}, heads {args.heads}, layers {args.layers}"
-          + (", autopoietic compiled" if args.compile else ""))
+          + (", autopoietic compiled" if args.compile else "") + (", sdpa compiled" if args.compile_sdpa else ""))
     for mode, times in results.items():
         print(f"{mode:<12} median step {statistics.median(times) * 1000:8.2f} ms")
     print(f"autopoietic / sdpa step-time ratio: median {statistics.median(ratios):.3f} "
