@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,14 +109,20 @@ def test_trains_through_the_kernel_and_generates_from_the_run(run_pipeline, tmp_
         run = subprocess.run(example + extra, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0 and run.stdout.startswith(expected), run.stderr
     # the benchmark that scores a saved model on a manifest, as the multimodal-accuracy callback does, with the
-    # run's own data options (from its pipeline.json)
-    scored = subprocess.run([sys.executable, str(REPO / "bench" / "multimodal_score.py"),
-                             str(context.run_dir / "model"), str(tmp_path / "data" / "val.jsonl"),
-                             "--max-new-tokens", "8"], capture_output=True, text=True, timeout=120)
-    assert scored.returncode == 0, scored.stderr
-    recorded = (context.run_dir / "pipeline.json").resolve()
-    assert f"image_size 16, max_length 24, max_audio_seconds 1.0 (unless given, from {recorded})" in scored.stdout
-    assert re.search(r"val.jsonl: 12 examples in \d+ s\n  accuracy +\d+\.\d\d%\n$", scored.stdout), scored.stdout
+    # model's own data options (the run's, which the plugin checks they equal), also once copied out of its run
+    outside = shutil.copytree(context.run_dir / "model", tmp_path / "elsewhere" / "model")
+    lines = []
+    for model_dir in (context.run_dir / "model", outside):
+        scored = subprocess.run([sys.executable, str(REPO / "bench" / "multimodal_score.py"), str(model_dir),
+                                 str(tmp_path / "data" / "val.jsonl"), "--max-new-tokens", "8"],
+                                capture_output=True, text=True, timeout=120)
+        assert scored.returncode == 0, scored.stderr
+        assert scored.stdout.startswith("image_size 16, max_length 24, max_audio_seconds 1.0 (the model's, unless "
+                                        "given)\n"), scored.stdout
+        found = re.search(r"val.jsonl: 12 examples in \d+ s\n(  accuracy +\d+\.\d\d%\n)$", scored.stdout)
+        assert found, scored.stdout
+        lines.append(found[1])
+    assert lines[0] == lines[1]
     for argv, message in (([str(tmp_path / "nowhere"), "--prompt", "x"], "nowhere: no such folder or checkpoint file"),
                           ([str(context.run_dir), "--image", str(tmp_path / "none.png")], "none.png': no such file")):
         run = subprocess.run([*example[:2], *argv], capture_output=True, text=True, timeout=120)
