@@ -16,7 +16,7 @@ import time
 import torch
 
 from apt_plugin_multimodal.dataset import MultimodalDataset
-from apt_plugin_multimodal.evaluate import score
+from apt_plugin_multimodal.evaluate import accuracy_lines, score
 from apt_plugin_multimodal.model import MultimodalAPTModel
 from apt_plugin_vision import ImagePreprocessor
 
@@ -51,8 +51,10 @@ def main() -> None:
     start = time.perf_counter()
     scores = score(data, model, args.metric, args.batch_size, args.max_new_tokens)
     print(f"{args.manifest}: {scores.pop('examples'):,} examples in {time.perf_counter() - start:.0f} s")
-    for name, value in scores.items():
-        print(f"  {name.removeprefix('accuracy_'):20s} {value:.2%}")
+    shown = [("accuracy", f"{scores['accuracy']:.2%}")]
+    shown += [("object F1", f"{scores['object_f1']:.2%}")] if "object_f1" in scores else []
+    for label, value in shown + accuracy_lines(scores, data.records):
+        print(f"  {label:22s} {value}")
 
 
 if __name__ == "__main__":

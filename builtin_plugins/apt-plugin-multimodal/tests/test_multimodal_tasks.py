@@ -13,12 +13,13 @@ import pytest
 import soundfile as sf
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from apt_plugin_lm.tokenization import CharTokenizer
 from apt_plugin_multimodal import sort_of_clevr
 from apt_plugin_multimodal.cli import multimodal
 from apt_plugin_multimodal.dataset import MultimodalDataset
-from apt_plugin_multimodal.evaluate import score
+from apt_plugin_multimodal.evaluate import accuracy_lines, score
 from apt_plugin_multimodal.sort_of_clevr import Thing
 from apt_plugin_vision import ImagePreprocessor
 
@@ -126,3 +127,24 @@ def test_score_breaks_exact_match_down_by_kind_and_question(tmp_path):
     assert scores["accuracy_nearest shape"] == 0 and scores["accuracy_farthest shape"] == 1
     assert scores["accuracy_non-relational"] == scores["accuracy_shape"] == 1
     assert scores["accuracy_relational"] == pytest.approx(2 / 3) and scores["accuracy"] == pytest.approx(5 / 6)
+    # the summary: each kind with its questions indented under it
+    assert [label for label, _ in accuracy_lines(scores, dataset.records)] == [
+        "  non-relational", "    shape", "    left or right", "    top or bottom",
+        "  relational", "    nearest shape", "    farthest shape", "    how many like it"]
+
+
+def test_a_question_named_like_a_kind_is_counted_apart_from_it(tmp_path):
+    """A kind and a question of the same name shared one count, so each reported the other's records too."""
+    image = tmp_path / "red.png"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(image)
+    lines = [{"prompt": f"{p}? ", "text": "red", "image_path": image.name, "kind": "colour", "question": q}
+             for p, q in (("colour", "colour"), ("hue", "hue"), ("hue", "hue"), ("tint", "tint"))]
+    lines.append({"prompt": "plain? ", "text": "red", "image_path": image.name, "question": "colour"})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    tokenizer = CharTokenizer.train(r["prompt"] + r["text"] for r in lines)
+    dataset = MultimodalDataset(tmp_path / "m.jsonl", tokenizer, ImagePreprocessor.for_size(8), max_length=16)
+    scores = score(dataset, Answerer(["red"] * 3, "hue"), batch_size=8)
+    assert scores["accuracy_colour"] == 0.5 and scores["accuracy_colour (question)"] == 1  # 2 of 4; 2 of 2
+    assert scores["accuracy_hue"] == 0 and scores["accuracy_tint"] == 1 and scores["accuracy"] == 0.6
+    assert accuracy_lines(scores, dataset.records) == [("  colour", "50.00%"), ("    hue", "0.00%"),
+                                                       ("    tint", "100.00%"), ("  colour (question)", "100.00%")]
