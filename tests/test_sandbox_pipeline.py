@@ -137,3 +137,28 @@ def test_what_a_sandboxed_callback_prints_is_shown_while_the_run_goes_on(tmp_pat
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
     assert "[talker] hello from the sandbox" in output, output
+
+
+def test_a_sandboxed_callback_denied_the_run_folder_is_told_which_setting_allows_it(tmp_path):
+    # the SDK's template callback writes a CSV into the run folder: sandboxed without allow_paths it stopped
+    # with a bare "PermissionError: [Errno 13] Permission denied: '.../loss.csv'"
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "writer.py").write_text(
+        'APT_MANIFEST = {"kernel_api": "^1.0", "version": "1.0.0", "provides": {"callback": {"writer": {}}}}\n'
+        "from apt_sdk import Callback, hookimpl\n\n"
+        "class Writer(Callback):\n"
+        "    def on_fit_start(self, trainer):\n"
+        "        (trainer.run_dir / 'out.csv').write_text('step,loss')\n\n"
+        "@hookimpl\n"
+        "def register_callbacks(register):\n"
+        "    register('writer', lambda options, context: Writer())\n")
+    boxed = '\n[[callbacks]]\nuse = "writer"\nsandbox = true\n'
+    result = cli("run", str(pipeline(tmp_path, boxed)), "--no-progress", "--plugins-dir", str(plugins))
+    assert result.returncode == 1 and "PermissionError" in result.stderr, result.stderr
+    assert 'allow_paths = ["${run_dir}"] lets it write the run folder' in result.stderr
+    allowed = boxed + '[callbacks.limits]\nallow_paths = ["${run_dir}"]\n'
+    result = cli("run", str(pipeline(tmp_path, allowed, name="allowed")), "--no-progress",
+                 "--plugins-dir", str(plugins))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "allowed" / "out.csv").read_text() == "step,loss"

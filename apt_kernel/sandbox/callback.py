@@ -65,8 +65,19 @@ class SandboxedCallback:
             error = reply.get("error", {})
             return self._failed(trainer, error.get("type", "Error"),
                                 f"plugin {self.plugin.name!r} callback {self.name!r} raised in {event}: "
-                                f"{error.get('type')}: {error.get('message')}", error.get("traceback"))
+                                f"{error.get('type')}: {error.get('message')}{self._hint(error)}",
+                                error.get("traceback"))
         return reply.get("result")
+
+    def _hint(self, error: dict) -> str:
+        """Writing is denied by default, so a plugin that writes its output (the SDK's template does) fails
+        with a bare PermissionError on a path: say which setting allows it."""
+        if error.get("type") != "PermissionError":
+            return ""
+        if str(self.context.run_dir) in str(error.get("message")) and "${run_dir}" not in self.limits.allow_paths:
+            return ('; a sandboxed plugin writes only in its own temp folder and in [callbacks.limits] allow_paths: '
+                    'allow_paths = ["${run_dir}"] lets it write the run folder')
+        return "; a sandboxed plugin reads and writes only in its own temp folder and in [callbacks.limits] allow_paths"
 
     def _failed(self, trainer: Any, kind: str, message: str, trace: str | None) -> None:
         stop = self.limits.on_failure == "stop"
