@@ -64,13 +64,29 @@ def report_denied_actions(layers: list[dict]) -> None:
     if not any(layer["name"] == "seccomp" and layer["active"] for layer in layers):
         return  # nothing is denied then: the other layers confine what such a process could do
 
+    import ctypes.util
+
+    probe = ctypes.util.__file__
+
     def hook(event: str, args: tuple) -> None:
-        if event in PROCESS_EVENTS:
+        if event in PROCESS_EVENTS and not _called_from(probe):
             first = args[0] if args else ""
             what = (first.decode(errors="replace") if isinstance(first, bytes) else _text(first))[:200]
             _denied.append(f"{event}({what}) was denied: a sandboxed plugin cannot start processes")
 
     sys.addaudithook(hook)
+
+
+def _called_from(filename: str) -> bool:
+    """ctypes.util.find_library runs ldconfig, gcc and ld to look for a library, and returns None when it
+    cannot, as on a machine without them; libraries call it as they are imported (transformers, through
+    trio), so such a denial is not the plugin's doing and is not reported (it is still denied)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename == filename:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def take_denied() -> list[str]:
