@@ -176,7 +176,7 @@ def _schema_errors(exc: ValidationError, source: Source) -> PipelineError:
         else:
             msg = f"{err['msg'].lower()} (got {err.get('input')!r})"
         problems.append(source.error(table, key, msg))
-    return _combine(problems)
+    return combine_errors(problems)
 
 
 def _table_key(loc: list[str]) -> tuple[str, str | None]:
@@ -193,7 +193,8 @@ def _lookup(data: Any, path: tuple[str, ...]) -> Any:
     return data
 
 
-def _combine(problems: list[PipelineError]) -> PipelineError:
+def combine_errors(problems: list[PipelineError]) -> PipelineError:
+    """One error, or one listing several."""
     if len(problems) == 1:
         return problems[0]
     return PipelineError("\n  ".join(["several problems:"] + [str(p) for p in problems]))
@@ -235,7 +236,7 @@ def validate_pipeline(data: dict, source: Source) -> tuple[PipelineConfig, dict,
     problems = [source.error(*_table_key(list(path)), "must be a finite number (got "
                              f"{_lookup(data, path)!r})") for path in _non_finite(data)]
     if problems:
-        raise _combine(problems)
+        raise combine_errors(problems)
     try:
         return PipelineConfig.model_validate(data), data, source
     except ValidationError as exc:
@@ -284,7 +285,8 @@ def validate_options(table: str, kind: str, spec: ComponentSpec, decl: Component
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
-                hint = closest(key, list(decl.options))
+                # the kernel's own keys too: a misspelt `sandbox` must not read as the plugin's business
+                hint = closest(key, [*decl.options, *(k for k in ComponentSpec.model_fields if k != "use")])
                 msg = f"unknown option for {kind} {spec.use!r}" + (f" (did you mean {hint!r}?)" if hint else "")
             elif err["type"] == "missing":
                 msg = f"missing required option of {kind} {spec.use!r}"
@@ -292,7 +294,7 @@ def validate_options(table: str, kind: str, spec: ComponentSpec, decl: Component
                 msg = err["msg"].removeprefix("Value error, ")
                 msg = f"{msg} (got {err.get('input')!r})" if "not found" not in msg else msg
             problems.append(source.error(table, key, msg))
-        raise _combine(problems) from None
+        raise combine_errors(problems) from None
     values = model.model_dump()
     values.update(model.model_extra or {})
     return values

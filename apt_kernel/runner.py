@@ -14,7 +14,7 @@ from .context import BuildContext
 from .discovery import INSTALLED, PluginInfo
 from .errors import DuplicateComponentError, OptionError, PluginLoadError, UserError
 from .kernel import Kernel, PluginHookError
-from .pipeline import PipelineConfig, Source, validate_options
+from .pipeline import PipelineConfig, Source, combine_errors, validate_options
 from .registry import closest
 from .rundir import RunFolder, check_path
 from .solver import KERNEL_API, Catalog, solve
@@ -104,14 +104,16 @@ def _sandbox_limits(table: str, limits: dict, source: Source):
     try:
         return SandboxLimits(**limits)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = "limits." + ".".join(str(p) for p in err["loc"])
-        hint = closest(str(err["loc"][-1]), list(SandboxLimits.model_fields)) if err["loc"] else None
-        unknown = "unknown key" + (f" (did you mean {hint!r}?)" if hint else "")
-        message = (unknown if err["type"] == "extra_forbidden" else
-                   err["msg"].removeprefix("Value error, ") if err["type"] == "value_error" else
-                   f"{err['msg'].lower()} (got {err.get('input')!r})")
-        raise source.error(table, key, message) from None
+        problems = []
+        for err in exc.errors():  # every mistake at once, as for options: a security setting is fixed in one go
+            key = "limits." + ".".join(str(p) for p in err["loc"])
+            hint = closest(str(err["loc"][-1]), list(SandboxLimits.model_fields)) if err["loc"] else None
+            unknown = "unknown key" + (f" (did you mean {hint!r}?)" if hint else "")
+            message = (unknown if err["type"] == "extra_forbidden" else
+                       err["msg"].removeprefix("Value error, ") if err["type"] == "value_error" else
+                       f"{err['msg'].lower()} (got {err.get('input')!r})")
+            problems.append(source.error(table, key, message))
+        raise combine_errors(problems) from None
 
 
 def _section(data: dict, table: str) -> dict:

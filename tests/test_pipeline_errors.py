@@ -154,6 +154,22 @@ def test_a_typo_in_limits_require_names_the_known_layers(tmp_path, good):
     assert "layers: rlimits, no_new_privs, capabilities, namespaces, landlock, seccomp" in err
 
 
+def test_a_misspelt_sandbox_key_suggests_the_kernel_key(tmp_path, good):
+    # `sandobx = true` was refused as "unknown option for callback", with no word of the key meant
+    err = run_bad(tmp_path, good + '\n[[callbacks]]\nuse = "early-stopping"\nsandobx = true\n')
+    assert "[callbacks[0]] sandobx: unknown option for callback 'early-stopping' (did you mean 'sandbox'?)" in err
+    err = run_bad(tmp_path, good + '\n[[callbacks]]\nuse = "early-stopping"\n[callbacks.limit]\nnetwork = false\n')
+    assert "[callbacks[0]] limit: unknown option for callback 'early-stopping' (did you mean 'limits'?)" in err
+
+
+def test_every_mistake_in_limits_is_reported_at_once(tmp_path, good):
+    # only the first was: fixing a security setting took one run per mistake
+    text = good + '\n[[callbacks]]\nuse = "early-stopping"\nlimits = { require = ["landlok"], memory_mb = "1GB" }\n'
+    err = run_bad(tmp_path, text)
+    assert "several problems:" in err and "limits.memory_mb: input should be a valid integer" in err
+    assert "limits.require: unknown sandbox layer 'landlok' (did you mean 'landlock'?)" in err
+
+
 def test_non_finite_option_values_are_refused(tmp_path, good):
     err = run_bad(tmp_path, good.replace("max_steps = 4", "max_steps = 4\nlearning_rate = inf"))
     assert "line 27: [trainer] learning_rate: must be a finite number (got inf)" in err
