@@ -19,7 +19,9 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -281,7 +283,23 @@ class CheckpointManager:
         if expected is not None and path.parent.resolve() == self.dir.resolve() and _sha256(path) != expected:
             raise UserError(f"checkpoint {path} does not match the hash recorded in {self.metadata_path}: "
                             "the file is corrupt or was changed")
+        if path.is_dir():
+            raise UserError(f"cannot resume from {path}: it is a folder; give a checkpoint file (a run's "
+                            "checkpoints/*.pt) or --resume latest")
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # weights_only refuses pickled code: report, never execute
-            raise UserError(f"cannot load checkpoint {path}: {type(exc).__name__}: {str(exc)[:300]}") from None
+            with warnings.catch_warnings():  # torch's note on the pickle protocol: the error below says more
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:  # weights_only refuses pickled code: report, never execute
+            # torch's message advises weights_only=False, which is not for us to take; its last part says what
+            detail = str(exc).rpartition("WeightsUnpickler error:")[2].strip().splitlines()
+            raise UserError(f"cannot load checkpoint {path}: torch's safe loader refused it"
+                            f"{' (' + detail[0][:200] + ')' if detail else ''}: it is not a torch.save file, or it "
+                            "holds more than tensors and plain data; nothing in it was run") from None
+        except Exception as exc:  # noqa: BLE001 - torch raises what its readers raise on a file it cannot parse
+            raise UserError(f"cannot load checkpoint {path}: not a PyTorch checkpoint file "
+                            f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        if not isinstance(state, dict) or "model_state_dict" not in state:  # e.g. a bare state_dict
+            raise UserError(f"cannot load checkpoint {path}: not a checkpoint of this trainer (it has no "
+                            "model_state_dict)")
+        return state

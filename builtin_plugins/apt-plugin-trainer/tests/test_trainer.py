@@ -97,6 +97,22 @@ def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
 
 
+def test_what_is_not_a_checkpoint_is_refused_saying_what_it_is(tmp_path):
+    # a text file was "IndexError: list index out of range", a folder "IsADirectoryError", a bare state_dict a
+    # KeyError later on, and random bytes torch's advice to load with weights_only=False
+    (tmp_path / "notes.txt").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (tmp_path / "noise.pt").write_bytes(bytes(range(7, 107)))
+    torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "weights.pt")
+    manager = CheckpointManager(tmp_path / "run")
+    for name, words in (("notes.txt", "not a PyTorch checkpoint file"),
+                        ("noise.pt", "torch's safe loader refused it"),
+                        ("weights.pt", "not a checkpoint of this trainer (it has no model_state_dict)"),
+                        (".", "it is a folder; give a checkpoint file")):
+        with pytest.raises(UserError, match="cannot (load checkpoint|resume from)") as raised:
+            manager.load_checkpoint(torch.nn.Linear(2, 2), checkpoint_path=tmp_path / name)
+        assert words in str(raised.value) and "weights_only=False" not in str(raised.value)
+
+
 def test_a_changed_checkpoint_is_refused_by_hash(tmp_path):
     manager = CheckpointManager(tmp_path)
     path = manager.save_checkpoint(torch.nn.Linear(2, 2), None, None, 0, 1, [1.0])
