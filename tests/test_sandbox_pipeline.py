@@ -23,6 +23,22 @@ def pipeline(tmp_path, callbacks: str, steps: int = 8, name: str = "run"):
     return path
 
 
+def one_file_callback(tmp_path, name: str, on_fit_start: str):
+    """A plugins folder holding a one-file plugin: callback ``name`` runs the line ``on_fit_start``."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / f"{name}.py").write_text(
+        f'APT_MANIFEST = {{"kernel_api": "^1.0", "version": "1.0.0", "provides": {{"callback": {{"{name}": {{}}}}}}}}\n'
+        "from apt_sdk import Callback, hookimpl\n\n"
+        "class Plugin(Callback):\n"
+        "    def on_fit_start(self, trainer):\n"
+        f"        {on_fit_start}\n\n"
+        "@hookimpl\n"
+        "def register_callbacks(register):\n"
+        f"    register({name!r}, lambda options, context: Plugin())\n")
+    return plugins
+
+
 def losses(run_dir):
     saved = torch.load(next((run_dir / "checkpoints").glob("*.pt")), weights_only=False)
     return saved["loss_history"], saved
@@ -121,17 +137,7 @@ def test_sandbox_all_runs_every_callback_in_a_worker(tmp_path):
 def test_what_a_sandboxed_callback_prints_is_shown_while_the_run_goes_on(tmp_path):
     # the worker runs `python -I`, which ignores PYTHONUNBUFFERED: its prints sat in a block buffer and
     # were lost when the worker was closed (docs/tutorials/sandbox.md showed nothing)
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "talker.py").write_text(
-        'APT_MANIFEST = {"kernel_api": "^1.0", "version": "1.0.0", "provides": {"callback": {"talker": {}}}}\n'
-        "from apt_sdk import Callback, hookimpl\n\n"
-        "class Talker(Callback):\n"
-        "    def on_fit_start(self, trainer):\n"
-        "        print('hello from the sandbox')\n\n"
-        "@hookimpl\n"
-        "def register_callbacks(register):\n"
-        "    register('talker', lambda options, context: Talker())\n")
+    plugins = one_file_callback(tmp_path, "talker", "print('hello from the sandbox')")
     result = cli("run", str(pipeline(tmp_path, '\n[[callbacks]]\nuse = "talker"\nsandbox = true\n')), "--no-progress",
                  "--plugins-dir", str(plugins))
     assert result.returncode == 0, result.stderr
@@ -142,17 +148,7 @@ def test_what_a_sandboxed_callback_prints_is_shown_while_the_run_goes_on(tmp_pat
 def test_a_sandboxed_callback_denied_the_run_folder_is_told_which_setting_allows_it(tmp_path):
     # the SDK's template callback writes a CSV into the run folder: sandboxed without allow_paths it stopped
     # with a bare "PermissionError: [Errno 13] Permission denied: '.../loss.csv'"
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "writer.py").write_text(
-        'APT_MANIFEST = {"kernel_api": "^1.0", "version": "1.0.0", "provides": {"callback": {"writer": {}}}}\n'
-        "from apt_sdk import Callback, hookimpl\n\n"
-        "class Writer(Callback):\n"
-        "    def on_fit_start(self, trainer):\n"
-        "        (trainer.run_dir / 'out.csv').write_text('step,loss')\n\n"
-        "@hookimpl\n"
-        "def register_callbacks(register):\n"
-        "    register('writer', lambda options, context: Writer())\n")
+    plugins = one_file_callback(tmp_path, "writer", "(trainer.run_dir / 'out.csv').write_text('step,loss')")
     boxed = '\n[[callbacks]]\nuse = "writer"\nsandbox = true\n'
     result = cli("run", str(pipeline(tmp_path, boxed)), "--no-progress", "--plugins-dir", str(plugins))
     assert result.returncode == 1 and "PermissionError" in result.stderr, result.stderr
