@@ -12,6 +12,7 @@ broadcasts them, all ranks train the same pipeline, only rank 0 touches the stor
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -64,15 +65,20 @@ def _distribution(key: str, spec: Any, source: str) -> BaseDistribution:
 
 def open_storage(url: str | None, default_dir: Path):
     """SQLite in the run folder by default; ``journal:PATH`` (or a .log/.journal file) for parallel workers;
-    any SQLAlchemy URL for a database server."""
-    if url is None:
-        default_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{default_dir / 'study.db'}"
-    if url.startswith("journal:") or url.endswith((".log", ".journal")):
-        path = Path(url.removeprefix("journal:").removeprefix("//"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    return url
+    any SQLAlchemy URL for a database server. One that cannot be opened is a UserError naming it."""
+    try:
+        if url is None:
+            default_dir.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.RDBStorage(f"sqlite:///{default_dir / 'study.db'}")
+        if url.startswith("journal:") or url.endswith((".log", ".journal")):
+            path = Path(url.removeprefix("journal:").removeprefix("//"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's and the drivers' errors (not declared here), OSError
+        shown = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url or str(default_dir))  # no password in a log
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"--storage {shown}: cannot open this Optuna storage: {type(exc).__name__}: {reason}") from None
 
 
 def _toml_value(value: Any) -> str:

@@ -141,6 +141,13 @@ def test_hpo_command_errors_exit_2(search_pipeline, tmp_path):
     bad.write_text('"trainer.learning_rate" = { range = [0.1, 0.01] }\n')
     result = cli("hpo", str(search_pipeline), "--space", str(bad))
     assert result.returncode == 2 and "trainer.learning_rate: range low 0.1 must be below high 0.01" in result.stderr
+    # a storage that cannot be opened was a SQLAlchemy traceback and exit 1 (and showed the password)
+    for storage, words in (("postgresql://me:secret@127.0.0.1:1/db", "OperationalError"),
+                           ("mysq://host/db", "NoSuchModuleError"),
+                           (f"journal:{tmp_path / 'plain.toml' / 'j.log'}", "FileExistsError")):
+        result = cli("hpo", str(search_pipeline), "--trials", "1", "--storage", storage)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "cannot open this Optuna storage: " + words in result.stderr and "secret" not in result.stderr
 
 
 def torchrun_hpo(pipeline, *extra):
