@@ -130,6 +130,28 @@ def test_two_workers_share_a_journal_study_which_a_second_run_continues(search_p
     assert (tmp_path / "run" / "hpo" / "optimization_history.png").exists()
 
 
+def test_two_workers_share_a_study_on_a_postgresql_server(search_pipeline, tmp_path):
+    """The storage for parallel workers on several machines: an RDB server (.ci/run starts a PostgreSQL)."""
+    server = os.environ.get("APT_TEST_POSTGRES_URL")
+    if not server:
+        pytest.skip("no PostgreSQL server: APT_TEST_POSTGRES_URL is unset (.ci/run starts one and sets it)")
+    import psycopg  # the marketplace's [postgresql] extra brings the driver; this plugin takes any Optuna URL
+
+    database = f"apt_hpo_{os.getpid()}"
+    with psycopg.connect(server.replace("postgresql+psycopg", "postgresql"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
+        conn.execute(f'CREATE DATABASE "{database}"')
+    url = server.rsplit("/", 1)[0] + f"/{database}"
+    result = cli("hpo", str(search_pipeline), "--trials", "4", "--workers", "2", "--storage", url, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "worker" in result.stdout  # the second process really ran trials
+    again = cli("hpo", str(search_pipeline), "--trials", "1", "--storage", url, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    study = optuna.load_study(study_name="tiny-hpo", storage=url)
+    assert len({t.number for t in study.trials}) == 5  # both workers' and the continued run's, in one study
+    assert {t.state for t in study.trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+
+
 def test_hpo_command_errors_exit_2(search_pipeline, tmp_path):
     plain = tmp_path / "plain.toml"
     plain.write_text(TINY_PIPELINE.format(out=(tmp_path / "p").as_posix()))
