@@ -66,9 +66,9 @@ def marketplace() -> None:
 @marketplace.command()
 @_with_db
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--max-upload-mb", default=100.0, show_default=True, type=float, help="Largest accepted upload.")
-@click.option("--workers", default=1, show_default=True, type=int, help="uvicorn worker processes.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="uvicorn worker processes.")
 def serve(db, storage, host, port, max_upload_mb, workers):
     """Serve the index: /simple/ (pip), /legacy/ (twine), /api/ (JSON) and the plugin directory at /."""
     import uvicorn
@@ -80,6 +80,7 @@ def serve(db, storage, host, port, max_upload_mb, workers):
         raise UserError(f"--max-upload-mb must be positive, got {max_upload_mb}")
     url = _db(db, folder)
     _sessions(url, str(folder))  # a wrong URL is reported here, as one line, before the server starts
+    _check_address(host, port)
     click.echo(f"marketplace: http://{host}:{port}/  (database {url.split('@')[-1]}, files in {folder})")
     if workers > 1:
         os.environ.update(APT_MARKETPLACE_DB=url, APT_MARKETPLACE_STORAGE=str(folder),
@@ -88,6 +89,23 @@ def serve(db, storage, host, port, max_upload_mb, workers):
                     workers=workers, log_level="warning")
     else:
         uvicorn.run(create_app(url, folder, max_upload_mb=max_upload_mb), host=host, port=port, log_level="warning")
+
+
+def _check_address(host: str, port: int) -> None:
+    """uvicorn reports an address it cannot bind as a log line and exit code 3: say it as one error (exit 2)
+    before it starts. (A server that takes the port in between still gets uvicorn's own message.)"""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        busy = exc.errno == errno.EADDRINUSE
+        busy = " (a server is already listening there: stop it or choose another --port)" if busy else ""
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{busy}") from None
 
 
 @marketplace.group()

@@ -21,3 +21,19 @@ def test_a_bad_requirement_is_refused_by_name_before_the_index_is_asked(args, me
     done = kernel("plugins", *args, "--index", index, env={"APT_KERNEL_HOME": str(tmp_path / "home")})
     assert done.returncode == 2 and done.stderr.startswith("error: ") and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_serve_refuses_an_address_it_cannot_listen_on(tmp_path):
+    # a port in use was uvicorn's log line and exit code 3; a port past 65535 hung with nothing said
+    import socket
+
+    env = {"APT_KERNEL_HOME": str(tmp_path / "home")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = kernel("marketplace", "serve", "--port", str(port), env=env, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+    done = kernel("marketplace", "serve", "--port", "99999", env=env, timeout=60)
+    assert done.returncode == 2 and "99999 is not in the range 0<=x<=65535" in done.stderr
