@@ -47,5 +47,7 @@ def prepare(task: str, out: str, source: str | None, train_images: int, test_ima
             counts = tasks.sort_of_clevr_sets(folder, train_images, test_images, seed)
     except UserError as exc:
         raise BadInput(str(exc)) from None
+    except OSError as exc:  # --out under a file, a read-only folder, a full disk: say where, no traceback
+        raise BadInput(f"--out {folder}: cannot write {exc.filename or folder}: {exc.strerror or exc}") from None
     for name, count in counts.items():
         click.echo(f"{folder / (name + '.jsonl')}: {count} records")

@@ -81,6 +81,9 @@ def test_prepare_writes_the_standard_splits(tmp_path):
     assert (tmp_path / "fsdd" / train[0]["audio_path"]).resolve().parent == fake.resolve()  # relative to the manifest
     missing = CliRunner().invoke(multimodal, ["prepare", "fsdd", "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "fsdd needs --source" in missing.output
+    (tmp_path / "a-file").write_text("")  # --out under a file was a NotADirectoryError traceback
+    blocked = CliRunner().invoke(multimodal, ["prepare", "digits", "--out", str(tmp_path / "a-file" / "digits")])
+    assert blocked.exit_code == 2 and "cannot write" in blocked.output and "Not a directory" in blocked.output
 
     prepare("sort-of-clevr", "--out", str(tmp_path / "clevr"), "--train-images", "3", "--test-images", "2")
     train, test = records(tmp_path / "clevr" / "train.jsonl"), records(tmp_path / "clevr" / "test.jsonl")
