@@ -9,7 +9,8 @@ per-round ratios. The gate is set away from 0 so the refinement does real work.
 --compile compiles the autopoietic model only (torch.compile; the first steps, which compile, are the
 warm-up): on CPU, Inductor fuses the refinement's elementwise work while SDPA is fastest eager, so each
 side runs as it runs fastest. --compile-sdpa compiles the SDPA model too: the refinement's own cost with
-both sides compiled, as the GPU table of issue 14 measures them.
+both sides compiled, as the GPU table of issue 14 measures them. --compile-part blocks|attention compiles
+only each decoder block, or each attention module, of the autopoietic model (regional compilation).
 """
 
 from __future__ import annotations
@@ -67,14 +68,21 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--compile", action="store_true", help="the autopoietic model compiled")
     parser.add_argument("--compile-sdpa", action="store_true", help="the SDPA model compiled")
+    parser.add_argument("--compile-part", choices=["model", "blocks", "attention"], default="model",
+                        help="with --compile: what of the autopoietic model is compiled (regional compilation)")
     args = parser.parse_args()
     device = torch.device(args.device)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq + 1), device=device)
     models = {mode: make(mode, args, device) for mode in ("sdpa", "autopoietic")}
-    for mode, compiled in (("autopoietic", args.compile), ("sdpa", args.compile_sdpa)):
-        if compiled:
-            model, optimizer = models[mode]
-            models[mode] = (torch.compile(model), optimizer)
+    if args.compile_sdpa:
+        model, optimizer = models["sdpa"]
+        models["sdpa"] = (torch.compile(model), optimizer)
+    if args.compile and args.compile_part == "model":
+        model, optimizer = models["autopoietic"]
+        models["autopoietic"] = (torch.compile(model), optimizer)
+    elif args.compile:  # each decoder block, or each block's attention module, compiled in place
+        for block in models["autopoietic"][0].decoder:
+            (block if args.compile_part == "blocks" else block.attn).compile()
     for model, optimizer in models.values():  # warm-up
         step_time(model, optimizer, ids, 2, args.precision, device)
     results: dict[str, list[float]] = {"sdpa": [], "autopoietic": []}
@@ -85,7 +93,8 @@ def main() -> None:
     print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
           f"threads {torch.get_num_threads()}, precision {args.precision}, batch {args.batch}, T {args.seq}, "
           f"d_model {args.d_model}, heads {args.heads}, layers {args.layers}"
-          + (", autopoietic compiled" if args.compile else "") + (", sdpa compiled" if args.compile_sdpa else ""))
+          + (f", autopoietic compiled ({args.compile_part})" if args.compile else "")
+          + (", sdpa compiled" if args.compile_sdpa else ""))
     for mode, times in results.items():
         print(f"{mode:<12} median step {statistics.median(times) * 1000:8.2f} ms")
     print(f"autopoietic / sdpa step-time ratio: median {statistics.median(ratios):.3f} "
