@@ -121,8 +121,12 @@ def run(pipeline, overrides, resume, overwrite, no_progress, profile, nproc_per_
     overrides = list(overrides)
     resume_command = _resume_command(pipeline, overrides, plugins_dirs, strict, sandbox_all, nproc_per_node)
     kernel, plan = _plan(pipeline, overrides, plugins_dirs, strict)
-    if sandbox_all and len(plan.sandboxed) < len(plan.config.callbacks):
-        overrides += [f"callbacks.{i}.sandbox=true" for i in range(len(plan.config.callbacks))]
+    unboxed = [i for i in range(len(plan.config.callbacks)) if f"callbacks[{i}]" not in plan.sandboxed]
+    if sandbox_all and unboxed:
+        # callbacks write their output into the run folder (event files, error logs, CSVs): those this flag
+        # sandboxes may write there, and nowhere else; a table the pipeline sandboxes keeps its own limits
+        overrides += [f"callbacks.{i}.{key}" for i in unboxed for key in ("sandbox=true",
+                                                                        'limits.allow_paths=["${run_dir}"]')]
         kernel, plan = _plan(pipeline, overrides, plugins_dirs, strict)
     if nproc_per_node and "RANK" not in os.environ:  # the launcher: validated, now torchrun takes over
         from .rundir import BEFORE_ENV, RunFolder, run_contents

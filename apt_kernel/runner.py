@@ -229,6 +229,7 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True, prof
         folder.check(resume=True, overwrite=False)  # the trainer has read its options: they may resume)
     kernel.call_hook("seed_everything", seed=config.pipeline.seed)
     kernel.call_hook("pipeline_start", pipeline=data, run_dir=str(run_dir))
+    boxes: list[Any] = []  # the sandboxed callbacks' stand-ins, whose workers are closed whatever happens
     try:
         for table, kind, spec in config.components():
             options = {k: v for k, v in _section(data, table).items() if k not in SPEC_KEYS}
@@ -238,6 +239,7 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True, prof
                 info = plan.providers[table]
                 needs = tuple(kernel.plugins[d] for d in info.manifest.requires if d in kernel.plugins)
                 built = SandboxedCallback(info, spec.use, options, plan.limits[table], context, needs)
+                boxes.append(built)
             else:
                 built = _build(kernel, kind, spec.use, options, context, plan.source, table)
             if kind == "encoder":
@@ -270,6 +272,11 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True, prof
         except PluginHookError as hook_exc:
             context.log(f"warning: {hook_exc}")
         raise
+    finally:
+        # a worker closes at on_fit_end only if its callback listens to that event; one that does not (the
+        # error log) was killed with this process, its files unclosed (the error log's SQLite WAL unmerged)
+        for box in boxes:
+            box.close()
     if context.resume and context.is_main:
         _write_pipeline(run_dir, data)
     folder.release()

@@ -158,3 +158,15 @@ def test_a_sandboxed_callback_denied_the_run_folder_is_told_which_setting_allows
                  "--plugins-dir", str(plugins))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "allowed" / "out.csv").read_text() == "step,loss"
+
+
+def test_sandbox_all_lets_callbacks_write_the_run_folder_and_closes_every_worker(tmp_path):
+    # --sandbox-all gave the error log no write access ("failed to start: unable to open database file"), and a
+    # worker whose callback has no on_fit_end (the error log's) was never closed: killed with the run, it left
+    # its SQLite WAL unmerged beside errors.db
+    callbacks = '\n[[callbacks]]\nuse = "tensorboard"\nevery = 1\n[[callbacks]]\nuse = "error-log"\n'
+    result = cli("run", str(pipeline(tmp_path, callbacks)), "--no-progress", "--sandbox-all")
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "run"
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*")) and (run_dir / "errors.db").exists()
+    assert not list(run_dir.glob("errors.db-*")), sorted(p.name for p in run_dir.iterdir())
