@@ -245,8 +245,9 @@ def plugins_list(as_json, plugins_dirs, strict):
             provides += f"; commands: {', '.join(sorted(info.manifest.commands))}"
         status = click.style(info.status, fg=_STATUS_COLOURS.get(info.status))
         click.echo(f"{info.name:<28} {info.version:<10} {status:<12} {provides}")
-        if info.reason:
-            click.echo(f"{'':<28} {info.reason}")
+        for note in (info.reason, info.stale):
+            if note:
+                click.echo(f"{'':<28} {note}")
 
 
 @plugins.command("info")

@@ -12,7 +12,7 @@ from typing import Any
 
 from .context import BuildContext
 from .discovery import INSTALLED, PluginInfo
-from .errors import DuplicateComponentError, OptionError, PluginLoadError, UserError
+from .errors import DuplicateComponentError, OptionError, PluginLoadError, ResolutionError, UserError
 from .kernel import Kernel, PluginHookError
 from .pipeline import PipelineConfig, Source, combine_errors, validate_options
 from .registry import closest
@@ -81,7 +81,11 @@ def plan_pipeline(kernel: Kernel, config: PipelineConfig, data: dict, source: So
             catalog.installed.add(info.name)
     root = {info.name: "*" for info in plan.providers.values()}
     root.update(config.pipeline.requires)
-    chosen = solve(catalog, root)
+    try:
+        chosen = solve(catalog, root)
+    except ResolutionError as exc:  # a version that looks wrong because an editable install was not redone
+        stale = [f"{i.name} is {i.stale}" for i in kernel.plugins.values() if i.stale and i.name in str(exc)]
+        raise ResolutionError("; ".join([str(exc), *stale])) from None
     order = [n for n in _dependency_order(kernel, list(chosen)) if n != KERNEL_API]
     for name in order:
         if kernel.plugins[name].status != INSTALLED:

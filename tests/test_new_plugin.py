@@ -87,6 +87,20 @@ def test_doctor_follows_an_editable_plugin_from_broken_to_fixed_and_back(tmp_pat
     assert run.returncode == 0, run.stderr
     source.write_text(good + "\nraise RuntimeError('broken again')\n")
     assert status("doctor")[0] == "failed"
+    # a version raised in the source: pip's record of an editable install keeps the old one until it is
+    # installed again, and the kernel said only "installed edit-me: 0.1.0 → cannot run"
+    source.write_text(good)
+    pyproject = plugin / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('version = "0.1.0"', 'version = "0.2.0"'))
+    needs = '[pipeline]\nrequires = { edit-me = ">=0.2" }\n'
+    tiny_pipeline.write_text(tiny_pipeline.read_text().replace("[pipeline]\n", needs))
+    refused = kernel("validate", str(tiny_pipeline))
+    hint = f"edit-me is installed editable from {plugin}, whose pyproject.toml now says 0.2.0; the kernel sees 0.1.0"
+    assert refused.returncode == 2 and hint in refused.stderr and f"pip install -e {plugin}" in refused.stderr
+    rows = {r["name"]: r for r in json.loads(kernel("plugins", "list", "--json").stdout)}
+    assert "now says 0.2.0" in rows["edit-me"]["stale"]
+    pyproject.write_text(pyproject.read_text().replace('version = "0.2.0"', 'version = "0.1.0"'))
+    assert {r["name"]: r for r in json.loads(kernel("plugins", "list", "--json").stdout)}["edit-me"]["stale"] is None
 
 
 def test_new_plugin_refuses_a_name_that_shadows_an_installed_package(tmp_path):
