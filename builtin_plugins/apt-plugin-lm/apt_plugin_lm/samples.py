@@ -36,10 +36,22 @@ class TextSamples(Callback):
         text = self.generate(trainer)  # on every rank: a sharded (FSDP) model needs all of them
         if not trainer.is_main:  # one sample per run, not one per rank
             return
+        if when == "before":
+            self._unknown_characters(trainer)
         self.samples[when] = text
         trainer.log(f"--- sample {when} training ---\n{text}\n---")
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(f"--- {when} training (step {trainer.step}) ---\n{text}\n\n")
+
+    def _unknown_characters(self, trainer) -> None:
+        """A character the tokenizer has not seen reaches the model as <unk> and is gone from the sample
+        shown: say so, or the prompt looks as if it had been cut."""
+        tokenizer = trainer.data.tokenizer
+        kept = tokenizer.decode(tokenizer.encode(self.prompt))
+        lost = [ch for ch in dict.fromkeys(self.prompt) if ch not in kept]
+        if lost:
+            trainer.log(f"text-samples: the tokenizer does not know {', '.join(map(repr, lost))} of the prompt; "
+                        "the model sees <unk> there")
 
     def on_fit_start(self, trainer) -> None:
         self._show(trainer, "before")
