@@ -4,12 +4,13 @@ A packaged plugin ships ``apt-plugin.toml`` inside its top-level package; a one-
 ``--plugins-dir`` holds an ``APT_MANIFEST = {...}`` literal, read with ``ast`` (never executed)::
 
     kernel_api = "^1.0"              # kernel contract versions this plugin supports
-    capabilities = ["filesystem"]    # what it asks for when sandboxed
+    capabilities = ["filesystem.write"]   # what it needs (shown to users; a sandbox grants [callbacks.limits])
     [requires]
     apt-plugin-lm = "^0.1"           # other plugins, semver or PEP 440 ranges
     [provides.model.apt-lm]
     summary = "APT language model"
     options.d_model = { type = "int", default = 128, min = 1, help = "width" }
+    options.lr = { type = "float", default = 1e-3, aliases = ["learning_rate"] }  # others' names: hints only
     [commands]
     errors = "apt_plugin_errors.cli:errors"   # `apt-kernel errors ...`, imported only when used
 """
@@ -47,6 +48,8 @@ class OptionSpec:
     choices: list[Any] | None = None
     must_exist: bool = False  # for type = "path": the file or folder must exist
     help: str = ""
+    # names other tools give this option (HF Trainer's, Lightning's): never accepted, only suggested from
+    aliases: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,8 @@ def _option(data: Any, where: str) -> OptionSpec:
     if "choices" in data:
         _check(data["choices"], (list,), f"{where}.choices", "a list")
     _check(data.get("help", ""), (str,), f"{where}.help", "a string")
+    for alias in _check(data.get("aliases", []), (list,), f"{where}.aliases", "a list"):
+        _check(alias, (str,), f"{where}.aliases", "a list of strings")
     return OptionSpec(**data)
 
 

@@ -285,8 +285,10 @@ def validate_options(table: str, kind: str, spec: ComponentSpec, decl: Component
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
-                # the kernel's own keys too: a misspelt `sandbox` must not read as the plugin's business
-                hint = closest(key, [*decl.options, *(k for k in ComponentSpec.model_fields if k != "use")])
+                # another tool's name for an option first; then the kernel's own keys too: a misspelt
+                # `sandbox` must not read as the plugin's business
+                hint = next((name for name, spec in decl.options.items() if key in spec.aliases), None) or \
+                    closest(key, [*decl.options, *(k for k in ComponentSpec.model_fields if k != "use")])
                 msg = f"unknown option for {kind} {spec.use!r}" + (f" (did you mean {hint!r}?)" if hint else "")
             elif err["type"] == "missing":
                 msg = f"missing required option of {kind} {spec.use!r}"

@@ -161,6 +161,8 @@ def test_hook_failure_is_attributed(apt_kernel):
     ({"kernel_api": "^1", "provides": {"model": {"m": {"sumary": "typo"}}}}, "unknown key 'sumary'"),
     ({"kernel_api": "^1", "requires": {"other": 3}}, "requires.other: expected a version range string"),
     ({"kernel_api": "^1", "colour": "blue"}, "unknown key 'colour'"),
+    ({"kernel_api": "^1", "provides": {"model": {"m": {"options": {"o": {"aliases": "lr"}}}}}},
+     "provides.model.m.options.o.aliases: expected a list"),
 ])
 def test_invalid_manifests_name_what_is_wrong(manifest, message):
     from apt_kernel.manifest import ManifestError, parse_manifest

@@ -40,6 +40,15 @@ def test_unknown_component_option_suggests(tmp_path, good):
     assert "line 16: [model] d_modle: unknown option for model 'apt-lm' (did you mean 'd_model'?)" in err
 
 
+def test_another_trainers_name_for_an_option_suggests_ours(tmp_path, good):
+    # HF Trainer's and Lightning's names were matched by spelling only: grad_accum_steps suggested 'warmup_steps'
+    for theirs, ours in (("gradient_accumulation_steps", "accumulate_grad_batches"),
+                         ("grad_accum_steps", "accumulate_grad_batches"), ("max_grad_norm", "grad_clip"),
+                         ("num_train_epochs", "epochs"), ("lr", "learning_rate")):
+        err = run_bad(tmp_path, good.replace("max_steps = 4", f"max_steps = 4\n{theirs} = 2"))
+        assert f"[trainer] {theirs}: unknown option for trainer 'apt-trainer' (did you mean '{ours}'?)" in err
+
+
 def test_wrong_type(tmp_path, good):
     err = run_bad(tmp_path, good.replace("d_model = 32", 'd_model = "wide"'))
     assert "line 16: [model] d_model: input should be a valid integer (got 'wide')" in err.lower()
