@@ -1,16 +1,19 @@
 """Early stopping, with Lightning's semantics: stop after ``patience`` validations without improvement
-(a change larger than ``min_delta`` in the right direction); patience 0 and 1 both stop at the first."""
+(a change larger than ``min_delta`` in the right direction); patience 0 and 1 both stop at the first. A
+``monitor`` the validation does not report stops the run (``strict``, as Lightning's), or is said once."""
 
 from __future__ import annotations
 
 import math
 
-from apt_sdk import Callback
+from apt_sdk import Callback, UserError
 
 
 class EarlyStopping(Callback):
-    def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int = 3, min_delta: float = 0.0) -> None:
-        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+    def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int = 3, min_delta: float = 0.0,
+                 strict: bool = True) -> None:
+        self.monitor, self.mode, self.patience, self.min_delta, self.strict = monitor, mode, patience, min_delta, strict
+        self.missing_said = False
         self.best = math.inf if mode == "min" else -math.inf
         self.wait = 0
         self.stopped_step: int | None = None
@@ -29,7 +32,14 @@ class EarlyStopping(Callback):
         return self.wait >= max(self.patience, 1)
 
     def on_validation_end(self, trainer, metrics: dict) -> None:
-        if self.monitor not in metrics:
+        if self.monitor not in metrics:  # a misspelt monitor would otherwise never stop anything, silently
+            message = (f"early-stopping: the validation reports no {self.monitor!r}; it reports "
+                       f"{', '.join(map(repr, sorted(metrics))) or 'nothing'} (set monitor to one of them)")
+            if self.strict:
+                raise UserError(message)
+            if not self.missing_said:
+                trainer.log(f"warning: {message}; it stops nothing (strict = false)")
+                self.missing_said = True
             return
         if self.update(float(metrics[self.monitor])):
             self.stopped_step = trainer.step

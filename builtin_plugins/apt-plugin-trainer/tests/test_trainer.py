@@ -363,3 +363,18 @@ def test_fp16_without_cuda_is_a_clear_error(tmp_path):
         pytest.skip("CUDA present")
     with pytest.raises(UserError, match="fp16.*needs CUDA"):
         train_model(epochs=1, batch_size=4, checkpoint_dir=tmp_path, texts=TEXTS, trainer={"precision": "fp16"})
+
+
+def test_early_stopping_on_a_metric_the_validation_does_not_report(tmp_path):
+    # monitor = "val_acc" (no such metric) never stopped anything and never said so
+    def pipeline(out: str, extra: str = "") -> str:
+        return TINY_PIPELINE.format(out=(tmp_path / out).as_posix()).replace(
+            "max_steps = 4", "max_steps = 6\neval_every = 2") + \
+            f'\n[[callbacks]]\nuse = "early-stopping"\nmonitor = "val_acc"\n{extra}'
+
+    with pytest.raises(UserError, match="early-stopping: the validation reports no 'val_acc'; it reports .*'val_loss'"):
+        run_pipeline(pipeline("strict"))
+    assert (tmp_path / "strict" / "checkpoints" / "apt_model_epoch0_step2.pt").exists()  # the validation's, kept
+    said: list[str] = []
+    result, _ = run_pipeline(pipeline("lenient", "strict = false\n"), log=said.append)
+    assert result["steps"] == 6 and sum("reports no 'val_acc'" in line for line in said) == 1
