@@ -7,6 +7,7 @@ every trial runs with, e.g. fewer steps than the full run); ``--space FILE`` rep
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import subprocess
 import sys
@@ -17,6 +18,21 @@ from pathlib import Path
 import click
 
 from apt_sdk import UserError, check_pipeline
+
+# what [tool.hpo] may hold: a misspelt key (trial_override) would otherwise be ignored, and every trial run
+# without the budget or pruning it was meant to set
+TOOL_KEYS = ("trials", "seed", "metric", "direction", "trial_overrides", "prune_after_step", "prune_above",
+             "prune_startup_trials", "space")
+
+
+def _check_tool(tool: dict) -> None:
+    for key in tool:
+        if key not in TOOL_KEYS:
+            hint = difflib.get_close_matches(key, TOOL_KEYS, n=1, cutoff=0.5)
+            raise UserError(f"[tool.hpo] {key}: unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                            + f"; keys: {', '.join(TOOL_KEYS)}")
+    if tool.get("direction", "minimize") not in ("minimize", "maximize"):
+        raise UserError(f"[tool.hpo] direction: 'minimize' or 'maximize' (got {tool['direction']!r})")
 
 
 def _read_space(space_file: str | None, tool: dict) -> dict:
@@ -106,6 +122,7 @@ def hpo(pipeline, trials, storage, workers, space_file, study_name, overrides, p
 
 def _hpo(pipeline, trials, storage, workers, space_file, study_name, overrides, plugins_dirs, is_worker) -> None:
     tool = check_pipeline(pipeline, overrides, plugins_dirs=plugins_dirs).get("tool", {}).get("hpo", {})
+    _check_tool(tool)
     trials = trials or int(tool.get("trials", 20))
     if workers > 1 and storage is not None and storage.startswith("sqlite"):
         raise UserError("SQLite cannot take parallel workers (Optuna's FAQ): use --storage journal:PATH or a "

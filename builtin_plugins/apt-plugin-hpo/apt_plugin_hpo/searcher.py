@@ -195,7 +195,11 @@ class HyperparameterSearcher:
             dist.broadcast_object_list(pruned, src=0)  # rank 0 decided; every rank stopped at that step
         if pruned[0]:
             raise optuna.TrialPruned()
-        return result.get(self.metric)
+        if self.metric not in result:  # a misspelt metric fails every trial the same way: stop at the first
+            numbers = sorted(k for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool))
+            raise UserError(f"[tool.hpo] metric {self.metric!r}: the trainer's result has no such key; "
+                            f"its numbers are {', '.join(numbers)}")
+        return result[self.metric]
 
     # -- results ---------------------------------------------------------------------------------
     def get_best_params(self, study: optuna.Study) -> dict[str, Any]:

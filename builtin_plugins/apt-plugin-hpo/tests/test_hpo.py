@@ -163,6 +163,18 @@ def test_hpo_command_errors_exit_2(search_pipeline, tmp_path):
     bad.write_text('"trainer.learning_rate" = { range = [0.1, 0.01] }\n')
     result = cli("hpo", str(search_pipeline), "--space", str(bad))
     assert result.returncode == 2 and "trainer.learning_rate: range low 0.1 must be below high 0.01" in result.stderr
+    # a misspelt [tool.hpo] key was ignored (every trial then ran without it), and a misspelt metric failed every
+    # trial with "ValueError: val_los is None", exit 1
+    typo = tmp_path / "typo.toml"
+    typo.write_text(search_pipeline.read_text().replace("trial_overrides =", "trial_override ="))
+    result = cli("hpo", str(typo), "--trials", "1")
+    assert result.returncode == 2 and "[tool.hpo] trial_override: unknown key (did you mean 'trial_overrides'?)" \
+        in result.stderr
+    typo.write_text(search_pipeline.read_text().replace("[tool.hpo]\n", '[tool.hpo]\nmetric = "val_los"\n'))
+    result = cli("hpo", str(typo), "--trials", "3", timeout=300)
+    assert result.returncode == 2 and "[tool.hpo] metric 'val_los': the trainer's result has no such key; its " \
+        "numbers are best_val_loss" in result.stderr, result.stderr
+    assert result.stdout.count("trial ") <= 1  # stopped at the first trial, not after all three
     # a storage that cannot be opened was a SQLAlchemy traceback and exit 1 (and showed the password)
     for storage, words in (("postgresql://me:secret@127.0.0.1:1/db", "OperationalError"),
                            ("mysq://host/db", "NoSuchModuleError"),
