@@ -1,6 +1,7 @@
 """apt-plugin-monitor: per-layer gradient norms and anomalies, statistics, the flow plot, and the
 gradient-monitor callback in real runs (NaN reported with layer names, skip_step, stop)."""
 
+import importlib.util
 import json
 
 import pytest
@@ -50,3 +51,20 @@ def test_tensorboard_callback_writes_readable_event_files(tiny_pipeline, tmp_pat
     assert [e.step for e in acc.Histograms("weights/tok.weight")] == [3, 6]
     assert "attention/layer0" in tags["images"] and "gradients/flow" in tags["images"]
     assert tags["graph"]  # the model graph traced
+    assert "TracerWarning" not in result.stderr  # the tracer's notes on the model's Python control flow
+
+
+def test_tensorboard_says_a_missing_wandb_once_and_refuses_a_log_dir_it_cannot_create(tiny_pipeline, tmp_path):
+    # use_wandb without wandb was said twice (a logging warning and the run's log), and a log_dir under a file
+    # failed at the start of training, exit 1, as a FileNotFoundError of the callback
+    base = tiny_pipeline.read_text() + '\n[[callbacks]]\nuse = "tensorboard"\ngraph = false\n'
+    tiny_pipeline.write_text(base + "use_wandb = true\n")
+    result = cli("run", str(tiny_pipeline), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    if importlib.util.find_spec("wandb") is None:
+        assert (result.stdout + result.stderr).count("wandb is not installed") == 1
+    (tmp_path / "a-file").write_text("")
+    tiny_pipeline.write_text(base + f'log_dir = "{tmp_path / "a-file" / "tb"}"\n')
+    result = cli("run", str(tiny_pipeline), "--no-progress", "--overwrite")
+    assert result.returncode == 2 and f"log_dir: {tmp_path / 'a-file' / 'tb'} cannot be created: " \
+        f"{tmp_path / 'a-file'} is not a folder" in result.stderr, result.stderr

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from apt_sdk import Callback
+from apt_sdk import Callback, UserError
 
 from .gradients import GradientMonitor
 
@@ -83,7 +83,10 @@ class TensorBoardCallback(Callback):
             return
         from .visualizer import TrainingVisualizer
 
-        self.visualizer = TrainingVisualizer(self.log_dir, self.use_wandb)
+        try:
+            self.visualizer = TrainingVisualizer(self.log_dir, self.use_wandb)
+        except OSError as exc:  # what the check at build time cannot see (a read-only mount, a full disk)
+            raise UserError(f"tensorboard: cannot write log_dir {self.log_dir}: {exc.strerror or exc}") from None
         if getattr(self.visualizer, "message", None):
             trainer.log(self.visualizer.message)
         trainer.log(f"TensorBoard: tensorboard --logdir {self.log_dir}")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from apt_sdk import BuildContext, hookimpl
+from apt_sdk import BuildContext, OptionError, hookimpl
 
 
 def build_gradient_monitor(options: dict, context: BuildContext):
@@ -16,8 +17,12 @@ def build_gradient_monitor(options: dict, context: BuildContext):
 def build_tensorboard(options: dict, context: BuildContext):
     from .callback import TensorBoardCallback
 
-    log_dir = options.pop("log_dir") or context.run_dir / "tensorboard"
-    return TensorBoardCallback(log_dir=Path(log_dir), **options)
+    log_dir = Path(options.pop("log_dir") or context.run_dir / "tensorboard")
+    existing = next(p for p in (log_dir, *log_dir.parents) if p.exists())  # checked now, created at the start
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise OptionError("log_dir", f"{log_dir} cannot be created: {existing} is "
+                                     f"{'not a folder' if not existing.is_dir() else 'not writable'}")
+    return TensorBoardCallback(log_dir=log_dir, **options)
 
 
 @hookimpl

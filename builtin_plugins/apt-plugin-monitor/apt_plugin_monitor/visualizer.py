@@ -4,6 +4,7 @@ attention heatmaps of the APT model (the autopoietic refinement next to plain at
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,9 +24,8 @@ class TrainingVisualizer:
                 import wandb
 
                 self.wandb = wandb
-            except ImportError:
+            except ImportError:  # said once, by whoever made this (the callback, in the run's log)
                 self.message = "use_wandb = true but wandb is not installed (pip install wandb): TensorBoard only"
-                log.warning(self.message)
 
     def log_scalars(self, step: int, values: dict[str, float], prefix: str) -> None:
         for name, value in values.items():
@@ -50,7 +50,9 @@ class TrainingVisualizer:
 
     def log_graph(self, model: torch.nn.Module, example: torch.Tensor) -> bool:
         try:
-            self.writer.add_graph(model, example)
+            with warnings.catch_warnings():  # the tracer's notes on Python control flow are not the user's business
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                self.writer.add_graph(model, example)
             return True
         except Exception as exc:  # tracing is best effort; a model that cannot be traced still trains
             log.warning("model graph not logged: %s", exc)

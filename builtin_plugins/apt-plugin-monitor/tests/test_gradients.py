@@ -96,7 +96,7 @@ def test_plot_gradient_flow_writes_a_png(tmp_path):
     assert figure.axes[0].get_yscale() == "log"
 
 
-def test_wandb_without_the_package_is_a_message_not_a_failure(tmp_path, caplog):
+def test_wandb_without_the_package_is_a_message_not_a_failure(tmp_path):
     import importlib.util
 
     from apt_plugin_monitor import TrainingVisualizer
