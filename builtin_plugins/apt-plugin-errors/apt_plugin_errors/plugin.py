@@ -4,9 +4,10 @@ factories, skipped inf/NaN steps. Nothing is written unless something goes wrong
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
-from apt_sdk import BuildContext, Callback, RunInterrupted, hookimpl
+from apt_sdk import BuildContext, Callback, OptionError, RunInterrupted, hookimpl
 
 from .logger import ErrorLogger
 
@@ -56,7 +57,17 @@ class ErrorLog(Callback):
 
 
 def build_error_log(options: dict, context: BuildContext) -> ErrorLog:
-    log = ErrorLog(ErrorLogger(options["db_path"] or context.run_dir / "errors.db"), context.run_dir, context.config)
+    path = Path(options["db_path"] or context.run_dir / "errors.db")
+    try:
+        logger = ErrorLogger(path)
+    except (OSError, sqlite3.OperationalError) as exc:
+        if not options["db_path"]:  # the run folder's: the kernel has checked it, so this is no option's fault
+            raise
+        existing = next(p for p in path.parents if p.exists())
+        reason = (f"{existing} is a file, not a folder" if not existing.is_dir() else
+                  exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
+        raise OptionError("db_path", f"cannot open {path}: {reason}") from None
+    log = ErrorLog(logger, context.run_dir, context.config)
     _ACTIVE[str(context.run_dir)] = log
     for error in _PENDING.pop(str(context.run_dir), []):
         log.record(error)

@@ -27,3 +27,16 @@ def test_reports_of_a_run_without_an_error_log_are_dropped_at_its_end(tmp_path):
     errors.error_reported(error={"type": "SkippedRecord", "message": "x", "run_dir": run_dir})
     errors.pipeline_end(pipeline={}, run_dir=run_dir, result={})
     assert run_dir not in errors._PENDING and not (tmp_path / "plain").exists()
+
+
+def test_a_db_path_that_cannot_be_opened_is_an_option_error(tmp_path):
+    # a db_path under a file was "failed in hook callback factory 'error-log': FileExistsError", exit 1
+    import pytest
+
+    from apt_sdk import OptionError
+
+    (tmp_path / "a-file").write_text("")
+    context = SimpleNamespace(run_dir=tmp_path / "run", config={"pipeline": {"name": "x"}})
+    with pytest.raises(OptionError, match="cannot open .*errors.db: .*a-file is a file, not a folder") as raised:
+        errors.build_error_log({"db_path": str(tmp_path / "a-file" / "errors.db")}, context)
+    assert raised.value.key == "db_path"
