@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from apt_sdk import BuildContext, hookimpl
+import os
+from pathlib import Path
+
+from apt_sdk import BuildContext, OptionError, hookimpl
 
 
 def build_trainer(options: dict, context: BuildContext):
@@ -10,6 +13,13 @@ def build_trainer(options: dict, context: BuildContext):
     from .trainer import Trainer
 
     check_device(options["device"])
+    if options["checkpoint_dir"]:  # found now, not at the first save with a traceback (the run folder is the kernel's)
+        folder = Path(options["checkpoint_dir"])
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            raise OptionError("checkpoint_dir", f"{folder} cannot be a folder: {existing} is a file")
+        if not os.access(existing, os.W_OK):
+            raise OptionError("checkpoint_dir", f"{folder} cannot be created: {existing} is not writable")
     if options.get("save_every_epoch") is not None:  # the option's former name still works
         options = {**options, "save_checkpoints": options["save_every_epoch"]}
     if options["resume_from"] and not context.resume:

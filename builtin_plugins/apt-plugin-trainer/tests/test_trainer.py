@@ -378,3 +378,12 @@ def test_early_stopping_on_a_metric_the_validation_does_not_report(tmp_path):
     said: list[str] = []
     result, _ = run_pipeline(pipeline("lenient", "strict = false\n"), log=said.append)
     assert result["steps"] == 6 and sum("reports no 'val_acc'" in line for line in said) == 1
+
+
+def test_a_checkpoint_dir_under_a_file_is_refused_before_training(tmp_path):
+    # it was a NotADirectoryError traceback at the first checkpoint, exit 1, the steps before it lost
+    (tmp_path / "a-file").write_text("")
+    text = TINY_PIPELINE.format(out=(tmp_path / "run").as_posix())
+    refused = r"\[trainer\] checkpoint_dir .*: .*a-file/ck cannot be a folder: .*a-file is a file"
+    with pytest.raises(UserError, match=refused):
+        run_pipeline(text, [f'trainer.checkpoint_dir="{tmp_path / "a-file" / "ck"}"'])
