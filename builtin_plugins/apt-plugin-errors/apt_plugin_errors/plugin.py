@@ -7,7 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from apt_sdk import BuildContext, Callback, OptionError, RunInterrupted, hookimpl
+from apt_sdk import BuildContext, Callback, OptionError, RunInterrupted, folder_problem, hookimpl
 
 from .logger import ErrorLogger
 
@@ -63,8 +63,8 @@ def build_error_log(options: dict, context: BuildContext) -> ErrorLog:
     except (OSError, sqlite3.OperationalError) as exc:
         if not options["db_path"]:  # the run folder's: the kernel has checked it, so this is no option's fault
             raise
-        existing = next(p for p in path.parents if p.exists())
-        reason = (f"{existing} is a file, not a folder" if not existing.is_dir() else
+        problem = folder_problem(path.parent)
+        reason = (f"{problem[0]} is a file, not a folder" if problem and problem[1] == "a file" else
                   exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
         raise OptionError("db_path", f"cannot open {path}: {reason}") from None
     log = ErrorLog(logger, context.run_dir, context.config)

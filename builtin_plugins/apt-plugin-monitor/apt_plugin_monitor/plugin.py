@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from apt_sdk import BuildContext, OptionError, hookimpl
+from apt_sdk import BuildContext, OptionError, folder_problem, hookimpl
 
 
 def build_gradient_monitor(options: dict, context: BuildContext):
@@ -18,10 +17,10 @@ def build_tensorboard(options: dict, context: BuildContext):
     from .callback import TensorBoardCallback
 
     log_dir = Path(options.pop("log_dir") or context.run_dir / "tensorboard")
-    existing = next(p for p in (log_dir, *log_dir.parents) if p.exists())  # checked now, created at the start
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
+    if problem := folder_problem(log_dir):  # checked now, created at the start
+        existing, why = problem
         raise OptionError("log_dir", f"{log_dir} cannot be created: {existing} is "
-                                     f"{'not a folder' if not existing.is_dir() else 'not writable'}")
+                                     f"{'not a folder' if why == 'a file' else why}")
     return TensorBoardCallback(log_dir=log_dir, **options)
 
 

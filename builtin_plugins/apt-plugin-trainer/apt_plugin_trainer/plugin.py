@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from apt_sdk import BuildContext, OptionError, hookimpl
+from apt_sdk import BuildContext, OptionError, folder_problem, hookimpl
 
 
 def build_trainer(options: dict, context: BuildContext):
@@ -13,13 +10,12 @@ def build_trainer(options: dict, context: BuildContext):
     from .trainer import Trainer
 
     check_device(options["device"])
-    if options["checkpoint_dir"]:  # found now, not at the first save with a traceback (the run folder is the kernel's)
-        folder = Path(options["checkpoint_dir"])
-        existing = next(p for p in (folder, *folder.parents) if p.exists())
-        if not existing.is_dir():
-            raise OptionError("checkpoint_dir", f"{folder} cannot be a folder: {existing} is a file")
-        if not os.access(existing, os.W_OK):
-            raise OptionError("checkpoint_dir", f"{folder} cannot be created: {existing} is not writable")
+    # found now, not at the first save with a traceback (the run folder is the kernel's to check)
+    if options["checkpoint_dir"] and (problem := folder_problem(options["checkpoint_dir"])):
+        existing, why = problem
+        folder = options["checkpoint_dir"]
+        raise OptionError("checkpoint_dir", f"{folder} cannot be a folder: {existing} is a file" if why == "a file"
+                          else f"{folder} cannot be created: {existing} is not writable")
     if options.get("save_every_epoch") is not None:  # the option's former name still works
         options = {**options, "save_checkpoints": options["save_every_epoch"]}
     if options["resume_from"] and not context.resume:
