@@ -228,13 +228,13 @@ _STATUS_COLOURS = {"installed": "green", "disabled": "yellow", "incompatible": "
 @_user_errors
 def plugins_list(as_json, plugins_dirs, strict):
     """Every plugin with version, status and what it provides (reads manifests only)."""
-    from .discovery import discover
+    from .discovery import discover, stale_editable
 
     infos = discover(plugins_dirs)
     if as_json:
         import json
 
-        click.echo(json.dumps([i.to_dict() for i in infos], indent=2))
+        click.echo(json.dumps([{**i.to_dict(), "stale": stale_editable(i)} for i in infos], indent=2))
         return
     if not infos:
         click.echo("no plugins installed")
@@ -245,7 +245,7 @@ def plugins_list(as_json, plugins_dirs, strict):
             provides += f"; commands: {', '.join(sorted(info.manifest.commands))}"
         status = click.style(info.status, fg=_STATUS_COLOURS.get(info.status))
         click.echo(f"{info.name:<28} {info.version:<10} {status:<12} {provides}")
-        for note in (info.reason, info.stale):
+        for note in (info.reason, stale_editable(info)):
             if note:
                 click.echo(f"{'':<28} {note}")
 

@@ -16,10 +16,8 @@ import re
 import time
 import tomllib
 from dataclasses import dataclass, field, fields, replace
-from importlib.metadata import distributions, entry_points
+from importlib.metadata import PackageNotFoundError, distribution, distributions, entry_points
 from pathlib import Path
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 from packaging.version import InvalidVersion, Version
 
@@ -43,7 +41,6 @@ class PluginInfo:
     manifest: Manifest | None = field(default=None, repr=False)
     status: str = INSTALLED
     reason: str | None = None
-    stale: str | None = None  # an editable install whose source now declares another version
     code: str | None = field(default=None, repr=False)  # the file or folder its code is in
 
     def fingerprint(self) -> str:
@@ -189,24 +186,34 @@ def _requires_from_metadata(info: PluginInfo, meta, by_distribution: dict[str, s
     info.manifest = replace(info.manifest, requires=requires)
 
 
-def _stale_editable(dist, installed: str) -> str | None:
+def stale_editable(info: PluginInfo) -> str | None:
     """pip records an editable install's version once; raising it in the source's pyproject.toml changes
-    nothing the kernel (or pip) sees until the plugin is installed again. Says so, where that is the case."""
+    nothing the kernel (or pip) sees until the plugin is installed again. Says so, where that is the case.
+    Asked where a version is shown or refused, not at discovery: it reads files no run needs."""
+    if info.distribution is None:
+        return None
+    try:
+        dist = distribution(info.distribution)
+    except PackageNotFoundError:
+        return None
     try:
         origin = json.loads(dist.read_text("direct_url.json") or "{}")
     except ValueError:
         return None
     if not origin.get("dir_info", {}).get("editable") or not origin.get("url", "").startswith("file:"):
         return None
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname  # here: urllib.request costs every CLI call ~15 ms to import
+
     source = Path(url2pathname(urlparse(origin["url"]).path))
     try:
         declared = tomllib.loads((source / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
-        if Version(declared) == Version(installed):
+        if Version(declared) == Version(info.version):
             return None
     except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError, InvalidVersion):
         return None  # no static version to compare (a dynamic one, a moved folder): nothing to say
     return (f"installed editable from {source}, whose pyproject.toml now says {declared}; the kernel sees "
-            f"{installed} until it is installed again: pip install -e {source}")
+            f"{info.version} until it is installed again: pip install -e {source}")
 
 
 def discover(plugins_dirs: tuple[str, ...] | list[str] = (), env: dict | None = None) -> list[PluginInfo]:
@@ -221,7 +228,6 @@ def discover(plugins_dirs: tuple[str, ...] | list[str] = (), env: dict | None = 
             continue
         meta = ep.dist.metadata if ep.dist else {}  # parsed once: .name and .version each re-read it
         info = PluginInfo(ep.name, ep.value, meta.get("Version", "0"), meta.get("Name"))
-        info.stale = _stale_editable(ep.dist, info.version) if ep.dist else None
         try:
             info.manifest = _manifest_for_module(info)
         except ManifestError as exc:

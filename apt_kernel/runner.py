@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .context import BuildContext
-from .discovery import INSTALLED, PluginInfo
+from .discovery import INSTALLED, PluginInfo, stale_editable
 from .errors import DuplicateComponentError, OptionError, PluginLoadError, ResolutionError, UserError
 from .kernel import Kernel, PluginHookError
 from .pipeline import PipelineConfig, Source, combine_errors, validate_options
@@ -84,7 +84,8 @@ def plan_pipeline(kernel: Kernel, config: PipelineConfig, data: dict, source: So
     try:
         chosen = solve(catalog, root)
     except ResolutionError as exc:  # a version that looks wrong because an editable install was not redone
-        stale = [f"{i.name} is {i.stale}" for i in kernel.plugins.values() if i.stale and i.name in str(exc)]
+        named = [i for i in kernel.plugins.values() if i.name in str(exc)]
+        stale = [f"{i.name} is {note}" for i in named if (note := stale_editable(i))]
         raise ResolutionError("; ".join([str(exc), *stale])) from None
     order = [n for n in _dependency_order(kernel, list(chosen)) if n != KERNEL_API]
     for name in order:
