@@ -308,7 +308,7 @@ def plugins_doctor(as_json, sandbox, plugins_dirs, strict):
 
 
 def _sandbox_doctor(as_json: bool) -> None:
-    from .sandbox.host import probe_layers
+    from .sandbox.probe import probe_layers
 
     layers = probe_layers()
     if as_json:

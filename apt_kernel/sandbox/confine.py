@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import resource
+import socket
+import struct
 import sys
 from dataclasses import asdict, dataclass
 
@@ -90,12 +93,16 @@ CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
 
 
 def apply_namespaces(network: bool) -> Layer:
-    """A fresh network namespace has no interfaces: nothing to connect to, even over loopback."""
+    """A fresh network namespace has only a loopback interface, down: nothing to connect to, not even
+    over loopback or to an abstract AF_UNIX socket of the host (those names belong to a namespace). The
+    report is what the worker finds in itself afterwards, not what it asked for: seccomp already refuses
+    inet sockets, so nothing else would show a namespace that was never entered."""
     if network:
         return Layer("namespaces", False, "network = true: the host's network namespace is kept")
     uid, gid = os.getuid(), os.getgid()
+    host = _host_network_namespace()
     if _libc.unshare(CLONE_NEWNET) == 0:
-        return Layer("namespaces", True, "network namespace (no interfaces)")
+        return _verified_network("network namespace", host)
     if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0:  # unprivileged: a user namespace makes it possible
         for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
             try:
@@ -103,8 +110,41 @@ def apply_namespaces(network: bool) -> Layer:
                     fh.write(text)
             except OSError:
                 pass
-        return Layer("namespaces", True, "user + network namespace (no interfaces)")
+        return _verified_network("user + network namespace", host)
     return Layer("namespaces", False, f"unshare: {os.strerror(ctypes.get_errno())} (user namespaces disabled?)")
+
+
+def _host_network_namespace() -> str:
+    try:
+        return os.readlink(f"/proc/{os.getppid()}/ns/net")  # the host started this worker
+    except OSError:
+        return os.readlink("/proc/self/ns/net")  # not yet unshared: still the host's
+
+
+def _verified_network(kind: str, host: str) -> Layer:
+    try:
+        own = os.readlink("/proc/self/ns/net")
+        with open("/proc/self/net/dev") as fh:  # the interfaces of the namespace this process is in
+            names = [line.split(":")[0].strip() for line in fh.readlines()[2:]]
+        up = [name for name in names if _interface_up(name)]  # a fresh namespace's (lo, fallback tunnels) are down
+    except OSError as exc:
+        return Layer("namespaces", False, f"unshare returned 0 but the namespace could not be checked: {exc}")
+    if own == host:
+        return Layer("namespaces", False, f"unshare returned 0 but the worker is still in the host's network "
+                                          f"namespace ({own})")
+    if [name for name in up if name != "lo"]:
+        return Layer("namespaces", False, f"own network namespace {own}, but with interfaces up: {', '.join(up)}")
+    return Layer("namespaces", True, f"{kind} verified: {own}, not the host's {host}; interfaces "
+                                     f"{', '.join(names) or 'none'}, {'lo up' if up else 'all down'}")
+
+
+SIOCGIFFLAGS, IFF_UP = 0x8913, 1
+
+
+def _interface_up(name: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:  # any socket asks the namespace it is in
+        request = fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, struct.pack("16sH22x", name.encode(), 0))
+    return bool(struct.unpack("16sH22x", request)[1] & IFF_UP)
 
 
 # -- Landlock --------------------------------------------------------------------------------------

@@ -250,42 +250,6 @@ class SandboxWorker:
         return self.outputs[0].text() if self.proc is not None else ""
 
 
-def probe_layers() -> list[dict]:
-    """Start a worker with default limits and report what it managed to apply (doctor --sandbox)."""
-    worker = SandboxWorker({"mode": "exec", "plugin": {"name": "probe"}}, SandboxLimits(), "sandbox probe")
-    try:
-        worker.start()
-        checks = worker.call({"code": _PROBE_CODE, "globals": {}})
-        return worker.layers + [{"name": "check", "active": checks.get("success", False),
-                                 "detail": str(checks.get("result") or checks.get("error"))}]
-    finally:
-        worker.close()
-
-
-_PROBE_CODE = """
-import os, socket
-seen = []
-try:
-    socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    seen.append("inet socket ALLOWED")
-except OSError:
-    seen.append("inet socket denied")
-try:
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    seen.append("fork ALLOWED")
-except OSError:
-    seen.append("fork denied")
-try:
-    open("/etc/hostname").read()
-    seen.append("/etc/hostname readable")
-except OSError:
-    seen.append("/etc/hostname invisible")
-result = ", ".join(seen)
-"""
-
-
 def as_plain(value: Any) -> Any:
     """What a host-side value looks like to a sandboxed plugin: numbers for 0-d tensors, data otherwise."""
     if isinstance(value, dict):
