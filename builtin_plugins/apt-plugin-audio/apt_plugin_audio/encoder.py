@@ -6,7 +6,7 @@ one position per 20 ms of that window. ``max_seconds`` sets the window for the f
 the encoder's positions together, so a model for 1-second digits computes 50 frames, not 1,500; loaded
 weights keep their first ``50 * max_seconds`` positions.
 
-Preprocessing (librosa loading, resampling, log-mel features) lives in ``AudioPreprocessor``, a small
+Preprocessing (decoding the window, resampling, log-mel features) lives in ``AudioPreprocessor``, a small
 picklable object, so DataLoader workers run it and the training process only runs the network.
 """
 
@@ -29,7 +29,7 @@ from transformers.utils import logging as hf_logging
 from apt_sdk import UserError, check_known_keys
 
 from . import SAMPLING_RATE
-from .audio import AudioSource, describe, load_audio
+from .audio import AudioSource, describe, load_window
 
 HOP = 160  # samples per mel frame (10 ms at 16 kHz); the encoder's second convolution halves the frames
 SIZES: dict[str, dict[str, int]] = {
@@ -79,9 +79,11 @@ class AudioPreprocessor:
         waves = []
         for i, (clip, label) in enumerate(zip(clips, labels, strict=True)):
             label = label or (None if not isinstance(clip, np.ndarray) else f"clip {i} of the batch")
-            wave = load_audio(clip, sampling_rate if isinstance(clip, np.ndarray) else None, label)
-            if len(wave) > self.max_samples:
-                seconds, limit = len(wave) / SAMPLING_RATE, self.max_samples / SAMPLING_RATE
+            limit = self.max_samples / SAMPLING_RATE
+            # a file is decoded only as far as the window: its first seconds are all the features use
+            wave, seconds = load_window(clip, sampling_rate if isinstance(clip, np.ndarray) else None, label,
+                                        None if isinstance(clip, np.ndarray) else limit)
+            if math.ceil(round(seconds * SAMPLING_RATE, 6)) > self.max_samples:  # the resampled length
                 warnings.warn(f"{describe(clip, label)}: {seconds:.2f} s is longer than max_seconds = {limit:g}; "
                               "the rest is cut", stacklevel=2)
             waves.append(wave)

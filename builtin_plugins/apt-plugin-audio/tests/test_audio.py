@@ -140,6 +140,55 @@ def test_bad_audio_is_named_with_its_record(tmp_path):
         load_audio(tmp_path / "empty.wav", sampling_rate=8000)
 
 
+def test_nan_in_a_file_is_named_as_such_and_a_corrupt_file_says_why(tmp_path):
+    # librosa's "Audio buffer is not finite everywhere" and audioread's "NoBackendError" were what users saw
+    samples = tone(0.5, 8000)
+    samples[100] = np.nan
+    sf.write(tmp_path / "nan.wav", samples, 8000, subtype="FLOAT")
+    with pytest.raises(UserError, match=r"nan.wav'.*: contains NaN or infinite samples$"):
+        load_audio(tmp_path / "nan.wav", where="line 3 of train.jsonl")
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)))
+    with pytest.raises(UserError, match=r"corrupt.wav': not audio that can be decoded \(Error in WAV.*chunk") as caught:
+        load_audio(tmp_path / "corrupt.wav")
+    assert "NoBackendError" not in str(caught.value)
+
+
+class _Reads:
+    """Counts the frames asked of libsndfile (-1: the whole file)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.frames: list[int] = []
+        read = sf.SoundFile.read
+
+        def counted(file, frames=-1, *args, **kwargs):
+            self.frames.append(frames)
+            return read(file, frames, *args, **kwargs)
+
+        monkeypatch.setattr(sf.SoundFile, "read", counted)
+
+
+@pytest.mark.parametrize("rate, channels, seconds", [(44_100, 2, 3.0), (8000, 1, 2.5), (16_000, 1, 1.8)])
+def test_only_the_window_is_decoded_and_it_equals_the_whole_file_cut(tmp_path, monkeypatch, rate, channels, seconds):
+    """A 30-minute file cost its whole decode and resampling at every read for the first second; now only the
+    window (and the resampler's margin) is read, and the features are exactly those of the whole file."""
+    rng = np.random.default_rng(rate)
+    wave = (0.3 * rng.standard_normal((int(rate * seconds), channels))).astype(np.float32)
+    path = tmp_path / "long.wav"
+    sf.write(path, wave, rate, subtype="PCM_16")
+    import librosa
+
+    whole = librosa.load(path, sr=16_000, mono=True)[0]  # what was decoded before: all of it
+    preprocessor = AudioPreprocessor.for_window(1.0)
+    old = preprocessor.feature_extractor([whole], sampling_rate=16_000, return_tensors="pt", padding="max_length",
+                                         max_length=16_000, truncation=True)["input_features"]
+    reads = _Reads(monkeypatch)
+    with pytest.warns(UserWarning, match=f"{seconds:.2f} s is longer than max_seconds = 1; the rest is cut"):
+        features, mask = preprocessor([path])
+    assert reads.frames and all(0 < n < 1.2 * rate + 1024 for n in reads.frames), reads.frames
+    assert torch.equal(features, old) and mask.all()
+    assert np.array_equal(load_audio(path, max_seconds=1.0), whole[:16_000])
+
+
 def _head_step(encoder: AudioEncoder) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     model = torch.nn.ModuleDict({"encoder": encoder, "head": torch.nn.Linear(encoder.output_dim, 3)})
     model.train()
