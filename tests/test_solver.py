@@ -62,3 +62,36 @@ def test_backtracks_over_older_versions():
     catalog.add("b", "1.0")
     catalog.add("c", "1.0", {"a": "<3"})
     assert str(solve(catalog, {"a": "*", "c": "*"})["a"].version) == "1.0"
+
+
+# Two ranges on one package that share their first clause: a match cache keyed by less than the whole
+# range answers the second with the first's versions.
+@pytest.mark.parametrize("roots", [("a", "b"), ("b", "a")], ids=["narrow-first", "wide-first"])
+def test_two_requirers_with_the_same_lower_bound_and_different_upper_ones_both_hold(roots):
+    catalog = Catalog("1.0.0")
+    catalog.add("a", "1.0", {"c": ">=1,<2"})
+    catalog.add("b", "1.0", {"c": ">=1,<3"})
+    for version in ("1.5", "2.5", "3.5"):
+        catalog.add("c", version)
+    assert str(solve(catalog, dict.fromkeys(roots, "*"))["c"].version) == "1.5"
+
+
+@pytest.mark.parametrize("ranges", [(">=1,<2", ">=1,>=2"), (">=1,>=2", ">=1,<2")], ids=["upper-first", "lower-first"])
+def test_two_ranges_with_the_same_first_clause_that_exclude_each_other_conflict(ranges):
+    catalog = Catalog("1.0.0")
+    catalog.add("a", "1.0", {"c": ranges[0]})
+    catalog.add("b", "1.0", {"c": ranges[1]})
+    for version in ("1.5", "2.5"):
+        catalog.add("c", version)
+    with pytest.raises(ResolutionError) as err:
+        solve(catalog, {"a": "*", "b": "*"})
+    assert f"a 1.0 requires c {ranges[0]}" in str(err.value) and f"b 1.0 requires c {ranges[1]}" in str(err.value)
+
+
+def test_the_pipeline_and_a_plugin_narrowing_the_same_package():
+    catalog = Catalog("1.0.0")
+    catalog.add("a", "1.0", {"c": ">=1,<2"})
+    for version in ("1.5", "2.5"):
+        catalog.add("c", version)
+    assert str(solve(catalog, {"c": ">=1,<3", "a": "*"})["c"].version) == "1.5"
+    assert str(solve(catalog, {"a": "*", "c": ">=1,<3"})["c"].version) == "1.5"
