@@ -1,6 +1,7 @@
 """ErrorLogger on its own: events and patterns, redaction, normalisation, concurrent writers."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -72,3 +73,28 @@ def test_two_processes_write_two_thousand_rows_without_lock_errors(tmp_path):
     log = ErrorLogger(db)
     assert log.count() == 2000
     assert log.generate_error_report()["top_patterns"][0]["count"] == 2000  # one pattern, numbers masked
+
+
+def test_the_database_is_in_wal_mode_so_readers_and_a_writer_do_not_wait_for_each_other(tmp_path):
+    db = tmp_path / "errors.db"
+    writer = ErrorLogger(db)
+    writer.log_error(fail("first"))
+    with sqlite3.connect(db) as other:  # the mode is the database file's, seen by any connection
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    reader = ErrorLogger(db)
+    reader.db.execute("BEGIN")
+    assert reader.count() == 1  # a read transaction is open from here on
+    # a rollback journal would need the reader gone to commit (after the 60 s busy timeout: fail at once)
+    writer.db.execute("PRAGMA busy_timeout=0")
+    writer.log_error(fail("second"))
+    assert reader.count() == 1  # its snapshot
+    reader.db.execute("COMMIT")
+    assert reader.count() == 2
+
+    writer.db.execute("BEGIN IMMEDIATE")  # a writer holding the lock mid-transaction
+    writer.db.execute("DELETE FROM errors")
+    assert reader.count() == 2
+    writer.db.execute("ROLLBACK")
+    writer.close()
+    reader.close()
