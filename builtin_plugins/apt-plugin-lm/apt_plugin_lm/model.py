@@ -1,5 +1,7 @@
 """The APT language model: a decoder-only causal transformer with autopoietic attention, plus an
-optional encoder for sequence-to-sequence. One file, read top to bottom.
+optional encoder for sequence-to-sequence, read top to bottom. Its two autograd functions are in
+``functions.py``; generation (the KV cache, sampling, batches of sequences of different lengths) in
+``generation.py``.
 
 Autopoietic attention refines attention logits with a learned transform of the logits themselves:
 the head-mean of the scores goes through an elementwise 1->h->1 MLP, is scaled by a learned gate and
@@ -24,59 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import APTConfig  # also imported from here: apt_plugin_lm.model.APTConfig is the public path
+from .functions import ClampWithGradient, ElementwiseMLP
 
 WEIGHTS_FILE = "model.safetensors"
 # causal explicit attention is computed in up to MAX_QUERY_BLOCKS blocks of query rows of at least
 # MIN_BLOCK_ROWS, each against only the keys it can see: 4 blocks compute 62.5% of the [T, S] scores
 MIN_BLOCK_ROWS, MAX_QUERY_BLOCKS = 64, 4
-
-
-class ElementwiseMLP(torch.autograd.Function):
-    """f(s) = sum_k w2[k] * gelu(w1[k] * s + b1[k]) on every element of s, a 1 -> h -> 1 MLP.
-
-    Broadcasting s to [..., h] would store h copies of an attention-sized tensor for backward; this
-    keeps only s and recomputes, one hidden unit at a time (h is small), which is 4x faster on CPU.
-    """
-
-    @staticmethod
-    def forward(ctx, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(s, w1, b1, w2)
-        out = F.gelu(torch.addcmul(b1[0], s, w1[0])).mul_(w2[0])
-        for k in range(1, w1.shape[0]):
-            out.addcmul_(F.gelu(torch.addcmul(b1[k], s, w1[k])), w2[k])
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        s, w1, b1, w2 = ctx.saved_tensors
-        grad, flat_s = grad.contiguous(), s.reshape(-1)
-        grad_s = torch.zeros_like(s)
-        grad_w1, grad_b1, grad_w2 = torch.empty_like(w1), torch.empty_like(b1), torch.empty_like(w2)
-        for k in range(w1.shape[0]):  # reductions as dot products: no temporaries
-            z = torch.addcmul(b1[k], s, w1[k])
-            grad_w2[k] = torch.dot(grad.reshape(-1), F.gelu(z).reshape(-1))
-            u = torch.ops.aten.gelu_backward(grad, z)  # grad * gelu'(z)
-            grad_b1[k] = w2[k] * u.sum()
-            grad_w1[k] = w2[k] * torch.dot(u.reshape(-1), flat_s)
-            grad_s.addcmul_(u, w1[k] * w2[k])
-        return grad_s, grad_w1, grad_b1, grad_w2
-
-
-class ClampWithGradient(torch.autograd.Function):
-    """clamp(x, low, high) in the forward, the identity in the backward (a straight-through clamp).
-
-    A plain clamp gives 0 gradient outside the range, for good: tau starts on its lower bound, its first
-    gradient asks for a sharper softmax, Adam steps it to 0.98, and it never learned again. Passing only
-    the gradient that points back inside would not be linear in the loss, so gradient accumulation and
-    DDP (which sum the gradients of micro-batches and ranks) would train it differently from one batch."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, low: float, high: float) -> torch.Tensor:
-        return x.clamp(low, high)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad, None, None
 
 
 class Attention(nn.Module):
@@ -315,41 +270,19 @@ class APTLargeModel(nn.Module):
         layers = self.config.num_layers + self.config.num_encoder_layers
         return 6.0 * weights + 12.0 * layers * self.config.d_model * seq_len
 
-    @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_length: int = 100, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
                  do_sample: bool = True, eos_token_id: int | None = None,
-                 src_tokens: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Extend ``input_ids`` [B, T] to at most ``max_length`` tokens in total."""
-        was_training = self.training
-        self.eval()
-        ids = input_ids
-        finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        while ids.shape[1] < max_length and not finished.all():
-            logits = self(ids[:, -self.config.max_seq_len:], src_tokens=src_tokens)[:, -1, :].float()
-            if repetition_penalty != 1.0:
-                seen = torch.gather(logits, 1, ids)
-                seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
-                logits.scatter_(1, ids, seen)
-            if do_sample:
-                logits = logits / max(temperature, 1e-6)
-                if top_k:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                if top_p is not None and top_p < 1.0:
-                    sorted_logits, order = logits.sort(descending=True)
-                    cumulative = sorted_logits.softmax(-1).cumsum(-1)
-                    drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the first token always
-                    logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-                next_id = torch.multinomial(logits.softmax(-1), 1, generator=generator)
-            else:
-                next_id = logits.argmax(-1, keepdim=True)
-            if eos_token_id is not None:
-                next_id = next_id.masked_fill(finished[:, None], eos_token_id)
-                finished |= next_id.squeeze(1) == eos_token_id
-            ids = torch.cat([ids, next_id], dim=1)
-        self.train(was_training)
-        return ids
+                 src_tokens: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 use_cache: bool = True) -> torch.Tensor:
+        """Extend ``input_ids`` [B, T] to at most ``max_length`` tokens in total (``apt_plugin_lm.generation``).
+
+        :param use_cache: keep the keys and values of earlier tokens instead of recomputing them for every
+            new token; the same tokens, faster (``bench/bench_serve.py`` measures it)."""
+        from .generation import generate
+
+        return generate(self, input_ids, max_length, temperature, top_k, top_p, repetition_penalty, do_sample,
+                        eos_token_id, src_tokens, generator, use_cache)
 
     def set_record_attention(self, on: bool = True) -> None:
         for module in self.modules():
