@@ -42,6 +42,7 @@ def _summary(project: Project, base: str) -> dict:
             "summary": latest.summary if latest else "", "latest": latest.version if latest else None,
             "kinds": sorted(provides), "provides": provides, "kernel_api": manifest.get("kernel_api"),
             "versions": [r.version for r in sorted_releases(project)],
+            "yanked": {r.version: r.yanked_reason for r in sorted_releases(project) if r.yanked},
             "rating": round(sum(stars) / len(stars), 2) if stars else None, "ratings": len(stars),
             "downloads": sum(f.downloads for r in project.releases for f in r.files),
             "install": f"pip install --index-url {base}simple/ {project.name}"}

@@ -17,6 +17,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.datastructures import UploadFile
@@ -104,7 +105,7 @@ async def _cached(request: Request, key: str, load, template: str) -> Response:
         else:
             body = st.templates.get_template(template).render(**data).encode()
         hit = st.pages[(key, media)] = (generation, body)
-    return Response(hit[1], media_type=media)
+    return Response(hit[1], media_type=media, headers={"Vary": "Accept"})  # one URL, a body per Accept
 
 
 @router.get("/files/{filename}")
@@ -130,9 +131,10 @@ async def upload(request: Request) -> Response:
     if not isinstance(content, UploadFile) or not content.filename:
         raise HTTPException(400, "the upload has no 'content' file")
     try:
-        check_filename(content.filename)
+        name, version, _ = check_filename(content.filename)
     except BadDistribution as exc:
         raise HTTPException(400, str(exc)) from None
+    _check_form(form, content.filename, name, version)
     with st.sessions() as session:
         user = authenticate(request, session)
     temp, sha256, blake2, size = await _spool(content, st)
@@ -149,6 +151,22 @@ async def upload(request: Request) -> Response:
         return await run_in_threadpool(_record, st, user.id, info, content.filename, temp, sha256, size)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _check_form(form, filename: str, name: str, version: Version) -> None:
+    """twine sends the name and version beside the file; as PyPI, refuse an upload where they disagree
+    (the file's own metadata is checked against its name later, by ``inspect``)."""
+    stated = str(form.get("name") or "").strip()
+    if stated and canonicalize_name(stated) != name:
+        raise HTTPException(400, f"{filename}: the form names project {stated!r}, the file {name!r}")
+    stated = str(form.get("version") or "").strip()
+    if stated:
+        try:
+            said = Version(stated)
+        except InvalidVersion:
+            raise HTTPException(400, f"{filename}: the form's version {stated!r} does not follow PEP 440") from None
+        if said != version:
+            raise HTTPException(400, f"{filename}: the form says version {said}, the file {version}")
 
 
 async def _spool(content: UploadFile, st: State) -> tuple[Path, str, str, int]:

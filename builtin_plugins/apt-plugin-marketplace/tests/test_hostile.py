@@ -80,6 +80,22 @@ def test_a_hostile_upload_is_refused_and_nothing_is_kept(module_server, filename
     assert httpx.get(server.url + "simple/").text.count("<a ") == 0
 
 
+@pytest.mark.parametrize("fields, reason", [
+    ({"name": "apt-plugin-victim", "version": "1.0"},
+     "apt_plugin_evil-1.0-py3-none-any.whl: the form names project 'apt-plugin-victim', the file 'apt-plugin-evil'"),
+    ({"name": "Apt_Plugin.Evil", "version": "2.0"}, "the form says version 2.0, the file 1.0"),
+    ({"name": "apt-plugin-evil", "version": "one"}, "the form's version 'one' does not follow PEP 440"),
+], ids=["name", "version", "not-a-version"])
+def test_an_upload_whose_form_disagrees_with_its_file_is_refused(module_server, fields, reason):
+    # twine sends the name and version with the file, as PyPI's upload API expects; PyPI refuses a mismatch,
+    # and so must this index (before, the form's fields were ignored)
+    server = module_server
+    token = server.tokens.get("mallory") or server.user("mallory")
+    reply = upload(server, "apt_plugin_evil-1.0-py3-none-any.whl", raw_wheel(), token, **fields)
+    assert reply.status_code == 400 and reason in reply.json()["detail"], reply.text
+    assert stored(server) == [] and incoming_is_empty(server)
+
+
 def test_sdists_with_links_or_traversal_are_refused(server):
     token = server.user("mallory")
 

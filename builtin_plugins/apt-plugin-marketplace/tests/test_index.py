@@ -63,6 +63,7 @@ def test_pep_691_json_redirects_and_yanking(server, wheels):
 
     root = httpx.get(server.url + "simple/", headers={"Accept": JSON_V1})
     assert root.headers["content-type"].startswith(JSON_V1)
+    assert root.headers["vary"] == "Accept"  # one URL, two bodies: a cache must key on the Accept header
     assert root.json() == {"meta": {"api-version": "1.1"}, "projects": [{"name": "apt-plugin-hello"}]}
     moved = httpx.get(server.url + "simple/Apt_Plugin.Hello/")
     assert moved.status_code == 301 and moved.headers["location"] == "/simple/apt-plugin-hello/"
@@ -71,17 +72,41 @@ def test_pep_691_json_redirects_and_yanking(server, wheels):
     project = httpx.get(server.url + "simple/apt-plugin-hello/", headers={"Accept": pip_accept}).json()
     assert project["versions"] == ["1.0.0", "1.1.0"] and all(f["yanked"] is False for f in project["files"])
     assert httpx.get(server.url + "simple/", headers={"Accept": "image/png"}).status_code == 406
+    html = httpx.get(server.url + "simple/apt-plugin-hello/")
+    assert html.headers["vary"] == "Accept" and "data-yanked" not in html.text
 
-    yank = httpx.post(server.url + "api/plugins/apt-plugin-hello/yank", json={"version": "1.1.0", "reason": "broken"},
-                      headers={"Authorization": f"Bearer {token}"})
-    assert yank.status_code == 200, yank.text
-    files = httpx.get(server.url + "simple/apt-plugin-hello/", headers={"Accept": JSON_V1}).json()["files"]
-    assert {f["filename"].split("-")[1]: f["yanked"] for f in files} == {"1.0.0": False, "1.1.0": "broken"}
-    assert 'data-yanked="broken"' in httpx.get(server.url + "simple/apt-plugin-hello/").text
+    def yank(reason: str | None) -> None:
+        body = {"version": "1.1.0", **({"reason": reason} if reason is not None else {})}
+        done = httpx.post(server.url + "api/plugins/apt-plugin-hello/yank", json=body,
+                          headers={"Authorization": f"Bearer {token}"})
+        assert done.status_code == 200, done.text
+
+    def served() -> tuple[dict, str, dict, str]:
+        files = httpx.get(server.url + "simple/apt-plugin-hello/", headers={"Accept": JSON_V1}).json()["files"]
+        page = httpx.get(server.url + "simple/apt-plugin-hello/").text
+        links = {re.search(r"-(\d+\.\d+\.\d+)-", a)[1]: a for a in re.findall(r"<a [^>]*>", page)}
+        release = httpx.get(server.url + "api/plugins/apt-plugin-hello").json()["releases"][1]
+        return ({f["filename"].split("-")[1]: f["yanked"] for f in files}, links["1.1.0"], release,
+                httpx.get(server.url).text)
+
+    # a yank without a reason: PEP 691 says true and PEP 592's attribute is present but empty (pip reads an
+    # empty string as "not yanked", and would install it)
+    yank(None)
+    files, link, release, directory = served()
+    assert files == {"1.0.0": False, "1.1.0": True}
+    assert ' data-yanked=""' in link
+    assert release["yanked"] is True and release["yanked_reason"] == ""
+    assert '<span class="yanked" title="yanked"><s>1.1.0</s> yanked</span>' in directory
     # pip skips a yanked version unless it is pinned exactly (PEP 592)
     report = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(server.storage / "dl"),
                              "--index-url", server.url + "simple/", "apt-plugin-hello"], capture_output=True, text=True)
     assert report.returncode == 0 and "apt_plugin_hello-1.0.0" in report.stdout, report.stdout + report.stderr
+
+    yank("broken")  # a reason, given later
+    files, link, release, directory = served()
+    assert files == {"1.0.0": False, "1.1.0": "broken"} and ' data-yanked="broken"' in link
+    assert release["yanked"] is True and release["yanked_reason"] == "broken"
+    assert '<span class="yanked" title="yanked: broken"><s>1.1.0</s> yanked</span>' in directory
 
 
 def test_plugins_publish_uses_the_same_api_and_a_published_file_never_changes(server, wheels):
@@ -92,7 +117,11 @@ def test_plugins_publish_uses_the_same_api_and_a_published_file_never_changes(se
     assert first.returncode == 0 and "published apt-plugin-hello 2.0.0" in first.stdout, first.stderr
     again = kernel("plugins", "publish", str(wheel), env=env)
     assert again.returncode == 2 and "File already exists" in again.stderr
-    assert twine(server, token, wheel).returncode != 0  # twine sees the same refusal
+    # twine sees the same refusal, and says why: it prints the status line's phrase, not the body (without
+    # --verbose), so the reason is the phrase, as PyPI sends it
+    refused = twine(server, token, wheel)
+    said = " ".join((refused.stdout + refused.stderr).split())  # as rich wrapped it, unwrapped
+    assert refused.returncode != 0 and f"File already exists: {wheel.name}" in said, said
     missing = kernel("plugins", "publish", str(wheel.with_name("nothing-1.0-py3-none-any.whl")), env=env)
     assert missing.returncode == 2 and "no such file" in missing.stderr
 
