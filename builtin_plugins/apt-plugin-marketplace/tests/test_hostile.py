@@ -121,7 +121,11 @@ def test_sdists_with_links_or_traversal_are_refused(server):
 
 
 def test_tokens_hashes_and_ownership(server, tmp_path):
-    alice, bob = server.user("alice"), server.user("bob")
+    alice, bob, carol = server.user("alice"), server.user("bob"), server.user("carol")  # users 1, 2 and 3
+    # carol's project comes first, so alice's is project 2: an owner check that compared a user's id with the
+    # project's (rather than with its owner's) would let bob, user 2, in and keep alice out
+    assert upload(server, "apt_plugin_carols-1.0-py3-none-any.whl", raw_wheel("apt_plugin_carols"), carol) \
+        .status_code == 200
     wheel = raw_wheel("apt_plugin_mine")
     name = "apt_plugin_mine-1.0-py3-none-any.whl"
     assert upload(server, name, wheel, None).status_code == 401
@@ -131,26 +135,40 @@ def test_tokens_hashes_and_ownership(server, tmp_path):
     mismatch = upload(server, name, wheel, alice, sha256_digest="0" * 64)
     assert mismatch.status_code == 400 and "does not match the file" in mismatch.json()["detail"]
     assert upload(server, name, wheel, alice).status_code == 200
+    assert upload(server, "apt_plugin_mine-1.1-py3-none-any.whl", raw_wheel("apt_plugin_mine", "1.1"), alice) \
+        .status_code == 200  # the owner publishes to the project she made
+
+    def maintainers(token: str, user: str) -> httpx.Response:
+        return httpx.post(server.url + "api/plugins/apt-plugin-mine/maintainers", json={"user": user},
+                          headers={"Authorization": f"Bearer {token}"})
+
+    def yank(token: str) -> httpx.Response:
+        return httpx.post(server.url + "api/plugins/apt-plugin-mine/yank", json={"version": "1.0"},
+                          headers={"Authorization": f"Bearer {token}"})
 
     # bob cannot publish alice's plugin, under its own name or one that normalises to it (PEP 503)
-    for other in ("apt_plugin_mine-1.1-py3-none-any.whl", "Apt_Plugin.Mine-1.2-py3-none-any.whl"):
-        version = other.split("-")[1]
-        theirs = upload(server, other, raw_wheel(other.split("-")[0], version), bob)
+    for other in ("apt_plugin_mine-1.2-py3-none-any.whl", "Apt_Plugin.Mine-1.2-py3-none-any.whl"):
+        theirs = upload(server, other, raw_wheel(other.split("-")[0], "1.2"), bob)
         assert theirs.status_code == 403 and "belongs to alice" in theirs.json()["detail"], theirs.text
-    yank = httpx.post(server.url + "api/plugins/apt-plugin-mine/yank", json={"version": "1.0"},
-                      headers={"Authorization": f"Bearer {bob}"})
-    assert yank.status_code == 403
+    assert yank(bob).status_code == 403
+    assert maintainers(bob, "bob").status_code == 403  # nor make himself a maintainer
     # once alice adds bob as a maintainer he may
-    added = httpx.post(server.url + "api/plugins/apt-plugin-mine/maintainers", json={"user": "bob"},
-                       headers={"Authorization": f"Bearer {alice}"})
-    assert added.json()["maintainers"] == ["bob"]
+    added = maintainers(alice, "bob")
+    assert added.status_code == 200 and added.json()["maintainers"] == ["bob"], added.text
     renamed = raw_wheel("Apt_Plugin.Mine", "1.2")
     assert upload(server, "apt_plugin_mine-1.2-py3-none-any.whl", renamed, bob).status_code == 200
-    assert httpx.get(server.url + "api/search").json()[0]["versions"] == ["1.0", "1.2"]  # one project
+    assert httpx.get(server.url + "api/plugins/apt-plugin-mine").json()["versions"] == ["1.0", "1.1", "1.2"]
+    # and carol, who is neither owner nor maintainer, still may not: a project with maintainers is not open to all
+    carols = upload(server, "apt_plugin_mine-1.3-py3-none-any.whl", raw_wheel("apt_plugin_mine", "1.3"), carol)
+    assert carols.status_code == 403 and "belongs to alice" in carols.json()["detail"], carols.text
+    assert yank(carol).status_code == 403 and maintainers(carol, "carol").status_code == 403
+    assert maintainers(bob, "carol").status_code == 403  # a maintainer publishes; only the owner adds people
+    assert yank(bob).status_code == 200
 
     # only hashes are stored: no token text in the database file
     database = Path(server.db.removeprefix("sqlite:///")).read_bytes()
-    assert alice.split(".")[1].encode() not in database and bob.split(".")[1].encode() not in database
+    for token in (alice, bob, carol):
+        assert token.split(".")[1].encode() not in database
 
 
 def test_sql_injection_strings_in_search_are_only_text(server):
