@@ -1,5 +1,6 @@
 """Load and failure on loopback: 10 publishers of different plugins and 50 installers at once; the
-server killed in the middle of an upload never serves a partial file, and starts clean."""
+server killed in the middle of an upload never serves a partial file, and starts clean; two identical
+uploads at once record the file once."""
 
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
+from fastapi import HTTPException
+from sqlalchemy import event, func, select
 
+from apt_plugin_marketplace import index
 from apt_plugin_marketplace.client import PluginMarketplace
-from apt_plugin_marketplace.store import connect, create_token, create_user
+from apt_plugin_marketplace.distfile import inspect
+from apt_plugin_marketplace.server import create_app
+from apt_plugin_marketplace.store import File, connect, create_token, create_user
 from conftest import Server
 
 
@@ -95,3 +102,34 @@ def test_a_server_killed_mid_upload_never_serves_a_partial_file(tmp_path):
     served = httpx.get(server.url + f"files/{wheel.name}").content
     assert hashlib.sha256(served).hexdigest() == reply["sha256"] == hashlib.sha256(wheel.read_bytes()).hexdigest()
     server.stop()
+
+
+def test_two_uploads_of_one_file_at_once_record_it_once(tmp_path):
+    """Two identical uploads that both pass the application's check (no file of that name yet) before either
+    is recorded: the database's unique file name is what refuses the second (409), so no file is listed
+    twice. The race is made certain, not left to timing: the second upload is recorded whole just before
+    the first one commits."""
+    state = create_app(f"sqlite:///{tmp_path / 'market.db'}", tmp_path / "storage").state.market
+    with state.sessions() as session:
+        alice = create_user(session, "alice").id
+        session.commit()
+    wheel = small_wheel(tmp_path, "apt_plugin_race", "1.0.0")
+    digest, size = hashlib.sha256(wheel.read_bytes()).hexdigest(), wheel.stat().st_size
+
+    def record(filename: str):
+        """What the upload handler does once the file is received and checked."""
+        temp = state.incoming / f"{filename}.part"
+        temp.write_bytes(wheel.read_bytes())
+        return index._record(state, alice, inspect(temp, filename, state.max_unpacked), filename, temp, digest, size)
+
+    # the project and release exist (another file of 1.0.0), so only the file's own name can clash
+    record("apt_plugin_race-1.0.0-py2-none-any.whl")
+    racing = "apt_plugin_race-1.0.0-py3-none-any.whl"
+    second: list = []
+    event.listen(state.sessions, "before_commit", lambda session: second.append(record(racing)), once=True)
+    with pytest.raises(HTTPException) as refused:
+        record(racing)
+    assert second[0].status_code == 200
+    assert refused.value.status_code == 409 and "won the race" in refused.value.detail
+    with state.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(File).where(File.filename == racing)) == 1
