@@ -79,6 +79,51 @@ def test_a_save_that_dies_in_the_middle_of_a_file_leaves_the_previous_state_whol
     assert manager.read(tmp_path / "temp" / "apt_temp_step1.pt")["global_step"] == 1
 
 
+# Run in a child: a save that stops halfway through its checkpoint file (the partial file is on disk)
+# until the test, told so on stdout, answers on stdin.
+_PAUSE_WHILE_WRITING = """
+import sys
+import torch
+from apt_plugin_trainer import checkpoint
+
+original, paused = checkpoint._HashingFile.write, []
+
+def write_and_wait(self, data):
+    written = original(self, data)
+    if not paused:
+        paused.append(True)
+        self.fh.flush()
+        print("writing", flush=True)
+        sys.stdin.readline()
+    return written
+
+checkpoint._HashingFile.write = write_and_wait
+checkpoint.CheckpointManager(sys.argv[1]).save_checkpoint(torch.nn.Linear(4, 3), None, None, 0, 7, [1.0])
+print("saved", flush=True)
+"""
+
+
+def test_a_second_process_opening_the_folder_mid_save_leaves_the_save_alone(tmp_path):
+    """The original deleted every partial file when a manager opened the folder, so a second process
+    (a resume attempt, a monitoring script) killed the live run mid-save with FileNotFoundError."""
+    writer = subprocess.Popen([sys.executable, "-c", _PAUSE_WHILE_WRITING, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "writing\n", writer.stderr.read()
+        partial = [p.name for p in (tmp_path / "checkpoints").iterdir()]
+        assert partial == [f".apt_model_epoch0_step7.pt.{writer.pid}.tmp"]
+        other = CheckpointManager(tmp_path)
+        assert other.checkpoints() == []  # reading: a partial file is never chosen
+        other.save_checkpoint(torch.nn.Linear(4, 3), None, None, 0, 1, [2.0])  # writing: removes dead writers' only
+        assert (tmp_path / "checkpoints" / partial[0]).exists()
+    finally:
+        out, err = writer.communicate("go\n")
+    assert writer.returncode == 0 and out == "saved\n", err
+    manager = CheckpointManager(tmp_path)
+    assert [c["file"] for c in manager.checkpoints()] == ["apt_model_epoch0_step1.pt", "apt_model_epoch0_step7.pt"]
+    assert manager.load_checkpoint(torch.nn.Linear(4, 3), latest=True)[:2] == (0, 7)
+
+
 @pytest.fixture
 def syscalls(monkeypatch):
     """What a save asks of the OS, in order: each fsync (a file's with its size then, or a folder's) and
