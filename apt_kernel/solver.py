@@ -173,15 +173,17 @@ class _Search:
         return False
 
 
-def solve(catalog: Catalog, root: Mapping[str, str], max_attempts: int = 200_000) -> dict[str, Candidate]:
-    """Pick a version of each package in ``root`` (name -> range) and all they require."""
+def solve(catalog: Catalog, root: Mapping[str, str], max_attempts: int = 200_000,
+          root_name: str = ROOT) -> dict[str, Candidate]:
+    """Pick a version of each package in ``root`` (name -> range) and all they require; an explanation
+    starts from ``root_name`` ("pipeline needs ..."; an installer names its own request)."""
     search = _Search(catalog, max_attempts)
     for name, spec in root.items():
         req = Requirement(name, spec)
         if name not in catalog.versions:
-            raise ResolutionError(f"{ROOT} needs {req}, which is not installed → cannot run")
+            raise ResolutionError(f"{root_name} needs {req}, which is not installed → cannot run")
         if not search.require(req):
-            raise ResolutionError(explain(catalog, search.introduced, search.failure or [req]))
+            raise ResolutionError(explain(catalog, search.introduced, search.failure or [req], root_name))
     search.plan(root)
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 4 * len(catalog.versions) + 200))
@@ -190,11 +192,11 @@ def solve(catalog: Catalog, root: Mapping[str, str], max_attempts: int = 200_000
     finally:
         sys.setrecursionlimit(limit)
     if not found:
-        raise ResolutionError(explain(catalog, search.introduced, search.failure or []))
+        raise ResolutionError(explain(catalog, search.introduced, search.failure or [], root_name))
     return dict(search.chosen)
 
 
-def _chain(req: Requirement, introduced: Mapping[str, Requirement]) -> list[str]:
+def _chain(req: Requirement, introduced: Mapping[str, Requirement], root_name: str = ROOT) -> list[str]:
     steps: list[str] = []
     seen: set[str] = set()
     current: Requirement | None = req
@@ -203,7 +205,7 @@ def _chain(req: Requirement, introduced: Mapping[str, Requirement]) -> list[str]
         seen.add(current.parent.name)
         current = introduced.get(current.parent.name)
     if current is not None and current.parent is None:
-        steps.append(f"{ROOT} needs {current}")
+        steps.append(f"{root_name} needs {current}")
     return steps[::-1]
 
 
@@ -217,11 +219,11 @@ def _available(catalog: Catalog, name: str) -> str:
     return f"{where} {name}: {', '.join(versions)}"
 
 
-def explain(catalog: Catalog, introduced: Mapping[str, Requirement], causes: Iterable) -> str:
+def explain(catalog: Catalog, introduced: Mapping[str, Requirement], causes: Iterable, root_name: str = ROOT) -> str:
     lines: list[str] = []
     names: list[str] = []
     for req in causes:
-        for step in _chain(req, introduced):
+        for step in _chain(req, introduced, root_name):
             if step not in lines:
                 lines.append(step)
         if req.name not in names:

@@ -133,7 +133,7 @@ def compatible(name: str, request: Request, kernel_api: str = KERNEL_API_VERSION
             catalog.installed.add(pin)
         root = {wanted: "*", **{pin: f"=={version}" for pin, version in pins.items() if pin != wanted}}
         try:
-            chosen = solve(catalog, root)
+            chosen = solve(catalog, root, root_name="the request")
         except ResolutionError as exc:
             raise HTTPException(409, str(exc)) from None
         plan = {n: str(c.version) for n, c in chosen.items() if n in catalog.versions and n != "apt-kernel-api"}

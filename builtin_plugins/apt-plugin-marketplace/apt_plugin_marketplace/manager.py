@@ -17,6 +17,7 @@ from importlib.metadata import distributions
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
@@ -46,8 +47,11 @@ class PluginVersionManager:
         return {**{n: i.version for n, i in self.base().items()}, **self.managed()}
 
     # resolution --------------------------------------------------------------------------------------
-    def _catalog(self, names: set[str]) -> Catalog:
-        catalog = Catalog(KERNEL_API_VERSION)
+    def _catalog(self, names: set[str], admitted: set[tuple[str, Version]]) -> tuple[Catalog, dict[str, list[str]]]:
+        """The index's versions of ``names`` and all they may need, with the installed plugins held fixed;
+        a yanked version only where ``admitted`` (installed, or pinned exactly: PEP 592, as pip does). Also
+        the yanked versions left out: name -> ``["version: reason"]``."""
+        catalog, yanked = Catalog(KERNEL_API_VERSION), {}
         for name, info in self.base().items():
             manifest = info.manifest
             requires = {canonicalize_name(n): r for n, r in (manifest.requires if manifest else {}).items()}
@@ -60,13 +64,17 @@ class PluginVersionManager:
                 continue
             seen.add(name)
             for release in self.marketplace.get_plugin_info(name)["releases"]:
-                if release["yanked"] or not any(f["packagetype"] == "bdist_wheel" for f in release["files"]):
+                if not any(f["packagetype"] == "bdist_wheel" for f in release["files"]):
+                    continue
+                if release["yanked"] and (name, Version(release["version"])) not in admitted:
+                    reason = f": {release['yanked_reason']}" if release["yanked_reason"] else ""
+                    yanked.setdefault(name, []).append(f"{release['version']}{reason}")
                     continue
                 manifest = release["manifest"] or {}
                 requires = {canonicalize_name(n): r for n, r in manifest.get("requires", {}).items()}
                 catalog.add(name, release["version"], requires, manifest.get("kernel_api"))
                 todo.extend(requires)
-        return catalog
+        return catalog, yanked
 
     def resolve_version_conflicts(self, plugins: dict[str, str] | list[str]) -> dict[str, str]:
         """One version for each of ``plugins`` (``{name: range}`` or ``["name>=1", ...]``) and what they
@@ -79,7 +87,18 @@ class PluginVersionManager:
                                    "the marketplace; upgrade with pip, or `pip uninstall` first")
         root = {**{n: f"=={v}" for n, v in self.managed().items()},
                 **{n: f"=={i.version}" for n, i in base.items()}, **wanted}
-        chosen = solve(self._catalog(set(root) - set(base)), root)
+        admitted = {(n, Version(v)) for n, v in self.managed().items()}
+        admitted |= {(n, pin) for n, spec in wanted.items() if (pin := _exact(spec)) is not None}
+        catalog, yanked = self._catalog(set(root) - set(base), admitted)
+        try:
+            chosen = solve(catalog, root, root_name="the plugin set")
+        except ResolutionError as exc:  # a version the user may be looking for could be yanked: say so
+            said = [f"{n} {v}" for n, versions in yanked.items() if f"{n} " in str(exc) or f"{n}:" in str(exc)
+                    for v in versions]
+            if not said:
+                raise
+            raise ResolutionError(f"{exc} (yanked, so taken only when pinned exactly, ==VERSION: "
+                                  f"{'; '.join(said)})") from None
         return {n: str(c.version) for n, c in chosen.items() if n not in base and n != "apt-kernel-api"}
 
     # the original API --------------------------------------------------------------------------------
@@ -172,6 +191,20 @@ def _ranges(plugins: dict[str, str] | list[str]) -> dict[str, str]:
                                    "index, without a URL, extras or an environment marker")
         ranges[canonicalize_name(requirement.name)] = str(requirement.specifier) or "*"
     return ranges
+
+
+def _exact(spec: str) -> Version | None:
+    """The version ``spec`` pins exactly (``==1.2`` or ``===1.2``, no wildcard), else None."""
+    try:
+        parts = list(SpecifierSet(spec))
+    except InvalidSpecifier:
+        return None  # a kernel-style range (^1.2, ~1.2): never an exact pin
+    if len(parts) != 1 or parts[0].operator not in ("==", "===") or parts[0].version.endswith(".*"):
+        return None
+    try:
+        return Version(parts[0].version)
+    except InvalidVersion:
+        return None
 
 
 def _check_requirements(site: Path) -> None:

@@ -20,8 +20,11 @@ import apt_kernel
 import apt_plugin_marketplace
 import apt_sdk
 from apt_plugin_marketplace.client import PluginMarketplace
+from apt_plugin_marketplace.manager import PluginVersionManager
+from apt_plugin_marketplace.revisions import Revisions
+from apt_sdk.plugins import ResolutionError
 from apt_sdk.testing import fresh_venv
-from conftest import build
+from conftest import build, raw_upload_wheel
 
 KERNEL_SOURCE = Path(apt_kernel.__file__).parents[1]
 PROJECT = (KERNEL_SOURCE, Path(apt_sdk.__file__).parents[1], Path(apt_plugin_marketplace.__file__).parents[1])
@@ -152,6 +155,34 @@ def test_upgrading_the_kernel_keeps_the_plugins_and_names_the_incompatible(publi
     assert statuses["apt-plugin-hello"] == ("installed", None)
     assert statuses["apt-plugin-strict"] == ("incompatible", "needs kernel API ~1.0.0; this kernel's API is 1.1.0")
     assert env.history()[-1]["current"]
+
+
+def test_a_yanked_version_stays_satisfiable_once_installed_and_installable_pinned(module_server, tmp_path):
+    # resolution only: what `plugins install` decides before it downloads anything
+    client = PluginMarketplace(module_server.url, module_server.tokens.get("alice") or module_server.user("alice"))
+    for version in ("0.1.0", "0.2.0"):
+        raw_upload_wheel(client, "apt_plugin_greeter", version)
+    raw_upload_wheel(client, "apt_plugin_other", "1.0.0")
+    revisions = Revisions(tmp_path / "env", tmp_path / "site-packages")
+    manager = PluginVersionManager(client, revisions)
+    plan = manager.resolve_version_conflicts(["apt-plugin-greeter==0.2.0"])
+    assert plan == {"apt-plugin-greeter": "0.2.0"}
+    revisions.commit({n: {"version": v} for n, v in plan.items()}, "install apt-plugin-greeter==0.2.0", None, None)
+    client.yank_plugin("apt-plugin-greeter", "0.2.0", "greets twice")
+    # the installed, now yanked, version is kept: it blocked every later install ("pipeline needs
+    # apt-plugin-greeter ==0.2.0; available apt-plugin-greeter: 0.1.0")
+    assert manager.resolve_version_conflicts(["apt-plugin-other"]) == {"apt-plugin-greeter": "0.2.0",
+                                                                      "apt-plugin-other": "1.0.0"}
+    # where it is not installed, it is taken only when pinned exactly, as pip does (PEP 592)
+    fresh = PluginVersionManager(client, Revisions(tmp_path / "env2", tmp_path / "site-packages2"))
+    assert fresh.resolve_version_conflicts(["apt-plugin-greeter==0.2.0"]) == {"apt-plugin-greeter": "0.2.0"}
+    assert fresh.resolve_version_conflicts(["apt-plugin-greeter===0.2.0"]) == {"apt-plugin-greeter": "0.2.0"}
+    assert fresh.resolve_version_conflicts(["apt-plugin-greeter"]) == {"apt-plugin-greeter": "0.1.0"}
+    with pytest.raises(ResolutionError) as refused:
+        fresh.resolve_version_conflicts(["apt-plugin-greeter>=0.2"])
+    assert str(refused.value) == (
+        "the plugin set needs apt-plugin-greeter >=0.2; available apt-plugin-greeter: 0.1.0 → cannot run "
+        "(yanked, so taken only when pinned exactly, ==VERSION: apt-plugin-greeter 0.2.0: greets twice)")
 
 
 @pytest.mark.slow
