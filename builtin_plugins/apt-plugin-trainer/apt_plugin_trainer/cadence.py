@@ -100,6 +100,23 @@ def export(trainer: Trainer, result: dict) -> None:
         result["summary"].append(("model", f"{exported} ({which})"))
 
 
+def ended(trainer: Trainer) -> bool:
+    """Whether the end-of-run work of this step completed (``record_end``); a run killed during it, in its
+    export or a callback's on_fit_end (a test set's scoring, say), has not ended."""
+    return (trainer.manager.metadata().get("end_of_run") or {}).get("global_step") == trainer.global_step
+
+
+def record_end(trainer: Trainer, result: dict) -> None:
+    """metadata.json's ``end_of_run``: the step, and the result's numbers (the callbacks' too: a test accuracy)."""
+    if not trainer.is_main or not trainer.manager.metadata_path.exists():  # no checkpoint: nothing resumes it
+        return
+    numbers = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in result.items()
+               if isinstance(v, int | float | str) or v is None}
+    data = trainer.manager.metadata()
+    data["end_of_run"] = {"global_step": trainer.global_step, "result": numbers}
+    trainer.manager._write_metadata(data)
+
+
 def _best_from_checkpoint(trainer: Trainer) -> dict | None:
     manager = trainer.manager
     best = [c for c in manager.checkpoints() if c["is_best"] and c["global_step"] == trainer.best_step]

@@ -205,7 +205,12 @@ class Trainer:
         self.tokens = torch.zeros((), device=self.device)
         started = time.perf_counter()
         if resume and self._finished(start_epoch):
-            return self._nothing_to_do(started)
+            if cadence.ended(self):
+                return self._nothing_to_do(started)
+            self.log(f"the run finished training at step {self.global_step}, but its end-of-run work (model/, "
+                     "the callbacks' on_fit_end) did not complete: doing it now")
+            self._call("on_fit_start")
+            return self._end(started, self.resumed_from)
         previous_handlers = self._install_signal_handlers()
         self.throughput = Throughput()
         deadline = started + o["max_time_minutes"] * 60 if o["max_time_minutes"] else None
@@ -257,12 +262,18 @@ class Trainer:
             raise
         self.progress.close()
         self._restore_handlers(previous_handlers)
+        return self._end(started)
+
+    def _end(self, started: float, last_path: Path | None = None) -> dict:
+        """The end-of-run work: model/, the callbacks' on_fit_end, then its record in metadata.json (a run
+        killed before that record is finished by its next --resume, not retrained)."""
         flush(self)
         self.manager.clear_temp()
-        result = self._result(started)
-        if o["export"] is not False:
+        result = self._result(started, last_path)
+        if self.o["export"] is not False:
             cadence.export(self, result)
         self._call("on_fit_end", result)
+        cadence.record_end(self, result)
         self._close()
         return result
 
