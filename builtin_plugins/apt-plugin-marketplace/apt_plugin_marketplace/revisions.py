@@ -3,7 +3,8 @@ marketplace-installed plugins is one transaction that cannot be seen half done.
 
 Layout, under ``<environment>/apt-plugins``::
 
-    revisions/<N>/lock.json   the set of revision N: {name: {version, sha256, filename}}, why, when
+    revisions/<N>/lock.json   the set of revision N: {name: {version, sha256, filename}}, why, when, the
+                              revision current before it, and every file pip put in site/ with its sha256
     revisions/<N>/site/       those wheels, installed there by ``pip install --target``
     cache/                    downloaded wheels (checked against the index's sha256)
 
@@ -12,7 +13,8 @@ reads ``.pth`` files at start, so every new process sees exactly one revision. A
 new revision's folder beside the old one, checks it with the doctor, and switches by replacing that one
 file (``os.replace``, atomic): a ``kill -9`` at any moment leaves the old set or the new one, never a mix.
 A revision that never became current (an install cut off after its folder was complete) is shown by
-``history`` as not applied.
+``history`` as not applied: the revisions that were current are the chain of "previous" from the current
+one. ``rollback --to N`` reuses N's folder only if its files are still those N's lock records.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from apt_sdk import UserError
+
+from .sitefiles import damage, installed
 
 PTH = "apt-kernel-plugins.pth"
 
@@ -106,23 +110,41 @@ class Revisions:
         return [0, *sorted(int(p.name) for p in self.folder.iterdir() if p.name.isdigit()
                            and (p / "lock.json").exists())]
 
+    def applied(self) -> set[int]:
+        """The revisions that were current at some time: the current one and, through each one's record of
+        the revision current before it, all before it. One cut off before its switch is in no chain."""
+        number, seen = self.current_number(), {0}
+        while number not in seen:
+            seen.add(number)
+            previous = self.read(number).get("previous")
+            if previous is None:  # recorded before "previous" was: all below it, as was assumed then
+                seen.update(range(number))
+                break
+            number = previous
+        return seen
+
     def history(self) -> list[dict]:
-        current = self.current_number()
+        current, applied = self.current_number(), self.applied()
         rows = []
         for number in self.numbers():
             row = self.read(number)
             row["current"] = number == current
-            row["applied"] = number <= current  # a later one was cut off after its files were complete
+            row["applied"] = number in applied
             rows.append(row)
         return rows
 
-    def commit(self, plugins: dict[str, dict], action: str, site: Path | None, staging: Path | None) -> int:
+    def commit(self, plugins: dict[str, dict], action: str, site: Path | None, staging: Path | None,
+               files: dict[str, dict[str, str]] | None = None) -> int:
         """Record a new revision whose set is ``plugins`` and whose files are ``site`` (a folder already
-        complete, in ``staging`` or an earlier revision's), then make it current."""
+        complete, in ``staging`` or an earlier revision's, whose files are then ``files``), then make it
+        current."""
         number = max(self.numbers()) + 1
         target = self.folder / str(number)
+        if staging is not None and site is not None:
+            files = installed(site)
         record = {"revision": number, "action": action, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-                  "plugins": plugins, "site": str(site) if site else None}
+                  "plugins": plugins, "site": str(site) if site else None, "previous": self.current_number(),
+                  "files": files or {}}
         if staging is not None:
             _fsync_write(staging / "lock.json", json.dumps(record, indent=2))
             if site is not None and site.parent == staging:
@@ -136,12 +158,27 @@ class Revisions:
         return number
 
     def restore(self, number: int) -> int:
-        """A new revision equal to revision ``number``, its files reused: rollback is exact by construction."""
+        """A new revision equal to revision ``number``, its files reused once checked against its lock."""
         old = self.read(number)
         site = Path(old["site"]) if old["site"] else None
         if site is not None and not site.is_dir():
             raise TransactionError(f"revision {number}'s files ({site}) are gone; cannot restore it exactly")
-        return self.commit(old["plugins"], f"rollback to revision {number}", site, None)
+        if site is not None:
+            problems = damage(site, old["files"]) if "files" in old else self._unrecorded(old, site)
+            if problems:
+                raise TransactionError(
+                    f"revision {number}'s files in {site} are not those its lock records (removed or changed "
+                    f"since, e.g. by `pip uninstall`), so it cannot be restored exactly: {'; '.join(problems)}; "
+                    "nothing was changed; `apt-kernel plugins install NAME==VERSION` installs a plugin again")
+        return self.commit(old["plugins"], f"rollback to revision {number}", site, None, old.get("files"))
+
+    @staticmethod
+    def _unrecorded(old: dict, site: Path) -> list[str]:
+        """A lock written before files were recorded: the RECORDs still there, and its plugins being there."""
+        found = installed(site)
+        absent = [f"{name} {entry['version']}: not installed there" for name, entry in sorted(old["plugins"].items())
+                  if f"{name} {entry['version']}" not in found]
+        return absent + damage(site, found)
 
     def _point(self, number: int, site: str | None) -> None:
         self.site_packages.mkdir(parents=True, exist_ok=True)

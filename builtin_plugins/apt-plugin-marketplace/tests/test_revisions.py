@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -15,13 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import apt_kernel
 import apt_plugin_marketplace
 import apt_sdk
 from apt_plugin_marketplace.client import PluginMarketplace
+from apt_plugin_marketplace.client_cli import history
 from apt_plugin_marketplace.manager import PluginVersionManager
-from apt_plugin_marketplace.revisions import Revisions
+from apt_plugin_marketplace.revisions import Revisions, TransactionError, pip_install_target
 from apt_sdk.plugins import ResolutionError
 from apt_sdk.testing import fresh_venv
 from conftest import build, raw_upload_wheel
@@ -183,6 +186,69 @@ def test_a_yanked_version_stays_satisfiable_once_installed_and_installable_pinne
     assert str(refused.value) == (
         "the plugin set needs apt-plugin-greeter >=0.2; available apt-plugin-greeter: 0.1.0 → cannot run "
         "(yanked, so taken only when pinned exactly, ==VERSION: apt-plugin-greeter 0.2.0: greets twice)")
+
+
+def test_rollback_checks_the_revisions_files_against_its_lock(wheels, tmp_path):
+    # `pip uninstall` follows the .pth into the current revision's folder and empties it; a rollback to that
+    # revision said "revision 2: apt-plugin-hello 1.0.0" (exit 0) and the plugin was gone
+    python = fresh_venv(tmp_path / "venv")  # this environment's pip, and a prefix of its own
+    revisions = Revisions(tmp_path / "venv", next((tmp_path / "venv" / "lib").glob("python3*/site-packages")))
+    staging = revisions.staging()
+    (staging / "site").mkdir()
+    pip_install_target([wheels("apt-plugin-hello", "1.0.0")], staging / "site")
+    assert revisions.commit({"apt-plugin-hello": {"version": "1.0.0"}}, "install", staging / "site", staging) == 1
+    assert revisions.restore(1) == 2  # intact: restored
+    site = Path(revisions.current()["site"])
+    refused = f"revision 1's files in {site} are not those its lock records (removed or changed since, e.g. by " \
+              "`pip uninstall`), so it cannot be restored exactly: apt-plugin-hello 1.0.0: {}; nothing was " \
+              "changed; `apt-kernel plugins install NAME==VERSION` installs a plugin again"
+
+    plugin = site / "apt_plugin_hello" / "plugin.py"
+    code = plugin.read_text()
+    plugin.write_text(code + "# edited\n")
+    with pytest.raises(TransactionError) as changed:
+        revisions.restore(1)
+    assert str(changed.value) == refused.format("1 file changed (apt_plugin_hello/plugin.py)")
+    plugin.write_text(code)
+    assert revisions.restore(1) == 3
+
+    uninstall = subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "apt-plugin-hello"],
+                               capture_output=True, text=True)
+    assert uninstall.returncode == 0 and not plugin.exists(), uninstall.stdout + uninstall.stderr
+    with pytest.raises(TransactionError) as missing:
+        revisions.restore(1)
+    assert re.fullmatch(re.escape(refused).replace(r"\{\}", "(.*)"), str(missing.value))[1] == (
+        f"{len(revisions.read(1)['files']['apt-plugin-hello 1.0.0'])} files missing (apt_plugin_hello/__init__.py, "
+        f"apt_plugin_hello/apt-plugin.toml, apt_plugin_hello/plugin.py, apt_plugin_hello-1.0.0.dist-info/INSTALLER "
+        f"and {len(revisions.read(1)['files']['apt-plugin-hello 1.0.0']) - 4} more)")
+    # a revision recorded before its files were: the plugins of its lock must still be installed there
+    lock = revisions.folder / "1" / "lock.json"
+    lock.write_text(json.dumps({k: v for k, v in json.loads(lock.read_text()).items() if k != "files"}))
+    with pytest.raises(TransactionError) as legacy:
+        revisions.restore(1)
+    assert str(legacy.value) == refused.format("not installed there")
+    assert revisions.numbers() == [0, 1, 2, 3] and revisions.current_number() == 3
+
+
+def test_history_marks_a_cut_off_revision_after_later_ones(tmp_path, monkeypatch):
+    revisions = Revisions(tmp_path / "env", tmp_path / "site-packages")
+    assert revisions.commit({}, "install a", None, None) == 1
+
+    def killed(number: int, site: str | None) -> None:
+        raise KeyboardInterrupt  # a kill after the revision's folder was complete, before it became current
+
+    monkeypatch.setattr(revisions, "_point", killed)
+    with pytest.raises(KeyboardInterrupt):
+        revisions.commit({}, "install b", None, None)
+    monkeypatch.undo()
+    assert revisions.commit({}, "install c", None, None) == 3
+    assert revisions.restore(1) == 4
+    rows = [(r["revision"], r["applied"], r["current"]) for r in revisions.history()]
+    assert rows == [(0, True, False), (1, True, False), (2, False, False), (3, True, False), (4, True, True)]
+    monkeypatch.setattr("apt_plugin_marketplace.revisions.Revisions", lambda: revisions)
+    shown = CliRunner().invoke(history).output.splitlines()
+    assert [line[0] for line in shown] == [" ", " ", "!", " ", "*", "!"], shown
+    assert shown[2].startswith("!   2 ") and "install b" in shown[2]
 
 
 @pytest.mark.slow
