@@ -76,13 +76,23 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context):
         return _user_errors(super().invoke)(ctx)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_commands(ctx, formatter)
+        from .plugin_commands import declared  # read from manifests: no plugin is imported for --help
+
+        rows = declared(self.prefix, formatter.width)
+        if rows:
+            with formatter.section("Commands from plugins"):
+                formatter.write_dl(rows)
+
 
 class _PluginsCommands(_Commands):
     prefix = "plugins."
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]},
-             epilog="Plugins can add commands (e.g. `apt-kernel errors`): `apt-kernel plugins list` shows them.")
+             epilog="Plugins add commands: those installed are listed above (`apt-kernel plugins list` says which "
+                    "plugin adds each).")
 @click.version_option(__version__, message=f"apt-kernel %(version)s (kernel API {KERNEL_API_VERSION})")
 def main() -> None:
     """APT Kernel: train transformer models from pipeline.toml, built from plugins."""
@@ -90,7 +100,7 @@ def main() -> None:
 
 def _plan(pipeline, overrides, plugins_dirs, strict):
     from .pipeline import load_pipeline
-    from .runner import plan_pipeline
+    from .planning import plan_pipeline
 
     config, data, source = load_pipeline(pipeline, list(overrides))
     kernel = _kernel(plugins_dirs, strict)
@@ -212,8 +222,7 @@ def validate(pipeline, overrides, plugins_dirs, strict):
         click.echo(f"  [{table}] {kind} {spec.use!r} from {info.name} {info.version}")
 
 
-@main.group(cls=_PluginsCommands, epilog="Plugins can add subcommands here (the marketplace plugin adds search, "
-             "install, publish, rate, upgrade, rollback and history).")
+@main.group(cls=_PluginsCommands, epilog="Plugins add subcommands here: those installed are listed above.")
 def plugins() -> None:
     """Installed plugins: list, info, doctor."""
 
