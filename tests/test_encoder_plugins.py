@@ -5,14 +5,16 @@ kernel and the SDK adds the encoder and changes nothing else; `pip uninstall` ta
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
+import threading
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from apt_sdk import PipelineError, hookimpl
+from apt_sdk import PipelineError, UserError, hookimpl
 from apt_sdk.testing import IsolatedKernel
 from conftest import REPO, make_env
 
@@ -95,14 +97,138 @@ def test_a_pipeline_names_the_clip_and_whisper_encoders(run_pipeline):
 @pytest.mark.parametrize("override, message", [
     ("encoders.audio.max_seconds=0.03", r"\[encoders.audio\] max_seconds.*not a whole number of 20 ms"),
     ("encoders.image.size='huge'", r"\[encoders.image\] size.*'tiny', 'small' or 'base'"),
+    # what to run and what to set in the pipeline, not the Python API's "model_name_or_path=None"
     ("encoders.image.model_name_or_path='no/such-model'",
-     r"\[encoders.image\] model_name_or_path.*cannot load 'no/such-model'.*local folder"),
+     r"\[encoders.image\] model_name_or_path.*cannot load 'no/such-model': there is no folder by that name, and as "
+     r"a hub id .*\. Download it where there is a network \(hf download no/such-model --local-dir models/such-model\), "
+     r"bring that folder here and set model_name_or_path = \"models/such-model\"; or leave model_name_or_path out "
+     r"to train a new encoder of size = \"tiny\", \"small\" or \"base\"$"),
+    ("encoders.audio.model_name_or_path='no/such-whisper'",
+     r"\[encoders.audio\] model_name_or_path.*hf download no/such-whisper --local-dir models/such-whisper\)"),
     ("encoders.image.image_size=36", r"\[encoders.image\] image_size.*must divide by"),
     ("encoders.image.freeze_encoder='yes'", r"\[encoders.image\] freeze_encoder"),
 ])
 def test_bad_encoder_options_are_named(run_pipeline, override, message):
     with pytest.raises(PipelineError, match=message):
         run_pipeline(PIPELINE, overrides=[override], kernel=_kernel())
+
+
+class SilentProxy:
+    """A proxy that accepts connections and never answers (a hung corporate proxy); it counts the connections."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.connections.append(self.server.accept()[0])
+            except OSError:  # closed
+                return
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.getsockname()[1]}"
+
+    def close(self) -> None:
+        self.server.close()
+        for connection in self.connections:
+            connection.close()
+
+
+@pytest.fixture()
+def hub_behind(monkeypatch):
+    """The hub's client, made again through a proxy (or offline); the shared client is dropped after the test."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    proxy = SilentProxy()
+    for variable in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.setenv(variable, proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)  # the hub's own setting: how long one request waits
+    huggingface_hub.close_session()
+    yield proxy, constants
+    huggingface_hub.close_session()
+    proxy.close()
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_a_hub_id_without_a_hub_fails_after_one_request_or_none(hub_behind, monkeypatch, offline):
+    """Behind a proxy that never answers, a hub id hung for ten minutes (transformers' five retries of each file);
+    offline it took 23-31 s of retries. Now: one request within the hub's metadata timeout, or none offline."""
+    from apt_plugin_audio import AudioEncoder
+    from apt_plugin_vision import VisionEncoder
+
+    proxy, constants = hub_behind
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    for encoder, name in ((VisionEncoder, "apt-kernel-tests/no-clip"), (AudioEncoder, "apt-kernel-tests/no-whisper")):
+        before = len(proxy.connections)
+        with pytest.raises(UserError) as caught:
+            encoder(model_name_or_path=name)
+        reason = ("it is not in the Hugging Face cache and HF_HUB_OFFLINE is set" if offline else
+                  "the Hugging Face hub could not be reached within 1 s")
+        assert f"cannot load {name!r}" in str(caught.value) and reason in str(caught.value), caught.value
+        assert f"hf download {name} --local-dir DIR" in str(caught.value)
+        assert len(proxy.connections) - before == (0 if offline else 1), encoder
+
+
+def _bad_inputs(folder, monkeypatch) -> dict:
+    """Each row of docs/encoders.md's "Bad input" table: how to make that input, for which preprocessor."""
+    import io
+
+    import soundfile as sf
+
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), (9, 99, 199)).save(png, format="PNG")
+    (folder / "truncated.png").write_bytes(png.getvalue()[:len(png.getvalue()) // 2])
+    (folder / "notes.png").write_text("my notes, not a picture\n" * 20)
+    (folder / "big.png").write_bytes(png.getvalue())
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)))
+    sf.write(folder / "none.wav", np.zeros(0, np.float32), 16_000)
+    nan = np.zeros(800, np.float32)
+    nan[7] = np.nan
+    sf.write(folder / "nan.wav", nan, 8000, subtype="FLOAT")
+
+    def big():
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 - 1)
+        return folder / "big.png"
+
+    return {"a missing file": ("image", lambda: folder / "missing.png"),
+            "a corrupt or truncated image": ("image", lambda: folder / "truncated.png"),
+            "a file that is not an image": ("image", lambda: folder / "notes.png"),
+            "an image of zero width or height": ("image", lambda: Image.new("RGB", (0, 0))),
+            "more pixels than Pillow's limit": ("image", big),
+            "an empty audio file": ("audio", lambda: folder / "empty.wav"),
+            "a corrupt or non-audio file": ("audio", lambda: folder / "corrupt.wav"),
+            "a WAV with no samples, an empty array": ("audio", lambda: folder / "none.wav"),
+            "NaN or infinite samples": ("audio", lambda: folder / "nan.wav")}
+
+
+def test_the_bad_input_table_of_the_encoders_guide_says_the_real_messages(tmp_path, monkeypatch):
+    """The guide's table said `contains NaN or infinite samples` where a NaN file said librosa's "Audio buffer is
+    not finite everywhere"; every row is now made and its message compared with the table."""
+    import re
+
+    from apt_plugin_audio import AudioPreprocessor
+    from apt_plugin_vision import ImagePreprocessor
+
+    text = (REPO / "docs" / "encoders.md").read_text()
+    table = [line for line in text.split("## Bad input", 1)[1].split("\n## ")[0].splitlines() if line.startswith("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
+    inputs = _bad_inputs(tmp_path, monkeypatch)
+    preprocess = {"image": ImagePreprocessor.for_size(32), "audio": AudioPreprocessor.for_window(1.0)}
+    assert len(rows) == len(inputs)
+    for cell, ends in rows:
+        kind, make = next(value for key, value in inputs.items() if cell.startswith(key))
+        with pytest.raises(UserError) as caught:
+            preprocess[kind]([make()], where=["record 3"])
+        endings = [re.escape(e).replace(re.escape("(...)"), ".*") for e in re.findall(r"`([^`]+)`", ends)]
+        assert any(re.search(f"{e}$", str(caught.value)) for e in endings), (cell, str(caught.value))
 
 
 def _apt(python, *args: str, cwd) -> subprocess.CompletedProcess:

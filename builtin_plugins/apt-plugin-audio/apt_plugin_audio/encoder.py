@@ -30,6 +30,7 @@ from apt_sdk import UserError, check_known_keys
 
 from . import SAMPLING_RATE
 from .audio import AudioSource, describe, load_window
+from .hub import from_hub
 
 HOP = 160  # samples per mel frame (10 ms at 16 kHz); the encoder's second convolution halves the frames
 SIZES: dict[str, dict[str, int]] = {
@@ -233,27 +234,17 @@ def _load(name: str, frames: int) -> tuple[WhisperEncoder, WhisperFeatureExtract
     local = Path(name).expanduser()
     if local.exists() and not local.is_dir():
         raise UserError(f"model_name_or_path {name!r} is a file: pass the folder save_pretrained wrote")
-    source = str(local) if local.is_dir() else name
-    try:
-        with _quiet():
-            config = AutoConfig.from_pretrained(source)
-            if config.model_type != "whisper":
-                raise UserError(f"{name!r} holds a {config.model_type!r} model, not Whisper")
-            if "WhisperEncoder" in (config.architectures or []):
-                encoder, info = WhisperEncoder.from_pretrained(source, output_loading_info=True)
-                missing = info["missing_keys"]
-            else:  # a whole Whisper: load it through WhisperModel and keep the encoder
-                model, info = WhisperModel.from_pretrained(source, output_loading_info=True)
-                encoder = model.encoder
-                missing = [key for key in info["missing_keys"] if key.startswith("encoder.")]
-            extractor = _extractor(source, config.num_mel_bins)
-    except (OSError, ValueError) as exc:
-        if local.is_dir():
+    if local.is_dir():
+        try:
+            encoder, missing, extractor = _read(str(local), name, local_only=True)
+        except (OSError, ValueError) as exc:
             raise UserError(f"cannot load Whisper weights from folder {str(local)!r}: {exc}") from None
-        raise UserError(
-            f"cannot load {name!r}: there is no folder by that name here ({local.resolve()}), and as a hub id it could "
-            f"not be fetched ({str(exc).splitlines()[0]}). Pass a local folder written by save_pretrained, or build "
-            f"from a config: model_name_or_path=None with size='tiny'|'small'|'base' or config=...") from None
+    else:
+        encoder, missing, extractor = from_hub(name, lambda local_only: _read(name, name, local_only),
+                                               f"Download it where there is a network (hf download {name} "
+                                               f"--local-dir DIR) and pass model_name_or_path=DIR, or build from a "
+                                               f"config: model_name_or_path=None with size='tiny'|'small'|'base' or "
+                                               f"config=...")
     if missing:
         raise UserError(f"{name!r} lacks {len(missing)} weights of a Whisper encoder "
                         f"(e.g. {', '.join(sorted(missing)[:3])})")
@@ -269,9 +260,25 @@ def _load(name: str, frames: int) -> tuple[WhisperEncoder, WhisperFeatureExtract
     return encoder.eval(), extractor
 
 
-def _extractor(source: str, mel_bins: int) -> WhisperFeatureExtractor:
+def _read(source: str, name: str, local_only: bool) -> tuple[WhisperEncoder, list[str], WhisperFeatureExtractor]:
+    with _quiet():
+        config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+        if config.model_type != "whisper":
+            raise UserError(f"{name!r} holds a {config.model_type!r} model, not Whisper")
+        if "WhisperEncoder" in (config.architectures or []):
+            encoder, info = WhisperEncoder.from_pretrained(source, output_loading_info=True,
+                                                           local_files_only=local_only)
+            missing = info["missing_keys"]
+        else:  # a whole Whisper: load it through WhisperModel and keep the encoder
+            model, info = WhisperModel.from_pretrained(source, output_loading_info=True, local_files_only=local_only)
+            encoder = model.encoder
+            missing = [key for key in info["missing_keys"] if key.startswith("encoder.")]
+        return encoder, missing, _extractor(source, config.num_mel_bins, local_only)
+
+
+def _extractor(source: str, mel_bins: int, local_only: bool) -> WhisperFeatureExtractor:
     try:
-        return WhisperFeatureExtractor.from_pretrained(source)
+        return WhisperFeatureExtractor.from_pretrained(source, local_files_only=local_only)
     except OSError:
         # weights without preprocessor_config.json: Whisper's standard features at the model's mel count
         return WhisperFeatureExtractor(feature_size=mel_bins)

@@ -90,7 +90,7 @@ def test_presets_configs_and_bad_arguments(tmp_path):
                             (dict(model_name_or_path="x", config={}), "not both")]:
         with pytest.raises(UserError, match=message):
             AudioEncoder(**kwargs)
-    with pytest.raises(UserError, match="no folder by that name.*local folder.*size='tiny'"):
+    with pytest.raises(UserError, match="no folder by that name.*hf download openai/whisper-base.*size='tiny'"):
         AudioEncoder(model_name_or_path="openai/whisper-base")
 
 

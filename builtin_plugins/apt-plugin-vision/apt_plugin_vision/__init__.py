@@ -7,10 +7,14 @@ __all__ = ["ImagePreprocessor", "VisionEncoder", "load_image", "to_rgb"]
 
 def __getattr__(name: str):
     # torch and transformers are imported when the encoder is used, not when the plugin is discovered
-    if name in ("VisionEncoder", "ImagePreprocessor"):
-        from . import encoder
+    if name == "VisionEncoder":
+        from .encoder import VisionEncoder
 
-        return getattr(encoder, name)
+        return VisionEncoder
+    if name == "ImagePreprocessor":
+        from .preprocess import ImagePreprocessor
+
+        return ImagePreprocessor
     if name in ("load_image", "to_rgb"):
         from . import images
 

@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import nn
 from transformers import AutoConfig, CLIPConfig, CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
 from transformers.utils import logging as hf_logging
 
 from apt_sdk import UserError, check_known_keys
 
-from .images import ImageSource, load_image
+from .hub import from_hub
+from .images import ImageSource
+from .preprocess import ImagePreprocessor
 from .stem import STEMS, ConvStem
 
 SIZES: dict[str, dict[str, int]] = {
@@ -37,33 +38,6 @@ SIZES: dict[str, dict[str, int]] = {
                  image_size=224, patch_size=32, projection_dim=512),
 }
 MODEL_TYPES = ("clip",)
-
-
-class ImagePreprocessor:
-    """Images (PIL, paths or bytes; any mode, any size) to CLIP pixel values ``[B, 3, S, S]``.
-
-    Picklable and free of the network, so it can be a DataLoader worker's collate function.
-    """
-
-    def __init__(self, processor: CLIPImageProcessorPil):
-        self.processor = processor
-        self.image_size = int(processor.crop_size["height"])
-
-    @classmethod
-    def for_size(cls, image_size: int) -> ImagePreprocessor:
-        """CLIP's standard preprocessing to ``image_size`` pixels square (what a from-config encoder uses)."""
-        return cls(CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                                         crop_size={"height": image_size, "width": image_size}))
-
-    def __call__(self, images: Sequence[ImageSource], where: Sequence[str | None] | None = None) -> torch.Tensor:
-        if isinstance(images, Image.Image | str | bytes | Path):
-            raise UserError(f"expected a list of images, got one {type(images).__name__}: wrap it in a list")
-        if not len(images):
-            raise UserError("no images to encode (an empty list)")
-        labels = list(where) if where is not None else [None] * len(images)
-        rgb = [load_image(image, label or (None if not isinstance(image, Image.Image) else f"image {i} of the batch"))
-               for i, (image, label) in enumerate(zip(images, labels, strict=True))]
-        return self.processor(images=rgb, return_tensors="pt")["pixel_values"]
 
 
 class VisionEncoder(nn.Module):
@@ -168,9 +142,8 @@ class VisionEncoder(nn.Module):
         self.preprocessor.processor.save_pretrained(path)
 
     def _pixels(self, images: Sequence[ImageSource] | torch.Tensor) -> torch.Tensor:
-        pixels = images if isinstance(images, torch.Tensor) else self.preprocess(images)
-        if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise UserError(f"pixel values must be [batch, 3, height, width], got {list(pixels.shape)}")
+        # a uint8 tensor is pixels, 0-255: it was fed to the tower as they are, without CLIP's normalisation
+        pixels = self.preprocessor.pixels(images) if isinstance(images, torch.Tensor) else self.preprocess(images)
         weight = self.model.vision_model.embeddings.patch_embedding.weight
         return pixels.to(device=weight.device, dtype=weight.dtype, non_blocking=True)
 
@@ -244,35 +217,40 @@ def _load(name: str) -> tuple[CLIPVisionModelWithProjection, CLIPImageProcessorP
     local = Path(name).expanduser()
     if local.exists() and not local.is_dir():
         raise UserError(f"model_name_or_path {name!r} is a file: pass the folder save_pretrained wrote")
-    source = str(local) if local.is_dir() else name
-    try:
-        with _quiet():
-            config = AutoConfig.from_pretrained(source)
-            if config.model_type not in ("clip", "clip_vision_model"):
-                raise UserError(f"{name!r} holds a {config.model_type!r} model, not CLIP")
-            vision = _vision_part(config) if isinstance(config, CLIPConfig) else config
-            stem = getattr(vision, "stem", "patches")
-            if stem not in STEMS:
-                raise UserError(f"{name!r} has stem {stem!r}, not one of {', '.join(STEMS)}")
-            if stem == "conv":  # a layout transformers does not know: build it, then load the saved tensors
-                model = _tower(vision)
-                info = _load_tensors(model, local)
-            else:
-                model, info = CLIPVisionModelWithProjection.from_pretrained(source, config=vision,
-                                                                            output_loading_info=True)
-            processor = _processor(source, vision.image_size)
-    except (OSError, ValueError) as exc:
-        if local.is_dir():
+    if local.is_dir():
+        try:
+            model, info, processor = _read(str(local), name, local, local_only=True)
+        except (OSError, ValueError) as exc:
             raise UserError(f"cannot load CLIP weights from folder {str(local)!r}: {exc}") from None
-        raise UserError(
-            f"cannot load {name!r}: there is no folder by that name here ({local.resolve()}), and as a hub id it could "
-            f"not be fetched ({str(exc).splitlines()[0]}). Pass a local folder written by save_pretrained, or build "
-            f"from a config: model_name_or_path=None with size='tiny'|'small'|'base' or config=...") from None
+    else:
+        model, info, processor = from_hub(name, lambda local_only: _read(name, name, local, local_only),
+                                          f"Download it where there is a network (hf download {name} --local-dir "
+                                          f"DIR) and pass model_name_or_path=DIR, or build from a config: "
+                                          f"model_name_or_path=None with size='tiny'|'small'|'base' or config=...")
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
         raise UserError(f"{name!r} lacks {len(missing)} weights of a CLIP image tower with projection "
                         f"(e.g. {', '.join(missing[:3])}): save a CLIPModel or CLIPVisionModelWithProjection")
     return model.eval(), processor
+
+
+def _read(source: str, name: str, local: Path, local_only: bool
+          ) -> tuple[CLIPVisionModelWithProjection, dict, CLIPImageProcessorPil]:
+    with _quiet():
+        config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+        if config.model_type not in ("clip", "clip_vision_model"):
+            raise UserError(f"{name!r} holds a {config.model_type!r} model, not CLIP")
+        vision = _vision_part(config) if isinstance(config, CLIPConfig) else config
+        stem = getattr(vision, "stem", "patches")
+        if stem not in STEMS:
+            raise UserError(f"{name!r} has stem {stem!r}, not one of {', '.join(STEMS)}")
+        if stem == "conv":  # a layout transformers does not know: build it, then load the saved tensors
+            model = _tower(vision)
+            info = _load_tensors(model, local)
+        else:
+            model, info = CLIPVisionModelWithProjection.from_pretrained(source, config=vision, output_loading_info=True,
+                                                                        local_files_only=local_only)
+        return model, info, _processor(source, vision.image_size, local_only)
 
 
 def _load_tensors(model: CLIPVisionModelWithProjection, folder: Path) -> dict[str, list[str]]:
@@ -290,9 +268,9 @@ def _load_tensors(model: CLIPVisionModelWithProjection, folder: Path) -> dict[st
     return {"missing_keys": list(missing)}
 
 
-def _processor(source: str, image_size: int) -> CLIPImageProcessorPil:
+def _processor(source: str, image_size: int, local_only: bool) -> CLIPImageProcessorPil:
     try:
-        return CLIPImageProcessorPil.from_pretrained(source)
+        return CLIPImageProcessorPil.from_pretrained(source, local_files_only=local_only)
     except OSError:
         # a folder with weights but no preprocessor_config.json: CLIP's standard preprocessing at the model's size
         return ImagePreprocessor.for_size(image_size).processor

@@ -97,7 +97,8 @@ def test_bad_arguments_are_named(kwargs, message):
 def test_weight_sources_offline_and_wrong_folders(tmp_path):
     with pytest.raises(UserError) as caught:
         VisionEncoder(model_name_or_path="openai/clip-vit-base-patch32")
-    assert "no folder by that name" in str(caught.value) and "local folder" in str(caught.value)
+    assert "no folder by that name" in str(caught.value) and "hf download openai/clip-vit-base-patch32" in str(
+        caught.value)
     assert "size='tiny'|'small'|'base' or config" in str(caught.value)
 
     (tmp_path / "weights.bin").write_bytes(b"x")
@@ -165,9 +166,62 @@ def test_bad_images_are_named_with_their_record(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 - 1)
     (tmp_path / "bomb.png").write_bytes(good)
     (tmp_path / "bigger-bomb.png").write_bytes(_png(images(1, size=(128, 128))[0]))
-    for name in ("bomb.png", "bigger-bomb.png"):
-        with pytest.raises(UserError, match=f"{name}.*decompression bomb"):
+    for name, pixels in (("bomb.png", "4,096 pixels"), ("bigger-bomb.png", "16,384 pixels")):
+        with pytest.raises(UserError, match=f"{name}': {pixels} .* is more than Pillow's limit of 4,095 .*"
+                                            f"MAX_IMAGE_PIXELS, its guard against decompression bombs\\): scale the "
+                                            f"image down$"):
             preprocess([str(tmp_path / name)])
+
+
+def test_sixteen_bit_levels_are_scaled_by_the_format_not_by_the_brightest_pixel():
+    """Level 200 of a 16-bit image became grey 200 in a dark image and grey 1 in one with a bright pixel."""
+    dark = np.full((4, 4), 200, dtype=np.uint16)
+    bright = dark.copy()
+    bright[0, 0] = 65535
+    for values in (dark, bright):
+        for image in (Image.fromarray(values), Image.fromarray(values.astype(np.int32))):  # I;16 and I
+            assert image.mode in ("I;16", "I")
+            rgb = load_image(image)
+            assert rgb.getpixel((2, 2)) == (1, 1, 1), (image.mode, values.max())
+    assert load_image(Image.fromarray(bright)).getpixel((0, 0)) == (255, 255, 255)
+    assert load_image(Image.fromarray(np.full((2, 2), 100.4, np.float32))).getpixel((0, 0)) == (100, 100, 100)
+
+
+def test_a_uint8_pixel_tensor_is_taken_as_pixels_and_normalised():
+    """A uint8 tensor went into the tower as it was: values 0-255 where CLIP expects about -2..2."""
+    encoder = VisionEncoder(size="tiny")
+    batch = images(2, size=(40, 40))
+    pixels = torch.from_numpy(np.stack([np.asarray(image) for image in batch])).permute(0, 3, 1, 2)
+    assert pixels.dtype == torch.uint8
+    torch.testing.assert_close(encoder(pixels), encoder.encode_batch(batch), atol=0, rtol=0)
+    with pytest.raises(UserError, match="dtype int64: give uint8 pixels"):
+        encoder(pixels.long())
+
+
+def _smooth(size: tuple[int, int]) -> Image.Image:
+    y, x = np.mgrid[0:size[1], 0:size[0]]
+    red, green = 255 * x / size[0], 255 * (0.5 + 0.5 * np.sin(y / size[1] * 6))
+    return Image.fromarray(np.stack([red, green, 255 - red], -1).round().astype(np.uint8))
+
+
+def test_a_large_file_is_decoded_at_about_twice_the_size_it_is_resized_to(tmp_path):
+    """A 9400x9400 PNG was carried at full size through every conversion (1.6 GB) for a 64-pixel model."""
+    preprocessor = ImagePreprocessor.for_size(32)
+    _smooth((640, 480)).save(tmp_path / "large.png")
+    _smooth((800, 600)).save(tmp_path / "large.jpg", quality=95)
+    _smooth((60, 50)).save(tmp_path / "small.png")
+    assert load_image(tmp_path / "large.png", size=32).size == (92, 69)  # reduced by 7: short side >= 64
+    assert load_image(tmp_path / "large.jpg", size=32).size == (100, 75)  # the JPEG decoder's 1/8 scale
+    assert load_image(tmp_path / "small.png", size=32).size == (60, 50)  # under 4x: as it is
+
+    def whole(name: str) -> torch.Tensor:  # decoded in full and resized once, as before
+        with Image.open(tmp_path / name) as image:
+            return preprocessor.processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"]
+
+    assert torch.equal(preprocessor([tmp_path / "small.png"]), whole("small.png"))
+    for name in ("large.png", "large.jpg"):
+        levels = (preprocessor([tmp_path / name]) - whole(name)).abs() / 0.0145  # one grey level, normalised
+        assert levels.mean() < 2 and levels.max() < 7, (name, levels.mean(), levels.max())
 
 
 def _head_step(encoder: VisionEncoder, batch: list[Image.Image]) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
