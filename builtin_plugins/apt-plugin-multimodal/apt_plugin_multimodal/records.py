@@ -4,6 +4,7 @@ manifest, its line."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import mimetypes
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any
 from apt_sdk import UserError
 
 FIELDS = ("text", "prompt", "image_path", "audio_path")
+GROUPS = ("kind", "question")  # kept as metadata, and multimodal-accuracy counts each one's answers apart
 
 
 @dataclass
@@ -37,10 +39,16 @@ def read_records(source: str | Path | list[dict] | list[Record], root: str | Pat
             raise UserError(f"manifest {str(path)!r}: no such file")
         base = Path(root) if root is not None else path.parent
         records = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # a byte-order mark, as Windows editors save UTF-8
+        for number, encoded in enumerate(raw.splitlines(), start=1):
+            where = f"line {number} of {path.name}"
+            try:
+                line = encoded.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{path}: {where}: not UTF-8 (byte 0x{encoded[exc.start]:02x} at column "
+                                f"{exc.start + 1}); save the manifest as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"line {number} of {path.name}"
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -71,6 +79,10 @@ def _record(data: Any, where: str, base: Path) -> Record:
             raise UserError(f"{where}: {key!r} must be a non-empty string path, got {value!r}")
         paths[key] = None if value is None else (base / value)
     extra = {k: v for k, v in data.items() if k not in FIELDS}
+    for key in GROUPS:
+        if extra.get(key) is not None and not isinstance(extra[key], str):
+            raise UserError(f"{where}: {key!r} must be a string (a name to count the accuracy under), got "
+                            f"{type(extra[key]).__name__}")
     for key, value in extra.items():
         # other fields are kept as metadata, so a record whose picture sits under "image" would silently
         # train as text only; a media file under another name, with no path field of its kind, is refused

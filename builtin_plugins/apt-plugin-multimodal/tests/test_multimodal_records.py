@@ -43,3 +43,28 @@ def test_a_bad_manifest_line_is_named(tmp_path):
         read_records(manifest)
     with pytest.raises(UserError, match="manifest '.*nowhere.jsonl': no such file"):
         read_records(tmp_path / "nowhere.jsonl")
+
+
+def test_a_manifest_with_a_byte_order_mark_is_read(tmp_path):
+    """Windows editors save UTF-8 with a BOM; its first line was refused as not JSON."""
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_bytes('{"text": "drei", "prompt": "wie viele? "}\n{"text": "vier"}\n'.encode("utf-8-sig"))
+    assert [(r.text, r.prompt) for r in read_records(manifest)] == [("drei", "wie viele? "), ("vier", "")]
+
+
+def test_a_manifest_that_is_not_utf8_is_named_by_its_line(tmp_path):
+    """A Latin-1 manifest was a UnicodeDecodeError traceback naming neither the file nor the line."""
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_bytes('{"text": "un"}\n{"text": "caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(UserError, match=r"train.jsonl: line 2 of train.jsonl: not UTF-8 \(byte 0xe9 at column 14\); "
+                                        r"save the manifest as UTF-8"):
+        read_records(manifest)
+
+
+@pytest.mark.parametrize("field", ["kind", "question"])
+def test_a_kind_or_question_that_is_not_a_string_is_named(field):
+    """The accuracy is counted per kind and question: a list there was an 'unhashable type' traceback after training."""
+    with pytest.raises(UserError, match=f"record 1: {field!r} must be a string \\(a name to count the accuracy "
+                                        f"under\\), got list"):
+        read_records([{"text": "a"}, {"text": "b", field: ["relational"]}])
+    assert read_records([{"text": "a", field: "relational"}])[0].extra == {field: "relational"}
