@@ -29,17 +29,23 @@ def multimodal() -> None:
               help="sort-of-clevr: training images (36 questions each: 6 colours x 6).")
 @click.option("--test-images", type=click.IntRange(min=1), default=500, show_default=True,
               help="sort-of-clevr: test images, from the next generator seed.")
-@click.option("--seed", type=int, default=0, show_default=True, help="sort-of-clevr: the training images' seed.")
-def prepare(task: str, out: str, source: str | None, train_images: int, test_images: int, seed: int) -> None:
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="sort-of-clevr: the training images' seed.")
+@click.option("--overwrite", is_flag=True, help="Write into an --out that holds files this command did not write.")
+def prepare(task: str, out: str, source: str | None, train_images: int, test_images: int, seed: int,
+            overwrite: bool) -> None:
     """Write TASK's standard train/test split as JSONL manifests in OUT."""
     from . import prepare as tasks
 
     folder = Path(out)
     try:
+        if task == "fsdd" and source is None:
+            raise UserError("fsdd needs --source, the folder of the FSDD recordings (e.g. "
+                            "free-spoken-digit-dataset/recordings)")
         if task == "fsdd":
-            if source is None:
-                raise UserError("fsdd needs --source, the folder of the FSDD recordings (e.g. "
-                                "free-spoken-digit-dataset/recordings)")
+            tasks.recordings(Path(source))  # before anything is written
+        tasks.claim(folder, task, overwrite)
+        if task == "fsdd":
             counts = tasks.fsdd(Path(source), folder)
         elif task == "digits":
             counts = tasks.digits(folder)

@@ -7,7 +7,11 @@
 - ``sort-of-clevr``: generated images, VQA records (train, and test from another seed) and caption
   records (``captions-train``/``captions-test``).
 
-Media paths in a manifest are relative to it, so a prepared folder can be moved.
+Media paths in a manifest are relative to it, so a prepared folder can be moved (FSDD's, with the recordings
+beside it as they were: its paths lead to the source folder as the command was given it, symlinks unresolved).
+
+A folder that holds files this command did not write is refused (``claim``), unless told to overwrite: a
+user's own ``train.jsonl`` there was silently replaced. What it wrote it records in ``MARKER``.
 """
 
 from __future__ import annotations
@@ -29,23 +33,47 @@ DIGIT_PROMPT = "what digit is this? "
 SPOKEN_PROMPT = "which digit? "
 
 
+MARKER = ".apt-multimodal-prepare"  # in a folder this command wrote: the task that wrote it
+
+
+def claim(out: Path, task: str, overwrite: bool) -> None:
+    """Refuse ``out`` if it holds files this command did not write, unless ``overwrite``; then mark it as ours."""
+    if out.is_dir() and not (out / MARKER).is_file() and not overwrite:
+        theirs = sorted(p.name for p in out.iterdir())
+        if theirs:
+            shown = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
+            raise UserError(f"--out {out} holds files this command did not write ({shown}): choose an empty or new "
+                            f"folder, or pass --overwrite to write the {task} manifests into it (files of the same "
+                            f"names are replaced, the others kept)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(json.dumps({"task": task}) + "\n", encoding="utf-8")
+
+
 def write_manifest(path: Path, records: list[dict]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return len(records)
 
 
-def fsdd(source: Path, out: Path) -> dict[str, int]:
-    """``{index 0-4: test, 5-49: train}`` of ``{digit}_{speaker}_{index}.wav`` files in ``source``."""
+def recordings(source: Path) -> list[Path]:
+    """The FSDD recordings (``{digit}_{speaker}_{index}.wav``) in ``source``; none is an error."""
     files = sorted(p for p in Path(source).glob("*.wav") if FSDD_NAME.match(p.name))
     if not files:
         raise UserError(f"{source}: no FSDD recordings ({{digit}}_{{speaker}}_{{index}}.wav) found")
+    return files
+
+
+def fsdd(source: Path, out: Path) -> dict[str, int]:
+    """``{index 0-4: test, 5-49: train}`` of ``{digit}_{speaker}_{index}.wav`` files in ``source``."""
+    files = recordings(source)
     splits: dict[str, list[dict]] = {"train": [], "test": []}
     for path in files:
         digit, speaker, index = FSDD_NAME.match(path.name).groups()
         split = "test" if int(index) < 5 else "train"
+        # relative to the manifest, through the folders as given: a symlinked source stays where the user put it,
+        # so the project moved as a whole (recordings, or the link to them, beside the data) still finds them
         splits[split].append({"prompt": SPOKEN_PROMPT, "text": WORDS[int(digit)], "speaker": speaker,
-                              "audio_path": os.path.relpath(path.resolve(), out.resolve())})
+                              "audio_path": os.path.relpath(os.path.abspath(path), os.path.abspath(out))})
     return {split: write_manifest(out / f"{split}.jsonl", records) for split, records in splits.items()}
 
 

@@ -96,6 +96,54 @@ def test_prepare_writes_the_standard_splits(tmp_path):
         open(tmp_path / "clevr" / test[0]["image_path"], "rb").read()  # another seed, another image
 
 
+def test_prepare_leaves_a_folder_it_did_not_write_alone_unless_told(tmp_path):
+    """--out DIR silently replaced the user's own DIR/train.jsonl."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "train.jsonl").write_text('{"text": "my own"}\n')
+    args = ["prepare", "sort-of-clevr", "--out", str(out), "--train-images", "1", "--test-images", "1"]
+    refused = CliRunner().invoke(multimodal, args)
+    assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
+    assert f"--out {out} holds files this command did not write (train.jsonl): choose an empty or new folder, or " \
+           "pass --overwrite" in " ".join(refused.output.split()), refused.output
+    assert (out / "train.jsonl").read_text() == '{"text": "my own"}\n' and sorted(os.listdir(out)) == ["train.jsonl"]
+    prepare(*args[1:], "--overwrite")
+    assert len(records(out / "train.jsonl")) == 36
+    prepare(*args[1:])  # a folder it wrote itself is written again without asking
+    prepare("sort-of-clevr", "--out", str(tmp_path / "new" / "folder"), "--train-images", "1", "--test-images", "1")
+
+
+def test_a_negative_seed_is_refused_by_its_option(tmp_path):
+    result = CliRunner().invoke(multimodal, ["prepare", "sort-of-clevr", "--out", str(tmp_path / "x"), "--seed", "-1"])
+    assert result.exit_code == 2 and "Traceback" not in result.output and result.exception is not None
+    assert "--seed" in result.output and "-1 is not in the range x>=0" in result.output, result.output
+
+
+def test_fsdd_manifests_still_work_when_their_folder_is_moved(tmp_path):
+    """Paths were made from the resolved source: a symlinked recordings folder led outside the project, and moving
+    the project broke every record. Now they are relative to the manifest, symlinks kept as they are."""
+    store = tmp_path / "store" / "recordings"  # where the files really are
+    store.mkdir(parents=True)
+    for name in ("3_alice_0.wav", "7_bob_9.wav"):
+        sf.write(store / name, 0.1 * np.ones(800, np.float32), 8000)
+    project = tmp_path / "a" / "project"
+    project.mkdir(parents=True)
+    (project / "recordings").symlink_to(store)
+    prepare("fsdd", "--source", str(project / "recordings"), "--out", str(project / "data" / "fsdd"))
+    train = records(project / "data" / "fsdd" / "train.jsonl")
+    assert train[0]["audio_path"] == os.path.join("..", "..", "recordings", "7_bob_9.wav")
+    moved = tmp_path / "b" / "c" / "project"  # another depth: a path climbing out of the project would miss
+    moved.parent.mkdir(parents=True)
+    (project).rename(moved)
+    tokenizer = CharTokenizer.train(["which digit? seven", "three"])
+    from apt_plugin_audio import AudioPreprocessor
+
+    for split in ("train", "test"):
+        data = MultimodalDataset(moved / "data" / "fsdd" / f"{split}.jsonl", tokenizer,
+                                 audio_processor=AudioPreprocessor.for_window(1.0))
+        assert len(data) == 1 and data[0]["audio"][1].any()
+
+
 @pytest.mark.skipif(not FSDD.is_dir(), reason="needs the FSDD recordings in ../shared/data")
 def test_fsdd_split_is_index_0_to_4_for_test(tmp_path):
     prepare("fsdd", "--source", str(FSDD), "--out", str(tmp_path))
