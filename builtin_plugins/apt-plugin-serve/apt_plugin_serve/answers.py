@@ -1,0 +1,130 @@
+"""From the engine's events to HTTP answers: whole answers, and server-sent events.
+
+A ``Submission`` is the engine requests of one HTTP request (``n`` choices of each prompt); the engine's
+thread hands their events to the server's event loop. ``collect`` waits for all of them, and cancels them
+if the client goes away first; ``sse`` turns them into ``data: {...}`` chunks ending in ``data: [DONE]``,
+and a client that disconnects mid-stream cancels them (Starlette cancels the stream). Either way a
+cancelled request leaves the batch at the engine's next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request as HTTPRequest
+
+from .engine import Closed, Engine, Event, QueueFull, Request
+from .errors import APIError, body
+
+
+@dataclass
+class Result:
+    text: str = ""
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    fingerprint: str | None = None
+
+
+class Submission:
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.loop = engine, asyncio.get_running_loop()
+        self.queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        self.requests: list[Request] = []
+        self.id = uuid.uuid4().hex[:24]
+
+    def add(self, **fields: Any) -> None:
+        index = len(self.requests)
+        put = self.queue.put_nowait
+
+        def on_event(event: Event) -> None:  # the engine's thread
+            self.loop.call_soon_threadsafe(put, (index, event))
+
+        self.requests.append(Request(on_event=on_event, **fields))
+
+    def submit(self) -> Submission:
+        try:
+            for request in self.requests:
+                self.engine.submit(request)
+        except QueueFull as exc:
+            self.cancel()
+            raise APIError(429, f"{exc}; retry in {exc.retry_after} s", code="rate_limit_exceeded",
+                           headers={"Retry-After": str(exc.retry_after)}) from None
+        except Closed as exc:
+            self.cancel()
+            raise APIError(503, str(exc)) from None
+        return self
+
+    def cancel(self) -> None:
+        for request in self.requests:
+            request.cancel()
+
+    async def events(self) -> AsyncIterator[tuple[int, Event]]:
+        """Each event until every request has ended (its last one has a finish reason or an error)."""
+        open_ = len(self.requests)
+        while open_:
+            index, event = await self.queue.get()
+            open_ -= event.finish_reason is not None or event.error is not None
+            yield index, event
+
+    async def collect(self, http: HTTPRequest) -> list[Result]:
+        """Every request's whole answer; the requests are cancelled if the client disconnects first."""
+        results = [Result() for _ in self.requests]
+
+        async def gather() -> None:
+            async for index, event in self.events():
+                if event.error:
+                    raise APIError(503 if "shutting down" in event.error else 500, event.error)
+                result = results[index]
+                result.text += event.text
+                result.finish_reason, result.completion_tokens = event.finish_reason, event.completion_tokens
+                result.fingerprint = event.fingerprint
+
+        work, gone = asyncio.ensure_future(gather()), asyncio.ensure_future(_disconnected(http))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():  # the client went away: free the slots
+                work.cancel()
+                self.cancel()
+        if not work.cancelled():
+            work.result()  # raises the APIError of a failed request
+        return results
+
+
+async def _disconnected(http: HTTPRequest) -> None:
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def stream(submission: Submission, chunk: Callable[[int, Event | None], dict[str, Any]],
+                 last: Callable[[], dict[str, Any] | None]) -> AsyncIterator[str]:
+    """Server-sent events: ``chunk(index, None)`` opens each choice, ``chunk(index, event)`` for each event,
+    then ``last()`` (the usage chunk, if asked for) and ``[DONE]``. An error ends the stream with an
+    ``{"error": ...}`` event, as OpenAI's API does."""
+    try:
+        for index in range(len(submission.requests)):
+            opening = chunk(index, None)
+            if opening:
+                yield sse(opening)
+        async for index, event in submission.events():
+            if event.error:
+                yield sse(body(503 if "shutting down" in event.error else 500, event.error))
+                break
+            yield sse(chunk(index, event))
+        else:
+            final = last()
+            if final:
+                yield sse(final)
+        yield sse("[DONE]")
+    finally:  # also when the client disconnects and Starlette cancels the stream
+        submission.cancel()

@@ -1,0 +1,310 @@
+"""Continuous batching: requests join the running batch at the next decode step and leave it when they end.
+
+One thread runs ``step()`` in a loop; each step
+
+1. switches to a model that ``replace()`` handed in (``--watch``): every running request's tokens so far
+   are read again by the new model, and it goes on from there;
+2. drops the requests whose client went away (``Request.cancel``);
+3. admits waiting requests into the free slots: their prompts (and images or clips) are read in one padded
+   forward, and their rows join the batch (``KVBatch.extend``);
+4. picks each running request's next token from its own logits, with its own temperature, top-k, top-p and
+   random generator (temperature 0: the most likely token, as ``generate(do_sample=False)``);
+5. hands each its new text and retires those that ended: the end-of-text token, a stop string, their
+   ``max_tokens``, the model's context (``KVBatch.keep``);
+6. runs one forward of all remaining rows' new tokens (``KVBatch.step``) for the next logits.
+
+Every row has its own positions and its own keys in the left-padded cache, and padding is masked, so a
+request's tokens are those it gets alone. The engine knows nothing of HTTP: ``Request.on_event`` is called
+from its thread with each ``Event``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from apt_plugin_lm.generation import KVBatch, choose
+
+from .models import Media, Served
+from .text import TextStream
+
+log = logging.getLogger("apt_plugin_serve")
+
+
+class QueueFull(Exception):
+    """More requests wait than ``max_queue`` allows; ``retry_after`` is a hint in seconds."""
+
+    def __init__(self, waiting: int, retry_after: int = 1) -> None:
+        super().__init__(f"the server is busy: {waiting} requests are waiting for a slot")
+        self.retry_after = retry_after
+
+
+class Closed(Exception):
+    """The engine is shutting down and takes no new request."""
+
+
+@dataclass
+class Sampling:
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0: all tokens
+    seed: int | None = None
+
+
+@dataclass
+class Event:
+    """New text of one request; the last event has ``finish_reason`` ("stop", "length") or ``error``."""
+
+    text: str
+    completion_tokens: int
+    fingerprint: str
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Request:
+    prompt: list[int]
+    max_tokens: int
+    on_event: Callable[[Event], None]
+    sampling: Sampling = field(default_factory=Sampling)
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    media: Media | None = None
+
+    def __post_init__(self) -> None:
+        self.tokens: list[int] = []
+        self.cancelled = False
+        self.arrived = time.monotonic()
+        self.last_token: float | None = None
+        self.generator: torch.Generator | None = None
+        self.text: TextStream | None = None
+
+    def cancel(self) -> None:
+        """The client is gone: the engine frees the request's slot at its next step."""
+        self.cancelled = True
+
+
+class Engine:
+    """Continuous batching over one served model (see the module's docstring)."""
+
+    def __init__(self, served: Served, max_batch: int = 32, max_queue: int = 256, metrics=None) -> None:
+        if max_batch < 1 or max_queue < 0:
+            raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
+        self.served, self.max_batch, self.max_queue, self.metrics = served, max_batch, max_queue, metrics
+        self._lock = threading.Condition()
+        self._waiting: deque[Request] = deque()
+        self._rows: list[Request] = []  # the batch's rows, in order
+        self._busy = 0  # admitted and not yet retired
+        self._batch: KVBatch | None = None
+        self._logits: torch.Tensor | None = None
+        self._pending: Served | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return self._busy
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def submit(self, request: Request) -> None:
+        """Queue ``request`` for the next step. :raises QueueFull: over ``max_queue`` would wait.
+        :raises Closed: the engine is shutting down."""
+        with self._lock:
+            if self._closed:
+                raise Closed("the server is shutting down")
+            free = self.max_batch - self._busy
+            if len(self._waiting) - free >= self.max_queue:
+                raise QueueFull(len(self._waiting))
+            self._waiting.append(request)
+            self._lock.notify()
+
+    def replace(self, served: Served) -> None:
+        """Serve ``served`` from the next step on; running requests continue on it."""
+        with self._lock:
+            self._pending = served
+            self._lock.notify()
+
+    def start(self) -> Engine:
+        self._thread = threading.Thread(target=self._loop, name="apt-serve-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the loop; requests still waiting or running end with an error event."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not (self._waiting or self._rows or self._pending or self._closed):
+                    self._lock.wait()
+                if self._closed:
+                    break
+            try:
+                self.step()
+            except Exception as exc:  # a bug must not take the server down: fail what ran, keep serving
+                log.exception("the engine's step failed")
+                rows, self._rows, self._batch, self._logits = self._rows, [], None, None
+                self._fail(rows, f"generation failed: {type(exc).__name__}: {exc}")
+        with self._lock:
+            left, self._waiting = [*self._waiting, *self._rows], deque()
+            self._busy += len(left) - len(self._rows)  # the waiting ones were never counted
+            self._rows, self._batch, self._logits = [], None, None
+        self._fail(left, "the server is shutting down")
+
+    def step(self) -> None:
+        """One step of the loop (called by its thread; a test may call it by hand instead of ``start``)."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            self._switch(pending)
+        gone = [r for r in self._rows if r.cancelled]
+        if gone:
+            self._retire(gone)
+        with self._lock:
+            self._waiting = deque(r for r in self._waiting if not r.cancelled)
+            admitted = [self._waiting.popleft() for _ in range(min(self.max_batch - self._busy, len(self._waiting)))]
+            self._busy += len(admitted)
+        if admitted:
+            self._admit(admitted)
+        if self._rows:
+            self._decode()
+        if self.metrics is not None:
+            self.metrics.observe_engine(self)
+
+    def _admit(self, requests: list[Request]) -> None:
+        served, ready, memories = self.served, [], []
+        for request in requests:
+            context_left = served.context - len(request.prompt)
+            if context_left < 1:
+                self._fail([request], f"the prompt is {len(request.prompt)} tokens; the model's context is "
+                                      f"{served.context}")
+                continue
+            request.max_tokens = min(request.max_tokens, context_left)
+            if request.generator is None:
+                request.generator = torch.Generator(device=served.decoder.tok.weight.device)
+                if request.sampling.seed is None:
+                    request.generator.seed()
+                else:
+                    request.generator.manual_seed(request.sampling.seed)
+                request.text = TextStream(served.decode, request.stop)
+            try:
+                memories.append(served.memory(request.media))
+            except Exception as exc:  # an input the encoders refuse fails its request only
+                self._fail([request], f"the model could not read the request's media: {exc}")
+                continue
+            ready.append(request)
+        if not ready:
+            return
+        try:
+            memory, mask = _stack(memories)
+            batch, logits = KVBatch.prefill(served.decoder, [r.prompt + r.tokens for r in ready], memory, mask)
+        except Exception as exc:
+            log.exception("reading the prompts failed")
+            self._fail(ready, f"generation failed: {type(exc).__name__}: {exc}")
+            return
+        if self._batch is None:
+            self._batch, self._logits = batch, logits
+        else:
+            self._batch.extend(batch)
+            self._logits = torch.cat([self._logits, logits])
+        self._rows.extend(ready)
+
+    def _decode(self) -> None:
+        rows, logits = self._rows, self._logits
+        chosen = logits.argmax(-1).tolist()
+        for i, request in enumerate(rows):
+            s = request.sampling
+            if s.temperature > 0:
+                chosen[i] = int(choose(logits[i:i + 1], True, s.temperature, s.top_k, s.top_p, request.generator))
+        keep, feed, done = [], [], []
+        for i, (request, token) in enumerate(zip(rows, chosen, strict=True)):
+            if self._accept(request, token):
+                done.append(request)
+            else:
+                keep.append(i)
+                feed.append(token)
+        if done:
+            self._retire(done)
+        if self._rows:
+            self._logits = self._batch.step(torch.tensor(feed, device=self._logits.device))
+
+    def _accept(self, request: Request, token: int) -> bool:
+        """Add ``token`` to ``request``, send its new text; True when the request has ended."""
+        now = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.observe_token(now - (request.last_token or request.arrived), first=request.last_token is None)
+        request.last_token = now
+        request.tokens.append(token)
+        reason = None
+        if token == self.served.eos_id and not request.ignore_eos:
+            text, reason = request.text.flush(), "stop"
+        else:
+            text, stopped = request.text.push(request.tokens)
+            if stopped:
+                reason = "stop"
+            elif len(request.tokens) >= request.max_tokens:
+                text, reason = text + request.text.flush(), "length"
+        if text or reason:
+            request.on_event(Event(text, len(request.tokens), self.served.fingerprint, reason))
+        return reason is not None
+
+    def _retire(self, requests: list[Request]) -> None:
+        keep = [i for i, r in enumerate(self._rows) if r not in requests]
+        if keep:
+            self._batch.keep(keep)
+            self._logits = self._logits[keep]
+        else:
+            self._batch = self._logits = None
+        self._rows = [self._rows[i] for i in keep]
+        self._release(len(requests))
+
+    def _release(self, count: int) -> None:
+        with self._lock:
+            self._busy -= count
+
+    def _switch(self, served: Served) -> None:
+        """Go on with ``served``: the running requests' tokens so far are read again by it."""
+        rows, self._rows, self._batch, self._logits = self._rows, [], None, None
+        self.served = served
+        ended = [r for r in rows if len(r.prompt) + len(r.tokens) >= served.context]
+        for request in ended:  # the new model's context is shorter than what the request holds already
+            request.on_event(Event(request.text.flush(), len(request.tokens), served.fingerprint, "length"))
+        self._release(len(ended))
+        survivors = [r for r in rows if r not in ended]
+        if survivors:
+            self._admit(survivors)
+
+    def _fail(self, requests: list[Request], message: str) -> None:
+        """End admitted requests that are not (or no longer) rows of the batch with an error event."""
+        for request in requests:
+            request.on_event(Event("", len(request.tokens), self.served.fingerprint, error=message))
+        self._release(len(requests))
+
+
+def _stack(memories: list[tuple]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Each request's memory ``[1, M_i, d]`` and mask, right-padded to the longest into one batch."""
+    if memories[0][0] is None:
+        return None, None
+    span = max(m.shape[1] for m, _ in memories)
+    tensors = [torch.nn.functional.pad(m, (0, 0, 0, span - m.shape[1])) for m, _ in memories]
+    masks = [torch.nn.functional.pad(k, (0, span - k.shape[1]), value=False) for _, k in memories]
+    return torch.cat(tensors), torch.cat(masks)

@@ -1,0 +1,114 @@
+"""Images and audio in chat messages, as OpenAI's content parts carry them.
+
+``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}`` and
+``{"type": "input_audio", "input_audio": {"data": "<base64>", "format": "wav"}}``. A model reads one image
+and one clip per request (its memory holds one of each). A remote ``http(s)`` image URL is refused unless
+the server was started with ``--allow-image-urls``: by default the server fetches nothing. Every problem is
+a 400 that names the part (``messages[0].content[1]``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import APIError
+from .schemas import AudioPart, ImagePart, Message
+
+
+@dataclass
+class Attached:
+    image: bytes | None = None
+    audio: bytes | None = None
+    audio_format: str = "wav"
+    image_where: str = ""
+    audio_where: str = ""
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+def _decoded(data: str, where: str, limit: int) -> bytes:
+    if len(data) * 3 // 4 > limit + 3:  # refused before decoding it
+        raise APIError(400, f"{where} is {_megabytes(len(data) * 3 // 4)}, over the limit of {_megabytes(limit)} "
+                            "per image or clip (--max-media-mb)", where)
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(400, f"{where} is not valid base64", where) from None
+    if not raw:
+        raise APIError(400, f"{where} is empty", where)
+    if len(raw) > limit:
+        raise APIError(400, f"{where} is {_megabytes(len(raw))}, over the limit of {_megabytes(limit)} per image or "
+                            "clip (--max-media-mb)", where)
+    return raw
+
+
+async def _image(url: str, where: str, limit: int, allow_urls: bool) -> bytes:
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        if not header.endswith(";base64") or not header[5:].startswith("image/"):
+            raise APIError(400, f"{where}: a data URL must be data:image/<type>;base64,<data>, got {header[:40]!r}",
+                           where)
+        return _decoded(data, where, limit)
+    if url.startswith(("http://", "https://")):
+        if not allow_urls:
+            raise APIError(400, f"{where}: remote image URLs are refused (this server fetches nothing unless "
+                                "started with --allow-image-urls); send the image as a data: URL", where)
+        return await _fetch(url, where, limit)
+    raise APIError(400, f"{where}: expected a data: or http(s) URL, got {url[:40]!r}", where)
+
+
+async def _fetch(url: str, where: str, limit: int) -> bytes:
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=10, follow_redirects=True) as client:
+            async with client.stream("GET", url) as answer:
+                if answer.status_code != 200:
+                    raise APIError(400, f"{where}: fetching {url} answered {answer.status_code}", where)
+                raw = b""
+                async for piece in answer.aiter_bytes():
+                    raw += piece
+                    if len(raw) > limit:
+                        raise APIError(400, f"{where}: {url} is over the limit of {_megabytes(limit)} per image "
+                                            "(--max-media-mb)", where)
+                return raw
+    except httpx.HTTPError as exc:
+        raise APIError(400, f"{where}: {url} could not be fetched ({type(exc).__name__}: {exc})", where) from None
+
+
+async def collect(messages: list[Message], limit: int, allow_urls: bool) -> tuple[list[dict[str, Any]], Attached]:
+    """The messages as the chat template sees them (role and text) and the one image and clip they attach."""
+    plain, attached = [], Attached()
+    for m, message in enumerate(messages):
+        texts = []
+        for p, part in enumerate(message.content if isinstance(message.content, list) else []):
+            where = f"messages[{m}].content[{p}]"
+            if isinstance(part, ImagePart):
+                if attached.image is not None:
+                    raise APIError(400, f"{where}: a second image; the model reads one image per request", where)
+                attached.image = await _image(part.image_url.url, f"{where}.image_url.url", limit, allow_urls)
+                attached.image_where = where
+            elif isinstance(part, AudioPart):
+                if attached.audio is not None:
+                    raise APIError(400, f"{where}: a second clip; the model reads one clip per request", where)
+                attached.audio = _decoded(part.input_audio.data, f"{where}.input_audio.data", limit)
+                attached.audio_format = part.input_audio.format
+                attached.audio_where = where
+            else:
+                texts.append(part.text)
+        content = message.content if isinstance(message.content, str) else "".join(texts)
+        plain.append({"role": message.role, "content": content, **({"name": message.name} if message.name else {})})
+    return plain, attached
+
+
+def check_takes(attached: Attached, takes_image: bool, takes_audio: bool, model: str) -> None:
+    """An image or a clip the model cannot read is refused, naming the part."""
+    if attached.image is not None and not takes_image:
+        raise APIError(400, f"{attached.image_where}: the model {model!r} takes no images", attached.image_where)
+    if attached.audio is not None and not takes_audio:
+        raise APIError(400, f"{attached.audio_where}: the model {model!r} takes no audio", attached.audio_where)
