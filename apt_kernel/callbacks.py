@@ -4,7 +4,7 @@ that calls them.
 A trainer never calls a callback method itself: it calls ``context.callbacks.call(event, state, *args)``
 on the ``CallbackDispatcher`` the kernel puts in ``BuildContext.callbacks``. The dispatcher calls only
 the callbacks that implement the event, times each call when profiling, and turns a callback's
-exception into a ``CallbackError`` naming the plugin, the callback and the event. A sandboxed callback
+exception into a ``PluginError`` naming the plugin, the callback and the event. A sandboxed callback
 is an ordinary entry whose methods forward to its worker process.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import KernelError
+from .errors import KernelError, PluginError
 
 if TYPE_CHECKING:
     from .protocols import TrainerState
@@ -83,12 +83,13 @@ def implemented_events(callback: Any) -> frozenset[str]:
                      and getattr(type(callback), n, None) is not getattr(Callback, n))
 
 
-class CallbackError(KernelError):
-    """A callback raised; names the plugin, the callback and the event."""
+def callback_hook(name: str, event: str) -> str:
+    """Where a callback's failure happened, as ``PluginError.hook`` and the profiler name it."""
+    return f"callback {name}.{event}"
 
-    def __init__(self, plugin: str, name: str, event: str, exc: BaseException) -> None:
-        self.plugin, self.hook, self.event, self.original = plugin, f"callback {name}.{event}", event, exc
-        super().__init__(f"plugin {plugin!r} callback {name!r} failed in {event}: {type(exc).__name__}: {exc}")
+
+#: The name of ``PluginError`` for a callback's failure in SDK 0.1.0-0.1.2; one class since.
+CallbackError = PluginError
 
 
 @dataclass(frozen=True)
@@ -139,14 +140,14 @@ class CallbackDispatcher:
                 getattr(entry.callback, event)(state, *args)
             except KernelError as exc:
                 if not getattr(exc, "plugin", None):
-                    exc.plugin, exc.hook = entry.plugin, f"callback {entry.name}.{event}"
+                    exc.plugin, exc.hook = entry.plugin, callback_hook(entry.name, event)
                 self._raise_or_log(event, state, exc)
             except Exception as exc:
-                self._raise_or_log(event, state, CallbackError(entry.plugin, entry.name, event, exc), exc)
+                error = PluginError(entry.plugin, callback_hook(entry.name, event), exc, event=event)
+                self._raise_or_log(event, state, error, exc)
             finally:
                 if self.profiler is not None:
-                    self.profiler.record(entry.plugin, f"callback {entry.name}.{event}",
-                                         time.perf_counter() - started)
+                    self.profiler.record(entry.plugin, callback_hook(entry.name, event), time.perf_counter() - started)
 
     @staticmethod
     def _raise_or_log(event: str, state: Any, error: KernelError, cause: BaseException | None = None) -> None:

@@ -266,8 +266,7 @@ def plugins_list(as_json, plugins_dirs, strict):
 def plugins_info(name, plugins_dirs, strict):
     """Everything the manifest of plugin NAME says, and its options."""
     from .discovery import discover
-    from .errors import UserError
-    from .registry import closest
+    from .errors import UserError, closest
 
     infos = {i.name: i for i in discover(plugins_dirs)}
     if name not in infos:

@@ -14,10 +14,11 @@ from .discovery import CRASHED, FAILED, INSTALLED, PluginInfo, StatusStore
 _CHILD = """
 import json, sys
 from apt_kernel.kernel import Kernel
+from apt_kernel.kinds import KINDS
 kernel = Kernel(plugins_dirs=json.loads(sys.argv[2]), strict=False)
 kernel.load([sys.argv[1]])
 info = kernel.plugins[sys.argv[1]]
-names = {k: kernel.registry.names(k) for k in ("data", "encoder", "model", "loss", "callback", "trainer")}
+names = {k: kernel.registry.names(k) for k in KINDS}
 missing = kernel.unregistered(info.name) if info.status == "installed" else []
 if missing:
     info.status = "failed"

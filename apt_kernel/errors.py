@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
+
+
+def closest(name: str, candidates: list[str]) -> str | None:
+    """The candidate ``name`` most resembles, for a "did you mean ...?" in an error message (or None)."""
+    match = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
+    return match[0] if match else None
+
 
 class KernelError(Exception):
     """Base class for errors raised by the kernel."""
@@ -33,8 +41,32 @@ class OptionError(UserError):
         super().__init__(f"{key}: {message}" if key else message)
 
 
+class PluginError(KernelError):
+    """A plugin's code raised: in a hook, in a component's factory, or in a callback's event.
+
+    ``plugin`` is whose code it was, ``hook`` where (``"hook pipeline_start"``, ``"callback factory 'x'"``,
+    ``"callback x.on_fit_start"``), ``event`` the callback event if it was one, and ``original`` what the
+    plugin raised (also the ``__cause__``). Exit 1 on the command line: the plugin's to fix, not the user's.
+    """
+
+    def __init__(self, plugin: str, hook: str, exc: BaseException, *, event: str | None = None) -> None:
+        self.plugin, self.hook, self.event, self.original = plugin, hook, event, exc
+        super().__init__(failure_message(plugin, hook, type(exc).__name__, str(exc)))
+
+
+def failure_message(plugin: str, hook: str, kind: str, detail: str) -> str:
+    """The one line a plugin's failure reads as, wherever it ran (in this process or in a sandbox worker,
+    which reports only the exception's type name and text)."""
+    return f"plugin {plugin!r} failed in {hook}: {kind}: {detail}"
+
+
 class DuplicateComponentError(UserError):
-    """Two plugins registered the same component name for the same kind."""
+    """Two plugins provide the same component name for the same kind (in their manifests, or registered)."""
+
+    def __init__(self, kind: str, name: str, first: str, second: str, disable: str | None = None) -> None:
+        self.kind, self.name, self.owners = kind, name, (first, second)
+        super().__init__(f"{kind} {name!r} is provided by two plugins: {first} and {second}; uninstall one, "
+                         f"or disable it with APT_DISABLE_PLUGINS={disable or second}")
 
 
 class PluginLoadError(UserError):

@@ -15,19 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from . import kinds
 from .discovery import FAILED, INSTALLED, PluginInfo, StatusStore, discover, kernel_home, strict_from_env
-from .errors import KernelError, PluginLoadError
-from .registry import Registration, Registry, closest
+from .errors import KernelError, PluginError, PluginLoadError, closest
+from .registry import Registration, Registry
 
 if TYPE_CHECKING:
     import pluggy
-
-
-class PluginHookError(KernelError):
-    """A plugin's hook raised; names the plugin and hook so the error is attributable."""
-
-    def __init__(self, plugin: str, hook: str, exc: BaseException) -> None:
-        self.plugin, self.hook, self.original = plugin, hook, exc
-        super().__init__(f"plugin {plugin!r} failed in hook {hook}: {type(exc).__name__}: {exc}")
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -46,16 +38,21 @@ def describe_failure(exc: BaseException) -> str:
 
 
 class Kernel:
-    """Discovers plugins, imports the ones asked for, and keeps the component registry."""
+    """Discovers plugins, imports the ones asked for, and keeps the component registry.
+
+    Every plugin is registered by ``add_plugin``, in this process or in a sandbox worker: its hooks are
+    checked, then its registration hooks called through pluggy, and each name it registers checked
+    against its manifest. ``remember=False`` keeps load outcomes out of ``$APT_KERNEL_HOME`` (a sandbox
+    worker may not write there)."""
 
     def __init__(self, plugins_dirs: Iterable[str] = (), strict: bool | None = None,
-                 env: dict | None = None, autoload: bool = True) -> None:
+                 env: dict | None = None, autoload: bool = True, remember: bool = True) -> None:
         self.env = dict(os.environ if env is None else env)
         self.strict = strict_from_env(self.env) if strict is None else strict
         self.plugins: dict[str, PluginInfo] = (
             {info.name: info for info in discover(tuple(plugins_dirs), self.env)} if autoload else {}
         )
-        self.store = StatusStore(kernel_home(self.env) / "plugin-status.json")
+        self.store = StatusStore(kernel_home(self.env) / "plugin-status.json") if remember else None
         self._pm: pluggy.PluginManager | None = None
         self.registry = Registry()
         self.loaded: set[str] = set()
@@ -105,11 +102,9 @@ class Kernel:
 
     def _fail(self, info: PluginInfo, reason: str) -> None:
         info.status, info.reason = FAILED, reason
-        self.store.record(info, FAILED, reason)
-        if self._pm is not None and self.pm.has_plugin(info.name):
-            self.pm.unregister(name=info.name)
-        self.registry.remove_plugin(info.name)
-        self.loaded.discard(info.name)
+        if self.store is not None:
+            self.store.record(info, FAILED, reason)
+        self.remove_plugin(info.name)
         if self.strict:
             raise PluginLoadError(f"plugin {info.name!r} failed to load: {reason}")
 
@@ -133,15 +128,21 @@ class Kernel:
                 if caller is not None:
                     caller(register=self._registrar(info, kind))
         except KernelError:
-            self.pm.unregister(name=info.name)
-            self.registry.remove_plugin(info.name)
+            self.remove_plugin(info.name)
             raise
         except Exception as exc:  # a plugin bug in its registration hook
             self._fail(info, f"registration failed: {describe_failure(exc)}")
             return
         self.loaded.add(info.name)
-        if self.store.last_failure(info):
+        if self.store is not None and self.store.last_failure(info):
             self.store.record(info, INSTALLED, None)
+
+    def remove_plugin(self, name: str) -> None:
+        """Unregister a plugin's hooks and components (its modules stay imported)."""
+        if self._pm is not None and self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
+        self.registry.remove_plugin(name)
+        self.loaded.discard(name)
 
     def _check_hooks(self, obj: Any, info: PluginInfo) -> None:
         """A function named like a hook that is none, a hook pluggy would never call (no @hookimpl), or a
@@ -167,6 +168,14 @@ class Kernel:
                 raise PluginLoadError(f"plugin {info.name!r} defines {attr}, which is not a hook"
                                       + (f" (did you mean {hint}?)" if hint else "")
                                       + f"; hooks: {', '.join(specs)}")
+
+    def registration(self, kind: str, name: str, plugin: str) -> Registration:
+        """The component ``plugin`` registered as ``kind`` ``name``; a ``PluginLoadError`` if the plugin declares
+        it in its manifest but did not register it."""
+        registration = self.registry.get(kind, name)
+        if registration is None:
+            raise PluginLoadError(f"plugin {plugin!r} declares {kind} {name!r} in its manifest but did not register it")
+        return registration
 
     def unregistered(self, name: str) -> list[str]:
         """Components a loaded plugin declares in its manifest but did not register ("callback 'x'")."""
@@ -211,7 +220,7 @@ class Kernel:
             try:
                 results.extend(caller(**kwargs))
             except Exception as exc:
-                raise PluginHookError(impl.plugin_name, hook_name, exc) from exc
+                raise PluginError(impl.plugin_name, f"hook {hook_name}", exc) from exc
             finally:
                 if self.profiler is not None:
                     self.profiler.record(impl.plugin_name, f"hook {hook_name}", time.perf_counter() - started)

@@ -74,9 +74,16 @@ class Manifest:
         return [(kind, name) for kind, names in self.provides.items() for name in names]
 
     def to_dict(self) -> dict:
+        """The manifest as plain data that ``parse_manifest`` reads back into an equal manifest (what was left
+        unset is left out, as in the file), for a process that gets it as data (a sandbox worker)."""
         from dataclasses import asdict
 
-        return asdict(self)
+        def written(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: written(v) for k, v in value.items() if v is not None}
+            return value
+
+        return written(asdict(self))
 
 
 _TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,),

@@ -26,9 +26,8 @@ from pydantic import (
     create_model,
 )
 
-from .errors import PipelineError
+from .errors import PipelineError, closest
 from .manifest import ComponentDecl, OptionSpec
-from .registry import closest
 
 
 class ComponentSpec(BaseModel):

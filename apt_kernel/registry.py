@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,11 +31,8 @@ class Registry:
     def add(self, registration: Registration) -> None:
         existing = self._items[registration.kind].get(registration.name)
         if existing is not None and existing.plugin != registration.plugin:
-            raise DuplicateComponentError(
-                f"{registration.kind} {registration.name!r} is registered by two plugins: "
-                f"{existing.owner} and {registration.owner}; uninstall or disable one "
-                f"(APT_DISABLE_PLUGINS={registration.plugin})"
-            )
+            raise DuplicateComponentError(registration.kind, registration.name, existing.owner, registration.owner,
+                                          disable=registration.plugin)
         self._items[registration.kind][registration.name] = registration
 
     def get(self, kind: str, name: str) -> Registration | None:
@@ -50,7 +46,3 @@ class Registry:
             for name in [n for n, r in table.items() if r.plugin == plugin]:
                 del table[name]
 
-
-def closest(name: str, candidates: list[str]) -> str | None:
-    match = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
-    return match[0] if match else None

@@ -1,4 +1,5 @@
-"""From a validated pipeline to a trained model: plan (no plugin imports), then load, build, fit."""
+"""From a validated pipeline to a trained model: plan (planning.py: no plugin imports), then load and build
+(building.py), claim the run folder, fit, and call the lifecycle hooks around it."""
 
 from __future__ import annotations
 
@@ -6,183 +7,18 @@ import json
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .building import build_components, load_components, watch_for_profile
 from .context import BuildContext
-from .discovery import INSTALLED, PluginInfo, stale_editable
-from .errors import DuplicateComponentError, OptionError, PluginLoadError, ResolutionError, UserError
-from .kernel import Kernel, PluginHookError
-from .pipeline import PipelineConfig, Source, combine_errors, validate_options
-from .registry import closest
-from .rundir import RunFolder, check_path
-from .solver import KERNEL_API, Catalog, solve
+from .errors import PluginError, UserError
+from .kernel import Kernel
+from .pipeline import Source
+from .planning import Plan, plan_pipeline
+from .rundir import RunFolder
 
-
-@dataclass
-class Plan:
-    """Everything decided before any plugin code runs."""
-
-    config: PipelineConfig
-    data: dict  # the pipeline as plain data with every component's options filled in
-    source: Source
-    providers: dict[str, PluginInfo] = field(default_factory=dict)  # table label -> plugin
-    plugins: list[str] = field(default_factory=list)  # to load, dependencies first
-    limits: dict[str, Any] = field(default_factory=dict)  # sandboxed table -> its SandboxLimits
-
-    @property
-    def sandboxed(self) -> set[str]:
-        """Tables whose component runs in a sandbox worker."""
-        return set(self.limits)
-
-
-def _provider(kernel: Kernel, table: str, kind: str, name: str, source: Source) -> PluginInfo:
-    offering = [i for i in kernel.plugins.values() if i.manifest and name in i.manifest.provides.get(kind, {})]
-    if not offering:
-        known = sorted({n for i in kernel.plugins.values() if i.manifest for n in i.manifest.provides.get(kind, {})})
-        hint = closest(name, known)
-        msg = f"unknown {kind} {name!r}" + (f" (did you mean {hint!r}?)" if hint else "")
-        msg += f"; installed {kind} components: {', '.join(known) or 'none'}"
-        raise source.error(table, "use", msg)
-    usable = [i for i in offering if i.status != "disabled"] or offering
-    if len(usable) > 1:
-        owners = " and ".join(i.distribution or i.name for i in usable)
-        raise DuplicateComponentError(f"{kind} {name!r} is provided by two plugins: {owners}; "
-                                      f"disable one with APT_DISABLE_PLUGINS")
-    info = usable[0]
-    if info.status not in (INSTALLED, "incompatible"):
-        raise source.error(table, "use", f"{kind} {name!r} comes from plugin {info.name!r}, which is "
-                                         f"{info.status}: {info.reason}")
-    return info
-
-
-def plan_pipeline(kernel: Kernel, config: PipelineConfig, data: dict, source: Source) -> Plan:
-    """Validate components and options against manifests and solve plugin versions; imports nothing."""
-    plan = Plan(config, json.loads(json.dumps(data)), source)
-    try:
-        check_path(config.output_dir)
-    except UserError as exc:
-        raise source.error("pipeline", "output_dir", str(exc)) from None
-    for table, kind, spec in config.components():
-        info = _provider(kernel, table, kind, spec.use, source)
-        options = validate_options(table, kind, spec, info.manifest.provides[kind][spec.use], source)
-        plan.providers[table] = info
-        _section(plan.data, table).update(options)
-        if spec.sandbox or spec.limits is not None or info.manifest.sandbox:  # the manifest may ask for it
-            if kind != "callback":
-                why = f"plugin {info.name!r} asks for the sandbox, but " if not spec.sandbox else ""
-                raise source.error(table, "sandbox", f"{why}only callbacks can run in the sandbox, not a {kind}")
-            plan.limits[table] = _sandbox_limits(table, spec.limits or {}, source)
-    catalog = Catalog()
-    for info in kernel.plugins.values():
-        if info.manifest is not None and info.status != "failed":
-            catalog.add(info.name, info.version, info.manifest.requires, info.manifest.kernel_api)
-            catalog.installed.add(info.name)
-    root = {info.name: "*" for info in plan.providers.values()}
-    root.update(config.pipeline.requires)
-    try:
-        chosen = solve(catalog, root)
-    except ResolutionError as exc:  # a version that looks wrong because an editable install was not redone
-        named = [i for i in kernel.plugins.values() if i.name in str(exc)]
-        stale = [f"{i.name} is {note}" for i in named if (note := stale_editable(i))]
-        raise ResolutionError("; ".join([str(exc), *stale])) from None
-    order = [n for n in _dependency_order(kernel, list(chosen)) if n != KERNEL_API]
-    for name in order:
-        if kernel.plugins[name].status != INSTALLED:
-            info = kernel.plugins[name]
-            raise PluginLoadError(f"plugin {name!r} is needed but {info.status}: {info.reason}")
-    in_process = {info.name for table, info in plan.providers.items() if table not in plan.sandboxed}
-    sandbox_only = {plan.providers[table].name for table in plan.sandboxed} - in_process
-    plan.plugins = [name for name in order if name not in sandbox_only]  # never imported in this process
-    return plan
-
-
-SPEC_KEYS = ("use", "sandbox", "limits")  # read by the kernel, not options of the component
-
-
-def _sandbox_limits(table: str, limits: dict, source: Source):
-    from pydantic import ValidationError
-
-    from .sandbox.limits import SandboxLimits
-
-    try:
-        return SandboxLimits(**limits)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():  # every mistake at once, as for options: a security setting is fixed in one go
-            key = "limits." + ".".join(str(p) for p in err["loc"])
-            hint = closest(str(err["loc"][-1]), list(SandboxLimits.model_fields)) if err["loc"] else None
-            unknown = "unknown key" + (f" (did you mean {hint!r}?)" if hint else "")
-            message = (unknown if err["type"] == "extra_forbidden" else
-                       err["msg"].removeprefix("Value error, ") if err["type"] == "value_error" else
-                       f"{err['msg'].lower()} (got {err.get('input')!r})")
-            problems.append(source.error(table, key, message))
-        raise combine_errors(problems) from None
-
-
-def _section(data: dict, table: str) -> dict:
-    if table.startswith("callbacks["):
-        return data["callbacks"][int(table[10:-1])]
-    if table.startswith("encoders."):
-        return data["encoders"][table[9:]]
-    return data[table]
-
-
-def _dependency_order(kernel: Kernel, names: list[str]) -> list[str]:
-    ordered: list[str] = []
-
-    def visit(name: str, trail: tuple[str, ...]) -> None:
-        if name in ordered or name in trail or name not in kernel.plugins:
-            return
-        for dep in kernel.plugins[name].manifest.requires:
-            visit(dep, trail + (name,))
-        ordered.append(name)
-
-    for name in sorted(names):
-        visit(name, ())
-    return ordered
-
-
-def load_components(kernel: Kernel, plan: Plan) -> None:
-    """Import the planned plugins; a failure of one the pipeline needs is the user's error (exit 2)."""
-    kernel.load(plan.plugins)
-    for name in plan.plugins:
-        info = kernel.plugins[name]
-        if name not in kernel.loaded:
-            raise PluginLoadError(f"plugin {name!r} failed to load: {info.reason}")
-    for table, kind, spec in plan.config.components():
-        if table not in plan.sandboxed and kernel.registry.get(kind, spec.use) is None:
-            owner = plan.providers[table].name
-            raise PluginLoadError(f"plugin {owner!r} declares {kind} {spec.use!r} in its manifest "
-                                  f"but did not register it")
-
-
-def _build(kernel: Kernel, kind: str, name: str, options: dict, context: BuildContext, source: Source,
-           table: str) -> Any:
-    registration = kernel.registry.get(kind, name)
-    factory = registration.factory
-    if kernel.profiler is not None:
-        factory = kernel.profiler.timed(registration.plugin, f"{kind} factory {name}", factory)
-    try:
-        return factory(dict(options), context)
-    except OptionError as exc:  # the factory names the key; the pipeline's file and line are ours to add
-        raise source.error(exc.table or table, exc.key, exc.detail) from None
-    except UserError:
-        raise
-    except Exception as exc:
-        raise PluginHookError(registration.plugin, f"{kind} factory {name!r}", exc) from exc
-
-
-def _watch(kernel: Kernel, plan: Plan, context: BuildContext) -> None:
-    """With --profile: time the model's forward, the loss and the data (callbacks and hooks are timed
-    where they are dispatched). Wrappers and torch's module hooks only: no plugin object is patched."""
-    profiler = kernel.profiler
-    owner = {kind: kernel.registry.get(kind, spec.use).plugin for table, kind, spec in plan.config.components()
-             if table in ("model", "data", "loss")}
-    profiler.watch_model(context.model, owner["model"], plan.config.model.use)
-    context.data = profiler.timed_data(context.data, owner["data"], plan.config.data.use)
-    context.loss = profiler.timed(owner["loss"], f"loss {plan.config.loss.use}", context.loss)
+__all__ = ["Plan", "check_pipeline", "execute", "plan_pipeline", "run_pipeline"]
 
 
 def _raise_if_a_sandbox_stopped(plan: Plan, context: BuildContext) -> None:
@@ -197,8 +33,7 @@ def _raise_if_a_sandbox_stopped(plan: Plan, context: BuildContext) -> None:
                                context.callbacks, strict=True):
         reason = callback.stop_reason if isinstance(callback, SandboxedCallback) else None
         if reason:
-            raise PluginHookError(plan.providers[table].name, f"{table} (sandboxed)",
-                                  SandboxStopped(reason))
+            raise PluginError(plan.providers[table].name, f"{table} (sandboxed)", SandboxStopped(reason))
 
 
 def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True, profiler=None,
@@ -236,23 +71,7 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True, prof
     kernel.call_hook("pipeline_start", pipeline=data, run_dir=str(run_dir))
     boxes: list[Any] = []  # the sandboxed callbacks' stand-ins, whose workers are closed whatever happens
     try:
-        for table, kind, spec in config.components():
-            options = {k: v for k, v in _section(data, table).items() if k not in SPEC_KEYS}
-            if table in plan.sandboxed:
-                from .sandbox.callback import SandboxedCallback
-
-                info = plan.providers[table]
-                needs = tuple(kernel.plugins[d] for d in info.manifest.requires if d in kernel.plugins)
-                built = SandboxedCallback(info, spec.use, options, plan.limits[table], context, needs)
-                boxes.append(built)
-            else:
-                built = _build(kernel, kind, spec.use, options, context, plan.source, table)
-            if kind == "encoder":
-                context.encoders[table.split(".", 1)[1]] = built
-            elif kind == "callback":
-                context.callbacks.add(built, plan.providers[table].name, spec.use)
-            else:
-                setattr(context, kind, built)
+        build_components(kernel, plan, context, boxes)
         # only now, with every component built, is the run valid enough to leave files behind
         if context.is_main:
             if not folder.locked:
@@ -274,7 +93,7 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True, prof
                  "plugin": getattr(exc, "plugin", None), "hook": getattr(exc, "hook", None)}
         try:
             kernel.call_hook("pipeline_error", pipeline=data, run_dir=str(run_dir), error=error)
-        except PluginHookError as hook_exc:
+        except PluginError as hook_exc:
             context.log(f"warning: {hook_exc}")
         raise
     finally:
@@ -296,7 +115,7 @@ def _write_pipeline(run_dir: Path, data: dict) -> None:
 def _fit(kernel: Kernel, plan: Plan, context: BuildContext, profiler) -> dict:
     if profiler is None:
         return context.trainer.fit(context)
-    _watch(kernel, plan, context)
+    watch_for_profile(kernel, plan, context)
     started, profiler.training = time.perf_counter(), True
     result = context.trainer.fit(context)
     profiler.fit_seconds, profiler.training = time.perf_counter() - started, False

@@ -100,12 +100,59 @@ def test_doctor_fails_a_plugin_that_declares_a_component_it_never_registers(tmp_
     assert row["reason"] == "declares callback 'two' in its manifest but did not register it"
 
 
+# -- what a factory returns is checked where it is built -----------------------------------------------
+class _NoForward:
+    def parameters(self):
+        return iter(())
+
+
+class _NoBatches:  # a data module without train_batches
+    def steps_per_epoch(self, epoch):
+        return 1
+
+    def val_batches(self):
+        return []
+
+
+class _NoDim:  # an encoder without output_dim
+    def encode(self, inputs):
+        return inputs
+
+
+@pytest.mark.parametrize(("kind", "table", "component", "missing"), [
+    ("model", "model", _NoForward(), "lacks __call__ (it is not callable), state_dict, load_state_dict"),
+    ("data", "data", _NoBatches(), "lacks train_batches; the data protocol, apt_sdk.DataModule, declares: "
+                                   "steps_per_epoch, train_batches, val_batches"),
+    ("loss", "loss", "sum", "an object of type str, which lacks __call__ (it is not callable)"),
+    ("trainer", "trainer", object(), "lacks fit"),
+    ("encoder", "encoders.image", _NoDim(), "lacks output_dim; the encoder protocol, apt_sdk.Encoder, "
+                                            "declares: output_dim, encode"),
+])
+def test_a_factory_returning_the_wrong_shape_is_refused_at_build_naming_plugin_component_and_member(
+        tiny_pipeline, kind, table, component, missing):
+    from apt_sdk import PluginError, run_pipeline
+
+    kernel = IsolatedKernel()
+    hook = {"data": "register_data", "encoder": "register_encoders"}.get(kind, f"register_{kind}es" if kind == "loss"
+                                                                       else f"register_{kind}s")
+    kernel.add(_plugin(**{hook: hookimpl(lambda register: register("odd", lambda o, c: component))}),
+               _manifest(kind, "odd"), name="odd-plugin")
+    text = tiny_pipeline.read_text()
+    text = text.replace(f"[{table}]\nuse = ", f"[{table}]\nuse = \"odd\"\nunused = ") if kind != "encoder" else \
+        text + '\n[encoders.image]\nuse = "odd"\n'
+    with pytest.raises(PluginError) as refused:
+        run_pipeline(text, kernel=kernel)
+    assert str(refused.value).startswith(f"plugin 'odd-plugin' failed in {kind} factory 'odd': TypeError: it returned ")
+    assert missing in str(refused.value)
+    assert not (tiny_pipeline.parent / "run" / "checkpoints").exists()  # refused before any training
+
+
 # -- callbacks: one dispatcher, attributed errors ----------------------------------------------------
 def test_a_callback_exception_names_its_plugin_and_event_on_the_command_line(tiny_pipeline):
     tiny_pipeline.write_text(tiny_pipeline.read_text() + '\n[[callbacks]]\nuse = "boom"\nat_step = 2\n')
     run = cli("run", str(tiny_pipeline), "--no-progress", "--plugins-dir", str(REPO / "tests" / "plugins"))
     assert run.returncode == 1
-    assert "plugin 'boom' callback 'boom' failed in on_train_batch_end: RuntimeError: boom at step 2" in run.stderr
+    assert "plugin 'boom' failed in callback boom.on_train_batch_end: RuntimeError: boom at step 2" in run.stderr
 
 
 def test_the_event_list_exists_once():

@@ -62,7 +62,8 @@ def test_two_plugins_registering_one_name_names_both(apt_kernel):
     apt_kernel.add(A(), _manifest(model=["gpt"]), name="apt-plugin-first")
     with pytest.raises(DuplicateComponentError) as err:
         apt_kernel.add(A(), _manifest(model=["gpt"]), name="apt-plugin-second")
-    assert "apt-plugin-first" in str(err.value) and "apt-plugin-second" in str(err.value)
+    assert str(err.value) == ("model 'gpt' is provided by two plugins: apt-plugin-first and apt-plugin-second; "
+                              "uninstall one, or disable it with APT_DISABLE_PLUGINS=apt-plugin-second")
 
 
 class Recorder:
@@ -102,7 +103,7 @@ def test_lifecycle_hooks_are_called_in_order(tiny_pipeline, tmp_path):
 
 
 def test_pipeline_error_hook_gets_the_failing_plugin(tiny_pipeline):
-    from apt_kernel.kernel import PluginHookError
+    from apt_kernel.errors import PluginError
     from apt_kernel.runner import run_pipeline
     from apt_sdk.testing import IsolatedKernel
 
@@ -120,13 +121,11 @@ def test_pipeline_error_hook_gets_the_failing_plugin(tiny_pipeline):
     kernel.add(recorder, {"kernel_api": "^1.0"}, name="recorder")
     kernel.add(BoomPlugin(), _manifest(callback=["boom"]), name="boom-plugin")
     text = tiny_pipeline.read_text() + '\n[[callbacks]]\nuse = "boom"\n'
-    from apt_sdk import CallbackError
-
-    with pytest.raises(CallbackError, match="plugin 'boom-plugin' callback 'boom' failed in on_fit_start: "
-                                            "RuntimeError: boom") as raised:
+    with pytest.raises(PluginError, match=r"plugin 'boom-plugin' failed in callback boom\.on_fit_start: "
+                                          "RuntimeError: boom") as raised:
         run_pipeline(text, kernel=kernel)
-    assert isinstance(raised.value.__cause__, RuntimeError)
-    assert recorder.calls[-1] == ("pipeline_error", "CallbackError", "boom-plugin")
+    assert isinstance(raised.value.__cause__, RuntimeError) and raised.value.event == "on_fit_start"
+    assert recorder.calls[-1] == ("pipeline_error", "PluginError", "boom-plugin")
 
     class BadFactory:
         @hookimpl
@@ -134,9 +133,9 @@ def test_pipeline_error_hook_gets_the_failing_plugin(tiny_pipeline):
             register("bad", lambda options, context: 1 / 0)
 
     kernel.add(BadFactory(), _manifest(callback=["bad"]), name="bad-factory")
-    with pytest.raises(PluginHookError, match="plugin 'bad-factory' failed in hook callback factory 'bad'"):
+    with pytest.raises(PluginError, match="plugin 'bad-factory' failed in callback factory 'bad': ZeroDivisionError"):
         run_pipeline(tiny_pipeline.read_text() + '\n[[callbacks]]\nuse = "bad"\n', kernel=kernel)
-    assert recorder.calls[-1] == ("pipeline_error", "PluginHookError", "bad-factory")
+    assert recorder.calls[-1] == ("pipeline_error", "PluginError", "bad-factory")
 
 
 def test_hook_failure_is_attributed(apt_kernel):
@@ -145,10 +144,10 @@ def test_hook_failure_is_attributed(apt_kernel):
         def pipeline_start(self, pipeline, run_dir):
             raise KeyError("oops")
 
-    from apt_kernel.kernel import PluginHookError
+    from apt_kernel.errors import PluginError
 
     apt_kernel.add(Faulty(), {"kernel_api": "^1.0"}, name="faulty")
-    with pytest.raises(PluginHookError, match="plugin 'faulty' failed in hook pipeline_start: KeyError"):
+    with pytest.raises(PluginError, match="plugin 'faulty' failed in hook pipeline_start: KeyError"):
         apt_kernel.call_hook("pipeline_start", pipeline={}, run_dir="x")
 
 

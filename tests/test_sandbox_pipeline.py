@@ -170,3 +170,31 @@ def test_sandbox_all_lets_callbacks_write_the_run_folder_and_closes_every_worker
     run_dir = tmp_path / "run"
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*")) and (run_dir / "errors.db").exists()
     assert not list(run_dir.glob("errors.db-*")), sorted(p.name for p in run_dir.iterdir())
+
+
+@pytest.mark.parametrize("hooks, message", [
+    # the hook is register_callbacks: the worker looked it up by name and said only that it was missing
+    ("@hookimpl\ndef register_callback(register):\n    register('checked', lambda options, context: Plugin())\n",
+     "defines register_callback, which is not a hook (did you mean register_callbacks?)"),
+    # a name the manifest does not declare: the worker registered it without a word
+    ("@hookimpl\ndef register_callbacks(register):\n    register('checked', lambda options, context: Plugin())\n"
+     "    register('undeclared', lambda options, context: Plugin())\n",
+     "registers callback 'undeclared', which its manifest does not declare"),
+])
+def test_a_sandboxed_plugin_is_refused_by_the_same_checks_with_the_same_message(tmp_path, monkeypatch, hooks,
+                                                                                  message):
+    from apt_kernel.errors import PluginLoadError
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "checked.py").write_text(
+        'APT_MANIFEST = {"kernel_api": "^1.0", "version": "1.0.0", "provides": {"callback": {"checked": {}}}}\n'
+        "from apt_sdk import Callback, hookimpl\n\nclass Plugin(Callback):\n    pass\n\n" + hooks)
+    refusals = []
+    for sandbox in ("false", "true"):
+        monkeypatch.setenv("APT_KERNEL_HOME", str(tmp_path / f"home-{sandbox}"))  # no remembered failure
+        path = pipeline(tmp_path, f'\n[[callbacks]]\nuse = "checked"\nsandbox = {sandbox}\n', name=f"sandbox-{sandbox}")
+        with pytest.raises(PluginLoadError) as refused:
+            run_pipeline(path, plugins_dirs=(str(plugins),))
+        refusals.append(str(refused.value))
+    assert message in refusals[0] and refusals[1] == refusals[0]

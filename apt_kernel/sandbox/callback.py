@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..callbacks import EVENTS
+from ..callbacks import EVENTS, callback_hook
+from ..errors import failure_message
 from .host import SandboxError, SandboxWorker, as_plain, package_dir, read_paths
 from .limits import SandboxLimits
 
@@ -36,7 +37,8 @@ class SandboxedCallback:
         extra_read = [p for p in (*packages, plugin.path) if p]
         init = {"mode": "component", "kind": "callback", "name": name, "options": options,
                 "plugin": {"name": plugin.name, "module": plugin.module if not plugin.path else
-                           f"apt_local_plugins.{plugin.name}", "path": plugin.path},
+                           f"apt_local_plugins.{plugin.name}", "path": plugin.path, "version": plugin.version,
+                           "distribution": plugin.distribution, "manifest": plugin.manifest.to_dict()},
                 "context": {"pipeline_name": context.pipeline_name, "seed": context.seed,
                             "run_dir": str(context.run_dir), "rank": context.rank, "world_size": context.world_size,
                             "config": context.config},
@@ -53,7 +55,7 @@ class SandboxedCallback:
         try:
             reply = self.worker.call({"method": event, "trainer": _trainer_view(trainer), "args": as_plain(list(args))})
         except SandboxError as exc:
-            return self._failed(trainer, exc.kind, str(exc), None)
+            return self._failed(trainer, exc.kind, str(exc), None, event)
         for decision, value in reply.get("decisions", {}).items():
             if decision in ("should_stop", "skip_next_step") and value:
                 setattr(trainer, decision, True)
@@ -63,10 +65,9 @@ class SandboxedCallback:
             self.context.report_error({**report, "plugin": self.plugin.name, "hook": f"callback {self.name}"})
         if not reply.get("ok"):
             error = reply.get("error", {})
-            return self._failed(trainer, error.get("type", "Error"),
-                                f"plugin {self.plugin.name!r} callback {self.name!r} raised in {event}: "
-                                f"{error.get('type')}: {error.get('message')}{self._hint(error)}",
-                                error.get("traceback"))
+            message = failure_message(self.plugin.name, callback_hook(self.name, event), error.get("type", "Error"),
+                                      f"{error.get('message')}{self._hint(error)}")
+            return self._failed(trainer, error.get("type", "Error"), message, error.get("traceback"), event)
         return reply.get("result")
 
     def _hint(self, error: dict) -> str:
@@ -79,12 +80,13 @@ class SandboxedCallback:
                     'allow_paths = ["${run_dir}"] lets it write the run folder')
         return "; a sandboxed plugin reads and writes only in its own temp folder and in [callbacks.limits] allow_paths"
 
-    def _failed(self, trainer: Any, kind: str, message: str, trace: str | None) -> None:
+    def _failed(self, trainer: Any, kind: str, message: str, trace: str | None, event: str | None = None) -> None:
         stop = self.limits.on_failure == "stop"
         self.context.log(f"warning: {message}" + ("; stopping the run at the end of this step" if stop else
                                                   "; the run goes on (on_failure = \"continue\")"))
+        hook = callback_hook(self.name, event) if event else f"callback {self.name}"
         self.context.report_error({"type": kind, "message": message, "traceback": trace, "plugin": self.plugin.name,
-                                   "hook": f"callback {self.name}", "severity": "error",
+                                   "hook": hook, "severity": "error",
                                    "global_step": getattr(trainer, "global_step", None),
                                    "epoch": getattr(trainer, "epoch", None), "rank": self.context.rank})
         if stop and trainer is not None:

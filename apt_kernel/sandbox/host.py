@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import KernelError, UserError
+from ..errors import KernelError, PluginLoadError, UserError
 from . import protocol
 from .confine import python_read_paths
 from .limits import SandboxLimits
@@ -136,6 +136,8 @@ class SandboxWorker:
                 raise SandboxUnavailable(f"{self.label}: required sandbox layer unavailable: {detail}",
                                          plugin=self.init.get("plugin", {}).get("name"), kind="SandboxUnavailable")
             error = self.ready.get("error", {})
+            if error.get("type") == PluginLoadError.__name__:  # refused by the kernel's own checks, in the worker:
+                raise PluginLoadError(error.get("message"))  # the same error as in this process
             raise SandboxError(f"{self.label}: failed to start: {error.get('type')}: {error.get('message')}",
                                plugin=self.init.get("plugin", {}).get("name"), kind=error.get("type", "SandboxError"),
                                traceback=error.get("traceback"))

@@ -28,7 +28,7 @@ class SandboxLimits(BaseModel):
     @classmethod
     def _known_layers(cls, value: list[str]) -> list[str]:
         # a misspelt layer would otherwise silently drop the guarantee the user asked for
-        from ..registry import closest
+        from ..errors import closest
 
         for name in value:
             if name not in LAYERS:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import builtins
 import functools
-import importlib
-import importlib.util
 import io
 import socket
 import sys
@@ -146,26 +144,23 @@ class TrainerView:
 
 
 def load_component(init: dict) -> Any:
-    plugin = init["plugin"]
-    if plugin.get("path"):
-        spec = importlib.util.spec_from_file_location(plugin["module"], plugin["path"])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[plugin["module"]] = module
-        spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(plugin["module"])
-    factories: dict[str, Any] = {}
-    hook = getattr(module, f"register_{init['kind']}s", None)
-    if hook is None:
-        raise LookupError(f"{plugin['module']} has no register_{init['kind']}s hook")
-    hook(register=lambda name, factory, **_: factories.__setitem__(name, factory))
-    if init["name"] not in factories:
-        raise LookupError(f"{plugin['module']} did not register {init['kind']} {init['name']!r}")
+    """Register the plugin as the kernel's process does (``Kernel.add_plugin``: its hooks checked, each name it
+    registers checked against its manifest), then build the one component this worker serves."""
     from apt_kernel.context import BuildContext
+    from apt_kernel.discovery import PluginInfo
+    from apt_kernel.kernel import Kernel
+    from apt_kernel.manifest import parse_manifest
 
+    plugin = init["plugin"]
+    info = PluginInfo(plugin["name"], plugin["module"], plugin["version"], plugin.get("distribution"),
+                      path=plugin.get("path"), manifest=parse_manifest(plugin["manifest"], plugin["name"]))
+    kernel = Kernel(autoload=False, strict=True, env={}, remember=False)  # a refused plugin raises, as a pipeline's
+    kernel.plugins[info.name] = info
+    kernel.load([info.name])
+    factory = kernel.registration(init["kind"], init["name"], info.name).factory
     fields = dict(init["context"], run_dir=Path(init["context"]["run_dir"]))  # a factory gets what it gets in-process
     context = BuildContext(**fields, log=lambda message: print(message, flush=True), progress=False)
-    return factories[init["name"]](dict(init["options"]), context)
+    return factory(dict(init["options"]), context)
 
 
 def overridden_events(component: Any) -> list[str]:

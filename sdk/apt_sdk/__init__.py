@@ -6,7 +6,8 @@
 - ``Callback`` (subclass it) and ``EVENTS``, the training events;
 - ``BuildContext``: a factory's second argument, ``factory(options, context)``;
 - errors: ``UserError`` (exit 2, no traceback), ``OptionError`` (a bad option, reported with the pipeline's
-  file and line), ``PipelineError``, ``RunInterrupted``;
+  file and line), ``PipelineError``, ``RunInterrupted``, and ``PluginError``: a plugin's hook, factory or
+  callback raised (``CallbackError`` is its name of SDK 0.1.0-0.1.2);
 - ``run_pipeline`` / ``check_pipeline``: run or validate a pipeline from Python;
 - ``check_known_keys``: refuse a misspelt key of a dict the user wrote, naming the key it resembles;
 - ``folder_problem``: why a folder option cannot be written (a file in the way, no write permission);
@@ -19,7 +20,7 @@ Test helpers for plugin authors are in ``apt_sdk.testing`` (pytest fixtures ``ap
 from apt_kernel import KERNEL_API_VERSION
 from apt_kernel.callbacks import EVENTS, Callback, CallbackError
 from apt_kernel.context import BuildContext
-from apt_kernel.errors import OptionError, PipelineError, RunInterrupted, UserError
+from apt_kernel.errors import OptionError, PipelineError, PluginError, RunInterrupted, UserError
 from apt_kernel.hookspecs import hookimpl
 from apt_kernel.protocols import Batch, DataModule, Encoder, Loss, Model, Tokenizer, Trainer, TrainerState
 
@@ -29,7 +30,7 @@ from .workers import loader_worker_init, start_loader
 __all__ = [
     "EVENTS", "KERNEL_API_VERSION", "Batch", "BuildContext", "Callback", "CallbackError", "DataModule", "Encoder",
     "Loss", "Model", "OptionError",
-    "PipelineError", "RunInterrupted", "Tokenizer", "Trainer", "TrainerState", "UserError",
+    "PipelineError", "PluginError", "RunInterrupted", "Tokenizer", "Trainer", "TrainerState", "UserError",
     "check_known_keys", "check_pipeline", "folder_problem", "hookimpl", "loader_worker_init", "run_pipeline",
     "start_loader",
 ]

@@ -7,8 +7,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from apt_kernel.errors import UserError
-from apt_kernel.registry import closest
+from apt_kernel.errors import UserError, closest
 
 
 def check_known_keys(given: Iterable[str], known: Iterable[str], what: str) -> None:
