@@ -88,8 +88,10 @@ class AudioPreprocessor:
                 warnings.warn(f"{describe(clip, label)}: {seconds:.2f} s is longer than max_seconds = {limit:g}; "
                               "the rest is cut", stacklevel=2)
             waves.append(wave)
-        features = self.feature_extractor(waves, sampling_rate=SAMPLING_RATE, return_tensors="pt", padding="max_length",
-                                          max_length=self.max_samples, truncation=True)["input_features"]
+        with torch.autocast("cpu", enabled=False):  # under CPU bf16 autocast its numpy step met bf16 and failed
+            features = self.feature_extractor(waves, sampling_rate=SAMPLING_RATE, return_tensors="pt",
+                                              padding="max_length", max_length=self.max_samples,
+                                              truncation=True)["input_features"]
         # a mel frame per HOP samples begun, an encoder frame per two mel frames begun
         lengths = torch.tensor([math.ceil(math.ceil(min(len(w), self.max_samples) / HOP) / 2) for w in waves])
         return features, torch.arange(self.frames) < lengths[:, None]
@@ -140,10 +142,20 @@ class AudioEncoder(nn.Module):
         self.max_seconds = float(max_seconds)
         self.frames = frames
         self.output_dim = int(self.encoder.config.d_model)
-        self.frozen = freeze_encoder
+        self._trainable = {name for name, p in self.encoder.named_parameters() if p.requires_grad}  # not positions
+        self.frozen = False
         if freeze_encoder:
-            self.encoder.requires_grad_(False)
-            self.encoder.eval()
+            self.freeze()
+
+    def freeze(self, frozen: bool = True) -> AudioEncoder:
+        """Freeze (``requires_grad`` off, eval mode, forward under ``no_grad``) or, with False, unfreeze the
+        encoder: the weights that trained before train again (Whisper's fixed positions stay fixed) and it
+        follows ``train()``/``eval()``. Saved with a multimodal model."""
+        self.frozen = frozen
+        for name, parameter in self.encoder.named_parameters():
+            parameter.requires_grad_(not frozen and name in self._trainable)
+        self.encoder.train(self.training and not frozen)
+        return self
 
     def train(self, mode: bool = True) -> AudioEncoder:
         super().train(mode)
@@ -184,7 +196,8 @@ class AudioEncoder(nn.Module):
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the encoder and its feature extractor; ``AudioEncoder(model_name_or_path=path)`` loads them."""
-        self.encoder.save_pretrained(path)
+        with _quiet():  # transformers' "Writing model shards" progress bar
+            self.encoder.save_pretrained(path)
         self.preprocessor.feature_extractor.save_pretrained(path)
 
 

@@ -14,20 +14,19 @@ text-only record, or a batch where only some records have an image, never has an
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from apt_plugin_lm.model import APTConfig, APTLargeModel, Block
-from apt_sdk import UserError
 
+from .checks import check_media, check_text
 from .fusion import MultimodalFusion
-
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+from .generation import Generation
+from .loading import Loading
+from .warn import plain_warnings
 
 
 @dataclass
@@ -39,7 +38,8 @@ class MultimodalConfig:
     use_audio: bool = False
     vision: dict | None = None  # CLIPVisionConfig fields ("size" preset or full fields)
     audio: dict | None = None  # WhisperConfig fields and max_seconds
-    freeze_encoders: bool = True
+    freeze_encoders: bool = True  # for encoders the model builds, and configs saved without ``frozen``
+    frozen: dict[str, bool] | None = None  # each encoder's state, {"vision": True, ...}: restored on loading
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,18 +49,24 @@ class MultimodalConfig:
         return cls(**data)
 
 
-class MultimodalAPTModel(nn.Module):
-    """``forward(text_input_ids, image=None, audio=None, text_attention_mask=None, ...) -> logits [B, T, V]``.
+class MultimodalAPTModel(Generation, Loading, nn.Module):
+    """``forward(text_input_ids, image=None, audio=None, text_attention_mask=None, ...) -> logits [B, T, V]``;
+    ``generate_from_multimodal`` / ``generate_batch`` (``generation.py``); ``save_pretrained`` /
+    ``from_pretrained`` (``loading.py``).
 
     :param apt_config: the decoder (an ``APTConfig`` or its dict); ``num_encoder_layers`` must be 0.
     :param use_vision: build a CLIP image tower (``vision_encoder`` or one from ``vision_config``).
     :param use_audio: build a Whisper audio encoder (``audio_encoder`` or one from ``audio_config``).
-    :param vision_encoder: a ready ``VisionEncoder`` (weights loaded from a folder, say).
-    :param audio_encoder: a ready ``AudioEncoder``.
-    :param vision_config: fields for a new ``VisionEncoder``: ``{"size": "small", "image_size": 64, ...}``
-        (``"stem": "conv"`` for a convolutional stem).
-    :param audio_config: fields for a new ``AudioEncoder``: ``{"size": "small", "max_seconds": 1.0, ...}``.
-    :param freeze_encoders: freeze the encoders (their projections into the decoder always train).
+    :param vision_encoder: a ready ``VisionEncoder`` (weights loaded from a folder, say); it stays frozen or
+        trainable as it is.
+    :param audio_encoder: a ready ``AudioEncoder``; the same.
+    :param vision_config: fields for a new ``VisionEncoder`` over its ``size`` preset: ``{"size": "small",
+        "image_size": 64, ...}`` (``"stem": "conv"`` for a convolutional stem). None: ``VisionEncoder()``'s
+        own, ViT-B/32's shape (224 px images, 32 px patches).
+    :param audio_config: fields for a new ``AudioEncoder``: ``{"size": "small", "max_seconds": 1.0, ...}``
+        (default: the ``tiny`` preset, a 1 s window).
+    :param freeze_encoders: freeze the encoders built here (their projections into the decoder always
+        train); ``freeze_encoders(False)`` unfreezes every encoder later.
     """
 
     def __init__(self, apt_config: APTConfig | dict, use_vision: bool = True, use_audio: bool = False,
@@ -79,8 +85,8 @@ class MultimodalAPTModel(nn.Module):
             self.vision, vision_fields = _vision(vision_encoder, vision_config, freeze_encoders)
         if use_audio:
             self.audio, audio_fields = _audio(audio_encoder, audio_config, freeze_encoders)
-        self.config = MultimodalConfig(decoder_config.to_dict(), use_vision, use_audio, vision_fields, audio_fields,
-                                       freeze_encoders)
+        self._config = MultimodalConfig(decoder_config.to_dict(), use_vision, use_audio, vision_fields, audio_fields,
+                                        freeze_encoders)
         self.apt_config = decoder_config
         d = decoder_config.d_model
         self.fusion = MultimodalFusion(image_dim=self.vision.vision_dim if self.vision else None,
@@ -100,6 +106,31 @@ class MultimodalAPTModel(nn.Module):
         if decoder_config.tie_embeddings:
             self.lm_head.weight = self.tok.weight
         self.tokenizer = None  # set by from_pretrained / train_multimodal_model; needed to generate text
+        self.loaded_from = None  # where from_pretrained found the model (for the message when it had no tokenizer)
+
+    @property
+    def config(self) -> MultimodalConfig:
+        """What rebuilds this model, each encoder's frozen state as it is now (a checkpoint or
+        ``save_pretrained`` writes it, so the encoders come back frozen or trainable as they were)."""
+        self._config.frozen = {name: bool(encoder.frozen) for name, encoder in self._encoders()}
+        return self._config
+
+    def _encoders(self) -> list[tuple[str, nn.Module]]:
+        return [(name, encoder) for name, encoder in (("vision", self.vision), ("audio", self.audio))
+                if encoder is not None]
+
+    def freeze_encoders(self, frozen: bool = True) -> MultimodalAPTModel:
+        """Freeze every encoder (no gradients, forward under ``no_grad``, eval mode even under ``.train()``)
+        or, with ``False``, unfreeze them: their weights then train and follow ``.train()``/``.eval()``. The
+        state is saved with the model. Build the optimizer after unfreezing: one built before holds none of
+        the encoders' weights."""
+        for _, encoder in self._encoders():
+            encoder.freeze(frozen)
+        return self
+
+    def unfreeze_encoders(self) -> MultimodalAPTModel:
+        """``freeze_encoders(False)``."""
+        return self.freeze_encoders(False)
 
     def memory(self, batch_size: int, image: Any = None, audio: Any = None, image_present: torch.Tensor | None = None,
                audio_mask: torch.Tensor | None = None,
@@ -119,17 +150,19 @@ class MultimodalAPTModel(nn.Module):
         is the number of distinct images, so each is encoded, projected and turned into keys and values once."""
         device = self.nothing.device
         image_features = audio_features = None
-        if image is not None:
-            if self.vision is None:
-                raise ValueError("this model was built without vision (use_vision=False); it cannot take an image")
-            image_features = self.vision.patch_features(image)
-        if audio is not None:
-            if self.audio is None:
-                raise ValueError("this model was built without audio (use_audio=False); it cannot take audio")
-            if isinstance(audio, torch.Tensor):
-                audio_features = self.audio(audio)
-            else:
-                audio_features, audio_mask = self.audio.encode_batch(audio)
+        if image is not None and self.vision is None:
+            raise ValueError("this model was built without vision (use_vision=False); it cannot take an image")
+        if audio is not None and self.audio is None:
+            raise ValueError("this model was built without audio (use_audio=False); it cannot take audio")
+        check_media(batch_size, image, audio, image_present, audio_mask, image_index, self.vision)
+        with plain_warnings():  # e.g. a clip cut to the audio window: its message, not a line of the encoder's code
+            if image is not None:
+                image_features = self.vision.patch_features(image)
+            if audio is not None:
+                if isinstance(audio, torch.Tensor):
+                    audio_features = self.audio(audio)
+                else:
+                    audio_features, audio_mask = self.audio.encode_batch(audio)
         visible = torch.ones(batch_size, 1, dtype=torch.bool, device=device)
         if image_features is None and audio_features is None:
             return self.nothing.expand(batch_size, -1, -1), visible, None
@@ -156,8 +189,7 @@ class MultimodalAPTModel(nn.Module):
         :param image_index: ``[B]``: ``image`` holds distinct images and record b's is ``image[image_index[b]]``.
         """
         ids = text_input_ids
-        if ids.shape[1] > self.apt_config.max_seq_len:
-            raise ValueError(f"sequence length {ids.shape[1]} exceeds max_seq_len {self.apt_config.max_seq_len}")
+        check_text(ids, self.apt_config.max_seq_len)
         memory, memory_mask, index = self._shared_memory(ids.shape[0], image, audio, image_present, audio_mask,
                                                          image_index)
         return self._decode(ids, memory, memory_mask, text_attention_mask, memory_index=index)
@@ -173,177 +205,13 @@ class MultimodalAPTModel(nn.Module):
                       cache=None if caches is None else caches[i], memory_index=memory_index)
         return self.lm_head(self.ln_f(x))
 
-    @torch.no_grad()
-    def generate_from_multimodal(self, text: str, image: Any = None, audio: Any = None, max_length: int = 100,
-                                 do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
-                                 generator: torch.Generator | None = None, use_cache: bool = True) -> str:
-        """The continuation of ``text`` (a prompt) given an image and/or a clip, as text.
-
-        :param image: a PIL image, a path, or pixel values ``[1, 3, H, W]``.
-        :param audio: a path, a 16 kHz waveform, or features ``[1, mels, frames]``.
-        :param max_length: new tokens at most; generation also stops at the end-of-text token.
-        :param do_sample: sample (with ``temperature`` and ``top_k``) instead of the most likely token.
-        :param use_cache: keep the keys and values of earlier tokens (and of the image and audio) instead of
-            recomputing them for every new token; the same tokens, faster (``bench/bench_multimodal.py``).
-            Past ``max_seq_len`` tokens the window slides, which needs the recomputation.
-        """
-        images = None if image is None else (image if isinstance(image, torch.Tensor) else [image])
-        clips = None if audio is None else (audio if isinstance(audio, torch.Tensor) else [audio])
-        return self.generate_batch([text], images, clips, max_length=max_length, do_sample=do_sample,
-                                   temperature=temperature, top_k=top_k, generator=generator, use_cache=use_cache)[0]
-
-    @torch.no_grad()
-    def generate_batch(self, prompts: list[str], image: Any = None, audio: Any = None,
-                       image_present: torch.Tensor | None = None, audio_mask: torch.Tensor | None = None,
-                       max_length: int = 100, image_index: torch.Tensor | None = None, **sampling: Any) -> list[str]:
-        """``generate_from_multimodal`` for many prompts at once: ``image``/``audio`` as ``forward`` takes
-        them (one per prompt, or distinct ones with ``image_index``). Prompts of the same length in tokens
-        are decoded together, so no row is padded; ``sampling`` takes ``do_sample``, ``temperature``,
-        ``top_k``, ``generator``, ``use_cache``."""
-        if self.tokenizer is None:
-            raise UserError("this model has no tokenizer: load it with from_pretrained, or set model.tokenizer")
-        was_training = self.training
-        self.eval()
-        tokenizer = self.tokenizer
-        encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
-        memory, memory_mask, index = self._shared_memory(len(prompts), image, audio, image_present, audio_mask,
-                                                         image_index)
-        answers: list[str] = [""] * len(prompts)
-        for length in sorted({len(ids) for ids in encoded}):
-            rows = [i for i, ids in enumerate(encoded) if len(ids) == length]
-            ids = torch.tensor([encoded[i] for i in rows], device=memory.device)
-            if index is None:
-                new = self._generate(ids, memory[rows], memory_mask[rows], max_length, **sampling)
-            else:
-                new = self._generate(ids, memory, memory_mask[rows], max_length, memory_index=index[rows], **sampling)
-            for i, tokens in zip(rows, new, strict=True):
-                answers[i] = tokenizer.decode(tokens)
-        self.train(was_training)
-        return answers
-
-    def _generate(self, ids: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, max_length: int,
-                  do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
-                  generator: torch.Generator | None = None, use_cache: bool = True,
-                  memory_index: torch.Tensor | None = None) -> list[list[int]]:
-        """New tokens of each row, up to its end-of-text token."""
-        eos, limit = self.tokenizer.eos_id, self.apt_config.max_seq_len
-        caches: list[dict] | None = [{} for _ in self.blocks] if use_cache and ids.shape[1] <= limit else None
-        done = 0  # tokens already in the caches
-        finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        new: list[torch.Tensor] = []
-        for _ in range(max_length):
-            if caches is not None and ids.shape[1] <= limit:
-                logits = self._decode(ids[:, done:], memory, memory_mask, caches=caches, start=done,
-                                      memory_index=memory_index)[:, -1].float()
-                done = ids.shape[1]
-            else:
-                logits = self._decode(ids[:, -limit:], memory, memory_mask, memory_index=memory_index)[:, -1].float()
-            if do_sample:
-                logits = logits / max(temperature, 1e-6)
-                if top_k:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_id = torch.multinomial(logits.softmax(-1), 1, generator=generator)
-            else:
-                next_id = logits.argmax(-1, keepdim=True)
-            finished |= next_id[:, 0] == eos
-            new.append(next_id[:, 0].masked_fill(finished, eos))
-            if bool(finished.all()):
-                break
-            ids = torch.cat([ids, next_id], dim=1)
-        rows = torch.stack(new, 1).tolist() if new else [[] for _ in range(ids.shape[0])]
-        return [row[:row.index(eos)] if eos in row else row for row in rows]
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """``config.json`` (decoder, encoders' configs), ``model.safetensors`` (all weights, encoders
-        included) and, when the model has one, ``tokenizer/``."""
-        from safetensors.torch import save_model
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_FILE).write_text(json.dumps({"multimodal": self.config.to_dict()}, indent=2))
-        save_model(self, str(directory / WEIGHTS_FILE))
-        if self.tokenizer is not None:
-            self.tokenizer.save(directory / "tokenizer")
-
-    @classmethod
-    def from_config(cls, config: MultimodalConfig | dict) -> MultimodalAPTModel:
-        """A model of the saved shape with fresh weights (the encoders rebuilt from their configs)."""
-        config = config if isinstance(config, MultimodalConfig) else MultimodalConfig.from_dict(config)
-        vision = audio = None
-        if config.use_vision:
-            from transformers import CLIPVisionConfig
-
-            from apt_plugin_vision import VisionEncoder
-
-            vision = VisionEncoder(config=CLIPVisionConfig.from_dict(config.vision),
-                                   freeze_encoder=config.freeze_encoders)
-        if config.use_audio:
-            from transformers import WhisperConfig
-
-            from apt_plugin_audio import AudioEncoder
-
-            fields = dict(config.audio)
-            seconds = fields.pop("max_seconds")
-            audio = AudioEncoder(config=WhisperConfig.from_dict(fields), max_seconds=seconds,
-                                 freeze_encoder=config.freeze_encoders)
-        return cls(config.apt, config.use_vision, config.use_audio, vision, audio,
-                   freeze_encoders=config.freeze_encoders)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, map_location: str = "cpu") -> MultimodalAPTModel:
-        """Load a ``save_pretrained`` folder, a run folder (its exported ``model/``, else its newest
-        checkpoint), or a trainer checkpoint file."""
-        path = Path(path)
-        if path.is_dir() and not (path / CONFIG_FILE).exists():
-            exported = path / "model"
-            checkpoints = sorted((path / "checkpoints").glob("*.pt"), key=lambda p: p.stat().st_mtime)
-            if (exported / CONFIG_FILE).exists():
-                path = exported
-            elif checkpoints:
-                path = checkpoints[-1]
-            else:
-                raise UserError(f"{path} holds no saved multimodal model (config.json), exported model/ or "
-                                f"checkpoints/*.pt")
-        if path.is_file():
-            return _from_checkpoint(cls, path, map_location)
-        if not path.exists():
-            raise UserError(f"{path}: no such folder or checkpoint file")
-        from safetensors.torch import load_model
-
-        saved = json.loads((path / CONFIG_FILE).read_text())
-        if "multimodal" not in saved:
-            raise UserError(f"{path / CONFIG_FILE} is not a multimodal APT model's config (no 'multimodal' key)")
-        model = cls.from_config(saved["multimodal"])
-        load_model(model, str(path / WEIGHTS_FILE), device=map_location)
-        if (path / "tokenizer").is_dir():
-            from apt_plugin_lm.tokenization import load_tokenizer
-
-            model.tokenizer = load_tokenizer(path / "tokenizer")
-        return model
-
-
-def _from_checkpoint(cls, path: Path, map_location: str) -> MultimodalAPTModel:
-    state = torch.load(path, map_location=map_location, weights_only=True)  # tensors and plain data only
-    config = state.get("config") if isinstance(state, dict) else None
-    if not isinstance(config, dict) or "apt" not in config:
-        raise UserError(f"{path} is not a checkpoint of a multimodal APT model (its config has no 'apt' decoder)")
-    model = cls.from_config(config)
-    model.load_state_dict(state["model_state_dict"])
-    tokenizer_dir = path.parent.parent / "tokenizer"
-    if tokenizer_dir.is_dir():
-        from apt_plugin_lm.tokenization import load_tokenizer
-
-        model.tokenizer = load_tokenizer(tokenizer_dir)
-    return model
-
 
 def _vision(encoder: nn.Module | None, fields: dict | None, freeze: bool) -> tuple[nn.Module, dict]:
     from apt_plugin_vision import VisionEncoder
 
-    if encoder is None:
-        fields = dict(fields or {"size": "tiny"})
-        size, stem = fields.pop("size", "tiny"), fields.pop("stem", None)
+    if encoder is None:  # without fields, VisionEncoder()'s own tower: ViT-B/32's shape, 224 px
+        fields = dict(fields or {})
+        size, stem = fields.pop("size", "base"), fields.pop("stem", None)
         encoder = VisionEncoder(size=size, config=fields or None, freeze_encoder=freeze, stem=stem)
     return encoder, encoder.model.config.to_dict()
 

@@ -12,11 +12,13 @@ from apt_plugin_lm.model import APTConfig
 from apt_plugin_lm.tokenization import CharTokenizer
 from apt_plugin_multimodal import CrossModalAttention, MultimodalAPTModel, MultimodalFusion
 
+TINY = {"size": "tiny"}  # a 32 px tower of two layers: the tests' (the default is VisionEncoder()'s ViT-B/32)
+
 
 def small_model(**kwargs) -> MultimodalAPTModel:
     torch.manual_seed(0)
     config = APTConfig(vocab_size=100, d_model=64, num_heads=4, num_layers=2, max_seq_len=128)
-    model = MultimodalAPTModel(config, **kwargs)
+    model = MultimodalAPTModel(config, **{"vision_config": TINY, **kwargs})
     with torch.no_grad():  # the refinement on, so the test sees autopoietic attention at work
         for name, p in model.named_parameters():
             if name.endswith(".gate"):
@@ -101,7 +103,7 @@ def test_a_record_without_its_image_ignores_the_pixels():
 def test_generation_greedy_and_sampled_and_saving(tmp_path):
     tokenizer = CharTokenizer.train(["what colour? red blue"])
     config = APTConfig(vocab_size=tokenizer.vocab_size, d_model=32, num_heads=2, num_layers=1, max_seq_len=64)
-    model = MultimodalAPTModel(config).eval()
+    model = MultimodalAPTModel(config, vision_config=TINY).eval()
     model.tokenizer = tokenizer
     red = Image.new("RGB", (32, 32), "red")
     greedy = model.generate_from_multimodal("what colour? ", image=red, max_length=20)
@@ -126,7 +128,7 @@ def test_kv_cache_gives_the_logits_of_the_full_pass(attention):
     config = APTConfig(vocab_size=tokenizer.vocab_size, d_model=32, num_heads=2, num_layers=2, max_seq_len=24,
                        attention=attention)
     torch.manual_seed(1)
-    model = MultimodalAPTModel(config).eval()
+    model = MultimodalAPTModel(config, vision_config=TINY).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(".gate"):

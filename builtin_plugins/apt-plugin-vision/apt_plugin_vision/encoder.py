@@ -99,10 +99,17 @@ class VisionEncoder(nn.Module):
         self.output_dim = int(config.projection_dim)
         self.vision_dim = int(config.hidden_size)
         self.num_tokens = 1 + (config.image_size // config.patch_size) ** 2
-        self.frozen = freeze_encoder
+        self.frozen = False
         if freeze_encoder:
-            self.model.requires_grad_(False)
-            self.model.eval()
+            self.freeze()
+
+    def freeze(self, frozen: bool = True) -> VisionEncoder:
+        """Freeze (``requires_grad`` off, eval mode, forward under ``no_grad``) or, with False, unfreeze the tower:
+        its weights train again and it follows ``train()``/``eval()``. Saved with a multimodal model."""
+        self.frozen = frozen
+        self.model.requires_grad_(not frozen)
+        self.model.train(self.training and not frozen)
+        return self
 
     def train(self, mode: bool = True) -> VisionEncoder:
         super().train(mode)
@@ -138,7 +145,8 @@ class VisionEncoder(nn.Module):
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the tower and its image processor; ``VisionEncoder(model_name_or_path=path)`` loads it back."""
-        self.model.save_pretrained(path)
+        with _quiet():  # transformers' "Writing model shards" progress bar
+            self.model.save_pretrained(path)
         self.preprocessor.processor.save_pretrained(path)
 
     def _pixels(self, images: Sequence[ImageSource] | torch.Tensor) -> torch.Tensor:
