@@ -56,11 +56,24 @@ class ProbeTrainer:
         return {"embedding": list(embedding.shape), "frames": list(frames.shape), "fused": list(fused.shape)}
 
 
+class ProbeData:
+    """No batches: the probe trainer encodes its own image and clip (the kernel checks the data protocol)."""
+
+    def steps_per_epoch(self, epoch: int = 0) -> int:
+        return 0
+
+    def train_batches(self, epoch: int, start: int = 0):
+        return iter(())
+
+    def val_batches(self):
+        return iter(())
+
+
 class Probe:
     @staticmethod
     @hookimpl
     def register_data(register):
-        register("probe-data", lambda options, context: object())
+        register("probe-data", lambda options, context: ProbeData())
 
     @staticmethod
     @hookimpl
@@ -72,7 +85,7 @@ class Probe:
     @staticmethod
     @hookimpl
     def register_losses(register):
-        register("probe-loss", lambda options, context: object())
+        register("probe-loss", lambda options, context: torch.nn.functional.mse_loss)
 
     @staticmethod
     @hookimpl
