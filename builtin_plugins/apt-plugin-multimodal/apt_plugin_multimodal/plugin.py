@@ -19,6 +19,9 @@ def build_model(options: dict, context: BuildContext):
     data = context.data
     if not hasattr(data, "uses_image"):
         raise UserError('[model] multimodal-apt needs the multimodal data component (use = "multimodal")')
+    if not (data.uses_image or data.uses_audio):
+        raise UserError("no record of the data has an image_path or an audio_path, and multimodal-apt needs images "
+                        'or audio to attend to: for text only, use the "apt-lm" model')
     if options["d_model"] % options["num_heads"]:
         raise OptionError("num_heads", f"d_model = {options['d_model']} is not divisible by num_heads = "
                                        f"{options['num_heads']}")
@@ -28,13 +31,20 @@ def build_model(options: dict, context: BuildContext):
                        num_heads=options["num_heads"], num_layers=options["num_layers"], d_ff=options["d_ff"],
                        dropout=options["dropout"], attention=options["attention"])
     vision, audio = context.encoders.get("image"), context.encoders.get("audio")
+    # the encoder's size is given (its own section, or its saved weights'): the data must follow it
     if vision is not None and vision.preprocessor.image_size != data.image_size:
-        raise OptionError("vision_size", f"[encoders.image] takes {vision.preprocessor.image_size} px images but "
-                                         f"[data] image_size is {data.image_size}")
+        raise OptionError("image_size", f"is {data.image_size}, but the [encoders.image] tower takes "
+                                        f"{vision.preprocessor.image_size} px images: set image_size = "
+                                        f"{vision.preprocessor.image_size}", table="data")
     if audio is not None and abs(audio.max_seconds - data.max_audio_seconds) > 1e-9:
-        raise OptionError("audio_size", f"[encoders.audio] max_seconds is {audio.max_seconds} but [data] "
-                                        f"max_audio_seconds is {data.max_audio_seconds}")
+        raise OptionError("max_audio_seconds", f"is {data.max_audio_seconds:g}, but the [encoders.audio] encoder's "
+                                               f"window is {audio.max_seconds:g} s: set max_audio_seconds = "
+                                               f"{audio.max_seconds:g}", table="data")
     freeze = options["freeze_encoders"]
+    for name, given in (("image", vision), ("audio", audio)):  # an encoder given in its own section keeps its state
+        if freeze and given is not None and not given.frozen:
+            raise OptionError("freeze_encoders", f"is true, but [encoders.{name}] sets freeze_encoder = false: "
+                                                 "drop one of them")
     if data.uses_image and vision is None:  # a tower from a preset and the [model] vision fields
         from apt_plugin_vision import VisionEncoder
 
