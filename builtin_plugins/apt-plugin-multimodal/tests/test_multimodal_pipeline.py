@@ -205,7 +205,7 @@ def test_train_multimodal_model_runs_through_the_kernel(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "checkpoints").is_dir()
     saved = json.loads((tmp_path / "run" / "pipeline.json").read_text())
     assert saved["data"]["train_records"][0]["image_path"] == str(tmp_path / "data" / "media" / "train0.png")
-    with pytest.raises(Exception, match="train record 2: a record is a dict"):
+    with pytest.raises(ValueError, match=r"data_list\[2\]: a record is a dict"):
         train_multimodal_model(train[:2] + ["oops"], checkpoint_dir=tmp_path / "other")
 
 

@@ -31,6 +31,7 @@ def test_train_multimodal_model_returns_the_test_accuracy_and_records_it(tmp_pat
     assert recorded["global_step"] == 2 and recorded["result"]["test_accuracy"] == trained.test_accuracy
 
 
+@pytest.mark.slow
 def test_freeze_encoders_true_freezes_the_towers_the_model_builds(run_pipeline, tmp_path):
     write_manifests(tmp_path / "data")
     seen = {}
