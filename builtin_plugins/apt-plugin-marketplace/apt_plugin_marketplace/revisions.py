@@ -163,14 +163,16 @@ class Revisions:
         site = Path(old["site"]) if old["site"] else None
         if site is not None and not site.is_dir():
             raise TransactionError(f"revision {number}'s files ({site}) are gone; cannot restore it exactly")
+        files = old.get("files")
         if site is not None:
-            problems = damage(site, old["files"]) if "files" in old else self._unrecorded(old, site)
+            problems = damage(site, files) if files is not None else self._unrecorded(old, site)
             if problems:
                 raise TransactionError(
                     f"revision {number}'s files in {site} are not those its lock records (removed or changed "
                     f"since, e.g. by `pip uninstall`), so it cannot be restored exactly: {'; '.join(problems)}; "
                     "nothing was changed; `apt-kernel plugins install NAME==VERSION` installs a plugin again")
-        return self.commit(old["plugins"], f"rollback to revision {number}", site, None, old.get("files"))
+            files = installed(site) if files is None else files  # checked just now: the new revision's record
+        return self.commit(old["plugins"], f"rollback to revision {number}", site, None, files)
 
     @staticmethod
     def _unrecorded(old: dict, site: Path) -> list[str]:
