@@ -10,7 +10,8 @@ from typing import Any
 from .discovery import INSTALLED, PluginInfo, stale_editable
 from .errors import DuplicateComponentError, PluginLoadError, ResolutionError, UserError, closest
 from .kernel import Kernel
-from .pipeline import PipelineConfig, Source, combine_errors, validate_options
+from .option_schemas import validate_options
+from .pipeline import PipelineConfig, Source, combine_errors
 from .rundir import check_path
 from .solver import KERNEL_API, Catalog, solve
 
