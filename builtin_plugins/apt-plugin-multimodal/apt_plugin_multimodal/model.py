@@ -14,6 +14,7 @@ text-only record, or a batch where only some records have an image, never has an
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -155,7 +156,9 @@ class MultimodalAPTModel(Generation, Loading, nn.Module):
         if audio is not None and self.audio is None:
             raise ValueError("this model was built without audio (use_audio=False); it cannot take audio")
         check_media(batch_size, image, audio, image_present, audio_mask, image_index, self.vision)
-        with plain_warnings():  # e.g. a clip cut to the audio window: its message, not a line of the encoder's code
+        raw = any(media is not None and not isinstance(media, torch.Tensor) for media in (image, audio))
+        # raw media are read here, and a clip cut to the audio window warns: its message, not a line of code
+        with plain_warnings() if raw else contextlib.nullcontext():
             if image is not None:
                 image_features = self.vision.patch_features(image)
             if audio is not None:
