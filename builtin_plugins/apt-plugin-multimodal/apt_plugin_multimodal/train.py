@@ -18,8 +18,8 @@ ARGUMENTS = {"data.train_manifest": "data_list", "data.train_records": "data_lis
              "data.batch_size": "batch_size", "trainer.epochs": "epochs", "trainer.learning_rate": "learning_rate",
              "trainer.resume_from": "resume_from", "pipeline.seed": "seed", "pipeline.output_dir": "checkpoint_dir"}
 # the command line's advice, as a Python caller follows it
-FLAGS = (("--resume latest", "resume_from='latest'"), ("--overwrite", "overwrite=True"),
-         ("choose another output_dir", "choose another checkpoint_dir"))
+FLAGS = ((r" \(resume_from=\.\.\. in Python\)", ""), (r"--resume (latest|\S+\.pt)\b", r"resume_from='\1'"),
+         (r"--resume\b", "resume_from"), (r"--overwrite\b", "overwrite=True"), (r"\boutput_dir\b", "checkpoint_dir"))
 
 
 class ArgumentError(UserError, ValueError):
@@ -65,7 +65,7 @@ def _for_python(error: UserError) -> str:
         message = str(error)
     message = re.sub(r"\[(\w+)\] (\w+)(?= = )", lambda m: _argument(m[1], m[2]), message)  # "[trainer] precision = "
     for flag, argument in FLAGS:
-        message = message.replace(flag, argument)
+        message = re.sub(flag, argument, message)
     return message
 
 

@@ -127,6 +127,8 @@ def test_train_multimodal_model_names_its_own_arguments_not_pipeline_tables_and_
     (tmp_path / "old" / "metadata.json").write_text('{"checkpoints": []}')
     cases = [(dict(checkpoint_dir=tmp_path / "old"), "already holds a run (metadata.json); continue it with "
                                                      "resume_from='latest', replace it with overwrite=True"),
+             (dict(checkpoint_dir=tmp_path / "old", resume_from="latest", overwrite=True),
+              "resume_from continues the run in the folder and overwrite=True replaces it: give one"),
              (dict(data={"image_sz": 16}), "data['image_sz']: unknown option for data 'multimodal' (did you mean "
                                            "'image_size'?)"),
              (dict(epochs=0), "epochs: Input should be greater than or equal to 1"),
