@@ -70,7 +70,7 @@ class BodyLimit:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = f"the request body is over the limit of {self.limit / 2**20:.1f} MB (--max-body-mb)"
+        message = f"the request body is over the limit of {errors.size(self.limit)} (--max-body-mb)"
         await errors.response(413, message, code="request_too_large", headers={"Connection": "close"})(
             scope, receive, send)
 

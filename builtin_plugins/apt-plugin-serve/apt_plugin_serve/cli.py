@@ -122,17 +122,22 @@ def _check_address(host: str, port: int) -> None:
 
 
 def _run(app, host: str, port: int, drain_timeout: float) -> None:
+    import signal
+
     import uvicorn
 
     class Server(uvicorn.Server):
-        """Says what a stop waits for: uvicorn stops accepting connections, the running requests finish."""
+        """Says what a stop waits for (uvicorn stops accepting connections, the running requests finish), and
+        exits 0 after it: uvicorn would raise the signal again once drained, ending the process by it."""
 
         def handle_exit(self, sig: int, frame) -> None:
-            if not self.should_exit:
-                engine = app.state.serve.engine
-                click.echo(f"stopping: no new connections; {engine.running} running and {engine.waiting} waiting "
-                           f"request(s) finish first (up to {drain_timeout:g} s)", err=True)
-            super().handle_exit(sig, frame)
+            if self.should_exit:
+                self.force_exit = self.force_exit or sig == signal.SIGINT  # a second Ctrl-C: stop now
+                return
+            engine = app.state.serve.engine
+            click.echo(f"stopping: no new connections; {engine.running} running and {engine.waiting} waiting "
+                       f"request(s) finish first (up to {drain_timeout:g} s)", err=True)
+            self.should_exit = True
 
     Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                           timeout_graceful_shutdown=drain_timeout)).run()

@@ -25,6 +25,11 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
+def size(count: float) -> str:
+    """Bytes for a message: ``750 KB``, ``12.5 MB``."""
+    return f"{count / 2**10:.0f} KB" if count < 2**20 else f"{count / 2**20:.1f} MB"
+
+
 def body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": TYPES.get(status, "server_error"), "param": param, "code": code}}
 

@@ -14,7 +14,7 @@ import binascii
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import APIError
+from .errors import APIError, size
 from .schemas import AudioPart, ImagePart, Message
 
 
@@ -27,13 +27,9 @@ class Attached:
     audio_where: str = ""
 
 
-def _megabytes(size: int) -> str:
-    return f"{size / 2**20:.1f} MB"
-
-
 def _decoded(data: str, where: str, limit: int) -> bytes:
     if len(data) * 3 // 4 > limit + 3:  # refused before decoding it
-        raise APIError(400, f"{where} is {_megabytes(len(data) * 3 // 4)}, over the limit of {_megabytes(limit)} "
+        raise APIError(400, f"{where} is {size(len(data) * 3 // 4)}, over the limit of {size(limit)} "
                             "per image or clip (--max-media-mb)", where)
     try:
         raw = base64.b64decode(data, validate=True)
@@ -42,7 +38,7 @@ def _decoded(data: str, where: str, limit: int) -> bytes:
     if not raw:
         raise APIError(400, f"{where} is empty", where)
     if len(raw) > limit:
-        raise APIError(400, f"{where} is {_megabytes(len(raw))}, over the limit of {_megabytes(limit)} per image or "
+        raise APIError(400, f"{where} is {size(len(raw))}, over the limit of {size(limit)} per image or "
                             "clip (--max-media-mb)", where)
     return raw
 
@@ -74,7 +70,7 @@ async def _fetch(url: str, where: str, limit: int) -> bytes:
                 async for piece in answer.aiter_bytes():
                     raw += piece
                     if len(raw) > limit:
-                        raise APIError(400, f"{where}: {url} is over the limit of {_megabytes(limit)} per image "
+                        raise APIError(400, f"{where}: {url} is over the limit of {size(limit)} per image "
                                             "(--max-media-mb)", where)
                 return raw
     except httpx.HTTPError as exc:

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from . import media, prepare
 from .answers import Submission, stream
 from .engine import Event, Sampling
-from .errors import APIError
+from .errors import APIError, size
 from .schemas import (
     AssistantMessage,
     ChatChoice,
@@ -186,8 +186,7 @@ async def transcriptions(request: Request, file: UploadFile = File(), model: str
         raise APIError(400, f"the model {model!r} has no audio encoder: it cannot transcribe", "file")
     audio = await file.read(state.settings.max_media + 1)
     if len(audio) > state.settings.max_media:
-        raise APIError(400, f"'file' is over the limit of {state.settings.max_media / 2**20:.1f} MB (--max-media-mb)",
-                       "file")
+        raise APIError(400, f"'file' is over the limit of {size(state.settings.max_media)} (--max-media-mb)", "file")
     suffix = Path(file.filename or "clip.wav").suffix.lstrip(".") or "wav"
     prepared = await run_in_threadpool(served.prepare, None, audio, suffix)
     ids = served.encode(state.settings.transcription_prompt if prompt is None else prompt)

@@ -31,6 +31,8 @@ import httpx
 import pytest
 import torch
 
+from apt_sdk.isolation import apt_isolate_every_test  # noqa: F401  (each test's own APT_KERNEL_HOME)
+
 REPO = Path(__file__).resolve().parents[3]
 FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
 DIGIT_PROMPT, SPOKEN_PROMPT = "what digit is this? ", "which digit? "

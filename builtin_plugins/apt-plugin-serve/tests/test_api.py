@@ -39,7 +39,8 @@ def test_completions_whole_and_streamed_equal_generate(text_server, text_model):
     many = client.completions.create(model="docs", prompt=["Return the", "If"], n=2, max_tokens=12, temperature=0,
                                      echo=True)
     texts = [c.text for c in sorted(many.choices, key=lambda c: c.index)]
-    assert texts == ["Return the" + greedy(*text_model, "Return the", 12)] * 2 + ["If" + greedy(*text_model, "If", 12)] * 2
+    assert texts == ["Return the" + greedy(*text_model, "Return the", 12)] * 2 + \
+        ["If" + greedy(*text_model, "If", 12)] * 2
     model, tokenizer = text_model
     ids = [tokenizer.bos_id, *tokenizer.encode("If")]
     by_ids = client.completions.create(model="docs", prompt=ids, max_tokens=12, temperature=0)
@@ -59,7 +60,8 @@ def test_chat_whole_and_streamed(text_server, text_model):
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-    assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].system_fingerprint == text_server.health()["fingerprint"]
+    assert {c.id for c in chunks} == {chunks[0].id}
+    assert chunks[0].system_fingerprint == text_server.health()["fingerprint"]
     # the raw stream: server-sent events ending in [DONE]
     with httpx.stream("POST", text_server.url + "/v1/chat/completions", json={
             "model": "docs", "messages": messages, "max_tokens": 3, "temperature": 0, "stream": True}) as raw:
@@ -109,6 +111,6 @@ def test_a_stop_string_and_max_tokens_past_the_context(text_server, text_model):
 
 def test_a_seed_makes_a_sample_reproducible(text_server):
     client = text_server.client()
-    draws = [client.completions.create(model="docs", prompt="The", max_tokens=20, temperature=1.0, seed=s).choices[0].text
-             for s in (3, 3, 4)]
+    draws = [client.completions.create(model="docs", prompt="The", max_tokens=20, temperature=1.0,
+                                       seed=s).choices[0].text for s in (3, 3, 4)]
     assert draws[0] == draws[1] != draws[2]

@@ -8,11 +8,11 @@ from unittest.mock import patch
 
 import pytest
 import torch
+
+from apt_plugin_lm.generation import KVBatch
 from apt_plugin_serve.engine import Engine, QueueFull, Request, Sampling
 from apt_plugin_serve.models import Served, load
 from apt_plugin_serve.text import TextStream
-
-from apt_plugin_lm.generation import KVBatch
 from conftest import greedy, save_run
 
 PROMPTS = ["Return the", "a", "The value of the", "If", "Raise an error when", "x = ", "List of all", "Create a new",
