@@ -12,19 +12,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from apt_plugin_lm.tokenization import build_tokenizer
 from apt_sdk import OptionError, UserError, start_loader
 
 from .dataset import MultimodalDataset, create_multimodal_dataloader
 from .records import read_records
+from .run_tokenizer import run_tokenizer
+from .splits import check_modalities
 
 
 class MultimodalDataModule:
-    def __init__(self, options: dict, seed: int, report_error: Callable[[dict], None] | None = None):
+    """The ``multimodal`` data: ``options`` as the manifest declares them. ``context`` (the kernel's
+    ``BuildContext``) says whether the run resumes, whose saved tokenizer it then keeps; the model's factory
+    hands over the encoders it uses (``use_encoders``), whose own preprocessing the batches then get."""
+
+    def __init__(self, options: dict, seed: int, report_error: Callable[[dict], None] | None = None,
+                 context: Any = None):
         from apt_plugin_vision import ImagePreprocessor
 
         self.seed, self.rank, self.world_size = seed, 0, 1
@@ -48,12 +55,10 @@ class MultimodalDataModule:
                 records[split] = read_records(source)
             except UserError as exc:
                 raise OptionError(key, str(exc)) from None
+        self.keys = {split: key for split, (key, _) in sources.items()}
         train = records["train"]
-        texts = [r.prompt + r.text for r in train]
-        try:
-            self.tokenizer = build_tokenizer(options["tokenizer"], texts)
-        except (OSError, ValueError) as exc:
-            raise OptionError("tokenizer", f"cannot load {options['tokenizer']!r}: {exc}") from None
+        check_modalities(records, self.keys)  # a modality the model will not have, found now, not at validation
+        self.tokenizer = run_tokenizer(options["tokenizer"], train, self.keys["train"], context)
         audio = None
         if any(r.audio_path for r in train):  # librosa and the feature extractor only when there is audio
             from apt_plugin_audio import AudioPreprocessor
@@ -84,8 +89,16 @@ class MultimodalDataModule:
                         report_error({"type": "SkippedRecord", "severity": "warning", "plugin": "apt-plugin-multimodal",
                                       "message": f"{split}_manifest: {why}", "hook": "data"})
         self.groups = _image_groups(self.datasets["train"].records) if self.group_by_image else []
+        # what the model is built for; skipped records may have taken a modality away: checked again
+        check_modalities({split: data.records for split, data in self.datasets.items()}, self.keys)
         self.uses_image = any(r.image_path for r in self.datasets["train"].records)
         self.uses_audio = any(r.audio_path for r in self.datasets["train"].records)
+
+    def use_encoders(self, image: Any = None, audio: Any = None) -> None:
+        """Batches get these encoders' own preprocessing (a loaded folder's image processor, a 128-mel Whisper's
+        features) instead of the standard one built from ``image_size`` and ``max_audio_seconds``."""
+        for data in self.datasets.values():
+            data.use_processors(image, audio)
 
     def configure_distributed(self, rank: int, world_size: int) -> None:
         self.rank, self.world_size = rank, world_size

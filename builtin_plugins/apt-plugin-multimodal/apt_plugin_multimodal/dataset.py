@@ -16,20 +16,23 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset, get_worker_info
 
-from apt_sdk import UserError, loader_worker_init
+from apt_sdk import UserError
 
+# the batch side is in .loader; imported from here as it always was
+from .loader import IGNORE_INDEX, Failed, create_multimodal_dataloader, multimodal_collate_fn
 from .records import Record, read_records
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "MultimodalDataset", "create_multimodal_dataloader", "multimodal_collate_fn"]
 CUT = ".* is longer than max_seconds = "  # the audio preprocessor's warning for a clip it cuts
+FEATURE_CACHE_BYTES = 512 * 2**20  # a data set's audio features kept from the media check, for every epoch
+ENCODER = {"image": "VisionEncoder", "audio": "AudioEncoder"}
 
 
 def _preprocessor(processor: Any) -> Callable | None:
@@ -47,7 +50,9 @@ class MultimodalDataset(Dataset):
     :param max_length: the longest ``<bos> prompt text`` in tokens (the model's ``max_seq_len``).
     :param on_bad_record: ``"fail"``: a bad record (unreadable media, too long) is an error naming it;
         ``"skip"``: it is left out and listed in ``skipped``. Media are checked once, here.
-    :param check_media: read every image and clip once now, so a bad file is found before training.
+    :param check_media: read every image and clip once now, so a bad file is found before training. The audio
+        features made then are kept (up to ``FEATURE_CACHE_BYTES``) and given at every epoch, in every DataLoader
+        worker, while the file is unchanged: a clip is decoded once, not once per epoch.
     :param image_shift: move each image by up to this many of its own pixels in x and y (0: off), drawn
         from ``(seed, epoch, image)``: the same shifts in a resumed run, different ones each epoch, and the
         same for every record of one image. The uncovered border takes the image's top-left colour (the
@@ -65,6 +70,8 @@ class MultimodalDataset(Dataset):
         self.audio_processor = _preprocessor(audio_processor)
         self.max_length = max_length
         self._encoded: dict[str, list[int]] = {}  # VQA repeats a few dozen prompts and answers over 10^5 records
+        # an audio file's features while it is unchanged: {path: ((mtime_ns, size), features, mask)}
+        self._features: dict[Path, tuple[tuple[int, int], torch.Tensor, torch.Tensor]] = {}
         self.skipped: list[tuple[str, str]] = []  # (where, why)
         self.media_checked = check_media  # then a cut clip was reported here, once
         readable: set[Path] = set()  # media read once, however many records share them
@@ -114,9 +121,34 @@ class MultimodalDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         return self.__getitems__([index])[0]
 
+    def use_processors(self, image_processor: Any = None, audio_processor: Any = None) -> None:
+        """Preprocess with these from now on (an encoder, or its preprocessor); ``None`` keeps the current one.
+        Audio features kept from the media check are made again with the new preprocessor."""
+        if image_processor is not None:
+            self.image_processor = _preprocessor(image_processor)
+        new = _preprocessor(audio_processor)
+        if new is None or _same_audio(new, self.audio_processor):
+            return
+        self.audio_processor = new
+        kept, self._features = list(self._features), {}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", CUT)  # said once, when the data set was built
+            for path in kept:
+                record = next(r for r in self.records if r.audio_path == path)
+                self._audio(record, keep=True)
+
     def __getitems__(self, indices: list[int]) -> list[dict]:
         """The items of a batch (the DataLoader asks for a batch at once); an image two records share is
-        read once and is the same tensor in both."""
+        read once and is the same tensor in both. In a DataLoader worker a bad record (a file deleted since
+        the media check) becomes ``Failed``, which the loader raises in the training process as one line."""
+        try:
+            return self._items(indices)
+        except UserError as exc:
+            if get_worker_info() is None:
+                raise
+            return [Failed(str(exc))]
+
+    def _items(self, indices: list[int]) -> list[dict]:
         pixels: dict[Path, torch.Tensor] = {}
         items = []
         for index in indices:
@@ -137,9 +169,23 @@ class MultimodalDataset(Dataset):
             with warnings.catch_warnings():
                 if self.media_checked:
                     warnings.filterwarnings("ignore", CUT)  # said once, when the data set was built
-                features, mask = self.audio_processor([record.audio_path], where=[record.where])
-            item["audio"] = (features[0], mask[0])
+                item["audio"] = self._audio(record)
         return item
+
+    def _audio(self, record: Record, keep: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """A record's features and frame mask: kept ones while the file is unchanged, else from the file (and kept
+        when ``keep``, within ``FEATURE_CACHE_BYTES``)."""
+        path = record.audio_path
+        kept = self._features.get(path)
+        if kept is not None and kept[0] == _stamp(path):
+            return kept[1], kept[2]
+        stamp = _stamp(path)
+        features, mask = self.audio_processor([path], where=[record.where])
+        features, mask = features[0], mask[0]
+        used = sum(f.nbytes + m.nbytes for _, f, m in self._features.values())
+        if keep and stamp is not None and used + features.nbytes + mask.nbytes <= FEATURE_CACHE_BYTES:
+            self._features[path] = (stamp, features, mask)
+        return features, mask
 
     def _shifted(self, record: Record):
         from PIL import Image
@@ -164,51 +210,27 @@ class MultimodalDataset(Dataset):
             if path is None:
                 continue
             if processor is None:
-                raise UserError(f"{record.where}: has an {kind} but the dataset was given no {kind} processor")
+                raise UserError(f"{record.where}: has an {kind}_path ({path.name}), but this data set was given no "
+                                f"{kind} encoder to prepare it for: pass {kind}_processor= (a {ENCODER[kind]} or its "
+                                f"preprocessor), or leave the {kind} out of the record")
             if check_media and path not in readable:
-                processor([path], where=[record.where])  # a bad file is named with this record
+                if kind == "audio":
+                    self._audio(record, keep=True)  # a bad file is named with this record
+                else:
+                    processor([path], where=[record.where])
                 readable.add(path)
 
 
-def multimodal_collate_fn(items: list[dict], pad_id: int = 0) -> dict:
-    """Pad text (``text_attention_mask``), stack images (``image_present``) and audio (``audio_mask``).
-
-    Items holding the same image tensor (``__getitems__`` shares one between records of an image) get
-    one row of ``image`` between them and ``image_index [B]``, each record's row in it."""
-    width = max(len(item["input_ids"]) for item in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
-    real = torch.zeros((len(items), width), dtype=torch.bool)
-    for row, item in enumerate(items):
-        n = len(item["input_ids"])
-        ids[row, :n], labels[row, :n] = torch.tensor(item["input_ids"]), torch.tensor(item["labels"])
-        real[row, :n] = True
-    batch = {"text_input_ids": ids, "text_attention_mask": real, "labels": labels}
-    images = [item["image"] for item in items]
-    if any(image is not None for image in images):
-        shape = next(image for image in images if image is not None).shape
-        rows = {id(image): image for image in images if image is not None}  # one per distinct tensor
-        if len(rows) < sum(image is not None for image in images):
-            number = {key: i for i, key in enumerate(rows)}
-            batch["image"] = torch.stack(list(rows.values()))
-            batch["image_index"] = torch.tensor([number[id(image)] if image is not None else 0 for image in images])
-        else:
-            batch["image"] = torch.stack([image if image is not None else torch.zeros(shape) for image in images])
-        batch["image_present"] = torch.tensor([image is not None for image in images])
-    clips = [item["audio"] for item in items]
-    if any(clip is not None for clip in clips):
-        features, mask = next(clip for clip in clips if clip is not None)
-        batch["audio"] = torch.stack([c[0] if c is not None else torch.zeros_like(features) for c in clips])
-        batch["audio_mask"] = torch.stack([c[1] if c is not None else torch.zeros_like(mask) for c in clips])
-    return batch
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_size
 
 
-def create_multimodal_dataloader(dataset: MultimodalDataset, batch_size: int = 8, shuffle: bool = True,
-                                 num_workers: int = 0, **kwargs: Any) -> DataLoader:
-    """A DataLoader whose workers read and preprocess the media; batches as ``multimodal_collate_fn`` makes them.
-    The workers leave the caller's process group (``apt_sdk.loader_worker_init``), so Ctrl-C or a SIGTERM to
-    the group reaches only the training process, which finishes its step and saves."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      collate_fn=partial(multimodal_collate_fn, pad_id=dataset.tokenizer.pad_id),
-                      persistent_workers=num_workers > 0,
-                      worker_init_fn=loader_worker_init(kwargs.pop("worker_init_fn", None)), **kwargs)
+def _same_audio(new: Any, old: Any) -> bool:
+    if old is None or getattr(new, "frames", None) != getattr(old, "frames", None):
+        return False
+    settings = [getattr(getattr(p, "feature_extractor", None), "to_dict", lambda: None)() for p in (new, old)]
+    return settings[0] is not None and settings[0] == settings[1]

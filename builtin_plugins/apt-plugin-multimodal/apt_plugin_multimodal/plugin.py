@@ -8,7 +8,7 @@ from apt_sdk import BuildContext, OptionError, UserError, hookimpl
 def build_data(options: dict, context: BuildContext):
     from .data_module import MultimodalDataModule
 
-    return MultimodalDataModule(options, context.seed, context.report_error if context.is_main else None)
+    return MultimodalDataModule(options, context.seed, context.report_error if context.is_main else None, context)
 
 
 def build_model(options: dict, context: BuildContext):
@@ -62,6 +62,8 @@ def build_model(options: dict, context: BuildContext):
                                  max_seconds=data.max_audio_seconds, freeze_encoder=freeze)
         except UserError as exc:
             raise OptionError("audio", str(exc)) from None
+    if hasattr(data, "use_encoders"):  # batches get the encoders' own preprocessing (a 128-mel Whisper's features)
+        data.use_encoders(vision if data.uses_image else None, audio if data.uses_audio else None)
     model = MultimodalAPTModel(config, use_vision=data.uses_image, use_audio=data.uses_audio, vision_encoder=vision,
                                audio_encoder=audio, freeze_encoders=freeze)
     model.tokenizer = tokenizer
