@@ -9,8 +9,10 @@ from string import Template
 
 from packaging.utils import canonicalize_name
 
-from . import KERNEL_API_VERSION, __version__
+from . import KERNEL_API_VERSION
 from .errors import UserError
+
+SDK_FOR_TEMPLATE = "0.1.3"  # the oldest apt-kernel-sdk the template's files work with (tests/conftest.py)
 
 
 def create_plugin(name: str, directory: str | Path = ".") -> Path:
@@ -25,7 +27,7 @@ def create_plugin(name: str, directory: str | Path = ".") -> Path:
         raise UserError(f"{target} already exists; choose another name or --dir")
     major, minor = KERNEL_API_VERSION.split(".")[:2]
     values = {"name": dist, "module": module, "kernel_api": f"^{major}.{minor}",
-              "sdk_range": f">={__version__},<{int(major) + 1}", "title": dist.replace("-", " ").capitalize()}
+              "sdk_range": f">={SDK_FOR_TEMPLATE},<{int(major) + 1}", "title": dist.replace("-", " ").capitalize()}
     template_root = files("apt_kernel") / "plugin_template"
     for source in _walk(template_root):
         relative = str(source).removeprefix(str(template_root)).lstrip("/").replace("__module__", module)

@@ -1,5 +1,6 @@
-"""Helpers of the repo's integration tests. Each test's plugin-status home is isolated by apt_sdk.testing;
-``tiny_pipeline`` comes from apt_plugin_lm.testing (both pytest plugins load with their packages)."""
+"""Helpers of the repo's integration tests. Each test's plugin-status home is isolated (the SDK's
+``apt_isolated_env``, for every test here by the import below); ``tiny_pipeline`` comes from
+apt_plugin_lm.testing (the SDK's and the LM's pytest plugins load with their packages)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from apt_plugin_lm.testing import TINY_PIPELINE  # noqa: F401  (tests import it from here)
+from apt_sdk.isolation import apt_isolate_every_test  # noqa: F401
 from apt_sdk.testing import cli, fresh_venv  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent

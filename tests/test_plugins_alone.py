@@ -1,5 +1,6 @@
 """Each builtin plugin's own tests pass in an environment holding only the kernel, the SDK, the plugin and
-the plugins its pyproject declares (dependencies and extras): no undeclared plugin is there to lean on.
+the plugins its pyproject declares (dependencies and extras): no undeclared plugin is there to lean on. The
+SDK's own tests (sdk/tests) run the same way, with the kernel and the SDK alone.
 
 This is where the plugins' tests run in the suite (``testpaths`` is ``tests``): once each, in that
 environment, with the marker expression of the outer run (``pytest -m "not slow"`` runs their quick
@@ -59,10 +60,19 @@ def run_plugin_tests(plugin: str, tmp_path, request) -> None:
     found = subprocess.run([str(python), "-c", probe, *(p.replace("-", "_") for p in absent)],
                            capture_output=True, text=True, cwd=tmp_path, check=True)
     assert found.stdout.strip() == "[]", f"undeclared plugins importable: {found.stdout}"
+    run_tests(python, PLUGINS[plugin] / "tests", request)
+
+
+def test_the_sdks_own_tests_pass_with_only_the_kernel(tmp_path, request):
+    python = make_env(tmp_path / "env", set())
+    run_tests(python, REPO / "sdk" / "tests", request)
+
+
+def run_tests(python, folder, request) -> None:
     markers = request.config.getoption("markexpr")
     selection = ["-m", markers] if markers else []
-    tests = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection,
-                            str(PLUGINS[plugin] / "tests")], capture_output=True, text=True, cwd=REPO, timeout=600)
+    tests = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection, str(folder)],
+                           capture_output=True, text=True, cwd=REPO, timeout=600)
     assert tests.returncode == 0, tests.stdout[-6000:] + tests.stderr[-2000:]
     assert re.search(r"\d+ passed", tests.stdout)
-    print(tests.stdout.splitlines()[-1])  # pytest -rP shows each plugin's own count
+    print(tests.stdout.splitlines()[-1])  # pytest -rP shows each folder's own count

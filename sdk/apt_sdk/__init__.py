@@ -40,7 +40,7 @@ def __getattr__(name: str):
     # the runner pulls in the pipeline schema (pydantic): imported when a plugin first runs a pipeline, not
     # by every plugin command that only needs UserError
     if name in ("run_pipeline", "check_pipeline"):
-        from apt_kernel import runner
+        from apt_kernel import api
 
-        return getattr(runner, name)
+        return getattr(api, name)
     raise AttributeError(f"module 'apt_sdk' has no attribute {name!r}")

@@ -2,14 +2,18 @@
 
 ``apt_kernel``: an isolated kernel with autoload off; add in-process plugins with ``add_plugin``.
 ``run_pipeline``: run TOML text against the installed plugins, output under ``tmp_path``.
+``apt_isolated_env``: this test's own plugin-status memory, and no plugin selection from the environment.
 ``cli(*args)``: run ``apt-kernel ARGS`` in a child process, as a user would.
 ``read_manifest_file(path)``: read and check a plugin's ``apt-plugin.toml`` as the kernel does.
 ``fresh_venv(root, exclude, editable)``: a new virtual environment for install stories, without downloads.
 ``headless_chromium(profile_dir)``: a selenium driver of the system's chromium, to test a web page for real.
 ``screenshot(driver, path)``: save what the browser shows, and keep a copy in ``$APT_TEST_ARTIFACTS`` if set.
 
-Every test gets its own plugin-status memory (``APT_KERNEL_HOME`` under ``tmp_path``) and no
-``APT_*_PLUGINS`` selection from the environment, so a test never reads or writes the user's cache.
+Nothing here changes a test that does not ask for it: installing the SDK leaves every other pytest session
+as it was. A test that asks for ``apt_isolated_env`` (``apt_kernel`` and ``run_pipeline`` do) gets its own
+plugin-status memory (``APT_KERNEL_HOME`` under ``tmp_path``) and no ``APT_*_PLUGINS`` selection from the
+environment, so it never reads or writes the user's cache; a folder's ``conftest.py`` gives that to every test
+under it with one line, ``from apt_sdk.isolation import apt_isolate_every_test  # noqa: F401``.
 """
 
 from __future__ import annotations
@@ -27,13 +31,13 @@ from typing import Any
 
 import pytest
 
-from apt_kernel.discovery import PluginInfo
-from apt_kernel.kernel import Kernel
-from apt_kernel.manifest import Manifest, parse_manifest, read_manifest_file
-from apt_kernel.runner import execute, plan_pipeline
+from apt_kernel.api import Kernel, Manifest, PluginInfo, parse_manifest, read_manifest_file
 
-__all__ = ["IsolatedKernel", "apt_kernel", "cli", "fresh_venv", "headless_chromium", "read_manifest_file", "screenshot",
-           "run_pipeline"]
+__all__ = ["IsolatedKernel", "apt_isolated_env", "apt_kernel", "cli", "fresh_venv", "headless_chromium",
+           "read_manifest_file", "screenshot", "run_pipeline"]
+
+#: What ``apt_isolated_env`` removes: the environment's choice of plugins would change what a test loads.
+SELECTION_VARIABLES = ("APT_LOAD_PLUGINS", "APT_DISABLE_PLUGINS", "APT_STRICT_PLUGINS")
 
 
 class IsolatedKernel(Kernel):
@@ -48,11 +52,15 @@ class IsolatedKernel(Kernel):
         self.add_plugin(plugin, info)
 
 
-@pytest.fixture(autouse=True)
-def _apt_kernel_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("APT_KERNEL_HOME", str(tmp_path / "apt-home"))
-    for name in ("APT_LOAD_PLUGINS", "APT_DISABLE_PLUGINS", "APT_STRICT_PLUGINS"):
+@pytest.fixture
+def apt_isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own ``APT_KERNEL_HOME`` (returned; under ``tmp_path``) and none of ``SELECTION_VARIABLES``, for
+    the test only (``monkeypatch``): a test never reads or writes the user's plugin-status memory."""
+    home = tmp_path / "apt-home"
+    monkeypatch.setenv("APT_KERNEL_HOME", str(home))
+    for name in SELECTION_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+    return home
 
 
 def cli(*args: str, env_extra: dict | None = None, cwd: Path | None = None,
@@ -65,28 +73,20 @@ def cli(*args: str, env_extra: dict | None = None, cwd: Path | None = None,
 
 
 @pytest.fixture
-def apt_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> IsolatedKernel:
-    monkeypatch.setenv("APT_KERNEL_HOME", str(tmp_path / "apt-home"))
+def apt_kernel(apt_isolated_env: Path) -> IsolatedKernel:
+    """An empty kernel (autoload off) in an isolated environment; ``apt_kernel.add(plugin, manifest)``."""
     return IsolatedKernel(autoload=False)
 
 
-def _run(text: str, tmp_path: Path, overrides: list[str] | None = None,
-         kernel: Kernel | None = None) -> tuple[dict, Any]:
-    from apt_kernel.pipeline import parse_pipeline
-
-    overrides = [f"pipeline.output_dir={str(tmp_path / 'run')!r}", *(overrides or [])]
-    config, data, source = parse_pipeline(text, "<test pipeline>", overrides)
-    kernel = kernel or Kernel()
-    return execute(kernel, plan_pipeline(kernel, config, data, source), progress=False)
-
-
 @pytest.fixture
-def run_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """``run_pipeline(toml_text, overrides=None, kernel=None) -> (result, context)``."""
-    monkeypatch.setenv("APT_KERNEL_HOME", str(tmp_path / "apt-home"))
+def run_pipeline(tmp_path: Path, apt_isolated_env: Path):
+    """``run_pipeline(toml_text, overrides=None, kernel=None) -> (result, context)``, its output in
+    ``tmp_path / "run"``, in an isolated environment."""
+    from apt_kernel.api import run_pipeline as run
 
-    def runner(text: str, overrides: list[str] | None = None, kernel: Kernel | None = None):
-        return _run(text, tmp_path, overrides, kernel)
+    def runner(text: str, overrides: list[str] | None = None, kernel: Kernel | None = None) -> tuple[dict, Any]:
+        overrides = [f"pipeline.output_dir={str(tmp_path / 'run')!r}", *(overrides or [])]
+        return run(text, overrides, kernel=kernel, progress=False)
 
     return runner
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from apt_sdk.isolation import apt_isolate_every_test  # noqa: F401  (each test's own APT_KERNEL_HOME)
+
 POSTGRES_URL = os.environ.get("APT_TEST_POSTGRES_URL")  # set by .ci/run, which starts a PostgreSQL server
 
 
