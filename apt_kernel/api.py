@@ -29,6 +29,9 @@ Check and host plugins:
   ``registry.get(kind, name)`` is what it registered.
 
 Run pipelines: ``run_pipeline`` and ``check_pipeline`` (also in ``apt_sdk``), imported on first use.
+
+Until apt-kernel-sdk 0.1.2 this was re-exported as ``apt_sdk.plugins``; the SDK is now the contract and its
+test helpers only.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from apt_sdk.plugins import KERNEL_API_VERSION, Catalog, InvalidRange, ResolutionError, satisfies, solve
+from apt_kernel.api import KERNEL_API_VERSION, Catalog, InvalidRange, ResolutionError, satisfies, solve
 
 from .server_state import authenticate, sorted_releases, state
 from .store import Project, Rating, Release, User

@@ -16,7 +16,7 @@ from apt_sdk import UserError
 
 
 def _home() -> Path:
-    from apt_sdk.plugins import kernel_home
+    from apt_kernel.api import kernel_home
 
     return kernel_home() / "marketplace"
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
+from apt_kernel.api import KERNEL_API_VERSION, discover, kernel_home
 from apt_sdk import UserError
-from apt_sdk.plugins import KERNEL_API_VERSION, discover, kernel_home
 
 from .distfile import BadDistribution, check_filename
 

@@ -22,7 +22,7 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from apt_sdk.plugins import MANIFEST_FILE, ManifestError, parse_manifest
+from apt_kernel.api import MANIFEST_FILE, ManifestError, parse_manifest
 
 MAX_MEMBERS = 10_000
 MAX_MEMBER_READ = 1 << 20  # METADATA, PKG-INFO and apt-plugin.toml are small; more is refused, not read

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from email.parser import Parser
 from pathlib import Path
 
+from apt_kernel.api import ENTRY_POINT_GROUP, MANIFEST_FILE, Kernel, ManifestError, PluginInfo, parse_manifest
 from apt_sdk import UserError
-from apt_sdk.plugins import ENTRY_POINT_GROUP, MANIFEST_FILE, Kernel, ManifestError, PluginInfo, parse_manifest
 
 from .distfile import BadDistribution, inspect
 

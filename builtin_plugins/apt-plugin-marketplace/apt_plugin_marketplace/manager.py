@@ -21,7 +21,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from apt_sdk.plugins import KERNEL_API_VERSION, Catalog, ResolutionError, discover, solve
+from apt_kernel.api import KERNEL_API_VERSION, Catalog, ResolutionError, discover, solve
 
 from .client import PluginMarketplace
 from .revisions import Revisions, TransactionError, pip_install_target

@@ -21,11 +21,11 @@ from click.testing import CliRunner
 import apt_kernel
 import apt_plugin_marketplace
 import apt_sdk
+from apt_kernel.api import ResolutionError
 from apt_plugin_marketplace.client import PluginMarketplace
 from apt_plugin_marketplace.client_cli import history
 from apt_plugin_marketplace.manager import PluginVersionManager
 from apt_plugin_marketplace.revisions import Revisions, TransactionError, pip_install_target
-from apt_sdk.plugins import ResolutionError
 from apt_sdk.testing import fresh_venv
 from conftest import build, raw_upload_wheel
 
