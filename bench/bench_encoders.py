@@ -10,7 +10,19 @@
 
 The two sides alternate within each round; ratios are medians over rounds of the per-round ratios.
 
+``--decode`` measures what reading a large file costs, the way it was (decoded in full) and the way it is,
+each read in a fresh process (peak resident memory above the process's after its imports, and the time of
+the read), medians of ``--rounds`` processes each:
+
+- the first second of a 30-minute 44.1 kHz stereo WAV: ``librosa.load`` of the whole file then the window,
+  against decoding only the window (``AudioPreprocessor``); the features must be identical;
+- a 9400x9400 PNG for a 64-pixel tower: decoded and carried at full size to the CLIP processor, against
+  reduced right after decoding (``ImagePreprocessor``); the difference in grey levels is printed;
+- an epoch of 300 one-second 8 kHz clips read through ``MultimodalDataset``: decoded at every read, against
+  the features kept from the media check.
+
     python bench/bench_encoders.py [--rounds 7] [--size base]
+    python bench/bench_encoders.py --decode [--rounds 5]
 """
 
 from __future__ import annotations
@@ -63,7 +75,19 @@ def main() -> None:
     parser.add_argument("--size", default="base", choices=["tiny", "small", "base"])
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--decode", action="store_true", help="large files: whole decode against the window")
+    parser.add_argument("--read", help=argparse.SUPPRESS)  # a child process's one measured read
     args = parser.parse_args()
+    if args.read:
+        from bench_decode import read_once
+
+        read_once(*args.read.split(":", 1))
+        return
+    if args.decode:
+        from bench_decode import decode
+
+        decode(args.rounds)
+        return
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, preset {args.size}, {args.rounds} rounds")
