@@ -4,6 +4,7 @@ kernel errors printed as one line with their exit code, the plugin options, and 
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 from functools import wraps
 
@@ -30,6 +31,10 @@ def user_errors(func: Callable) -> Callable:
             sys.exit(1)
 
     return wrapper
+
+
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
 
 
 def plugin_options(func: Callable) -> Callable:
@@ -70,6 +75,9 @@ class Commands(click.Group):
         return None
 
     def invoke(self, ctx: click.Context):
+        # Python's format adds the file, line and source line of the warn() call: for a warning raised in a
+        # plugin that is the plugin's code, which tells a pipeline's user nothing
+        warnings.formatwarning = _one_line
         return user_errors(super().invoke)(ctx)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

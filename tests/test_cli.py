@@ -104,3 +104,23 @@ def test_shakespeare_without_data_path_is_a_user_error(tmp_path):
     result = cli("run", str(REPO / "pipelines" / "shakespeare-char.toml"), "--set", "data.path='nowhere.txt'",
                  cwd=tmp_path)
     assert result.returncode == 2 and "file or folder not found: nowhere.txt" in result.stderr
+
+
+def test_a_plugins_warning_is_one_line_not_the_plugins_source(tiny_pipeline, tmp_path):
+    """`warnings.warn` in a plugin printed its file, line number and that line of its code under `apt-kernel run`."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "warner.py").write_text(
+        'APT_MANIFEST = {"kernel_api": "^1.0", "version": "1.0.0", "provides": {"callback": {"warner": {}}}}\n'
+        "import warnings\nfrom apt_sdk import Callback, hookimpl\n\n"
+        "class Warner(Callback):\n"
+        "    def on_fit_start(self, trainer):\n"
+        '        warnings.warn("the sky is low")\n\n'
+        "@hookimpl\ndef register_callbacks(register):\n"
+        '    register("warner", lambda options, context: Warner())\n')
+    tiny_pipeline.write_text(tiny_pipeline.read_text().replace("max_steps = 4", "max_steps = 1")
+                             + '\n[[callbacks]]\nuse = "warner"\n')
+    result = cli("run", str(tiny_pipeline), "--no-progress", "--plugins-dir", str(plugins))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "sky" in line]
+    assert lines == ["warning: the sky is low"], result.stderr
