@@ -72,6 +72,7 @@ class MultimodalDataset(Dataset):
         self._encoded: dict[str, list[int]] = {}  # VQA repeats a few dozen prompts and answers over 10^5 records
         # an audio file's features while it is unchanged: {path: ((mtime_ns, size), features, mask)}
         self._features: dict[Path, tuple[tuple[int, int], torch.Tensor, torch.Tensor]] = {}
+        self._kept_bytes = 0
         self.skipped: list[tuple[str, str]] = []  # (where, why)
         self.media_checked = check_media  # then a cut clip was reported here, once
         readable: set[Path] = set()  # media read once, however many records share them
@@ -130,12 +131,13 @@ class MultimodalDataset(Dataset):
         if new is None or _same_audio(new, self.audio_processor):
             return
         self.audio_processor = new
-        kept, self._features = list(self._features), {}
+        kept = {path: None for path in self._features}
+        self._features, self._kept_bytes = {}, 0
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", CUT)  # said once, when the data set was built
-            for path in kept:
-                record = next(r for r in self.records if r.audio_path == path)
-                self._audio(record, keep=True)
+            for record in self.records:
+                if record.audio_path in kept and record.audio_path not in self._features:
+                    self._audio(record, keep=True)
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         """The items of a batch (the DataLoader asks for a batch at once); an image two records share is
@@ -176,15 +178,15 @@ class MultimodalDataset(Dataset):
         """A record's features and frame mask: kept ones while the file is unchanged, else from the file (and kept
         when ``keep``, within ``FEATURE_CACHE_BYTES``)."""
         path = record.audio_path
-        kept = self._features.get(path)
-        if kept is not None and kept[0] == _stamp(path):
+        kept, stamp = self._features.get(path), _stamp(path)
+        if kept is not None and kept[0] == stamp:
             return kept[1], kept[2]
-        stamp = _stamp(path)
         features, mask = self.audio_processor([path], where=[record.where])
         features, mask = features[0], mask[0]
-        used = sum(f.nbytes + m.nbytes for _, f, m in self._features.values())
-        if keep and stamp is not None and used + features.nbytes + mask.nbytes <= FEATURE_CACHE_BYTES:
+        size = features.nbytes + mask.nbytes
+        if keep and stamp is not None and self._kept_bytes + size <= FEATURE_CACHE_BYTES:
             self._features[path] = (stamp, features, mask)
+            self._kept_bytes += size
         return features, mask
 
     def _shifted(self, record: Record):
