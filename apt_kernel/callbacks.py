@@ -11,7 +11,7 @@ is an ordinary entry whose methods forward to its worker process.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +26,21 @@ class Callback:
 
     Every event receives the trainer's ``TrainerState`` (see ``apt_kernel.protocols``): read ``step``,
     ``epoch``, ``metrics``, ``losses``; set ``should_stop = True`` to end training after the current step.
-    ``state_dict``/``load_state_dict`` carry the callback's state through checkpoints, keyed by the
-    callback's position and name in the pipeline.
+    ``state_dict``/``load_state_dict`` carry the callback's state through checkpoints, keyed by its ``use`` name
+    and ``state_key``, so a callback finds its own state whatever its place in the pipeline.
     """
+
+    @property
+    def state_key(self) -> str:
+        """The name of this callback's state in a checkpoint, after its ``use`` name (``early-stopping:
+        EarlyStopping(monitor='val_loss', mode='min')``). The default, the class's name, is enough unless a pipeline
+        may hold two of these callbacks: then name the options that tell them apart, as
+        ``return self.generate_state_key(monitor=self.monitor)``."""
+        return type(self).__qualname__
+
+    def generate_state_key(self, **identifying: Any) -> str:
+        """``ClassName(option=value, ...)``: a ``state_key`` of the options that tell two such callbacks apart."""
+        return f"{type(self).__qualname__}({', '.join(f'{k}={v!r}' for k, v in identifying.items())})"
 
     def on_fit_start(self, trainer: TrainerState) -> None:
         """Training is about to start (after a resume, too)."""
@@ -159,15 +171,44 @@ class CallbackDispatcher:
             raise error from cause
         raise error
 
-    def state_dicts(self) -> list[dict]:
-        """Each callback's state, keyed by its name (``state_key``), for a checkpoint."""
-        return [{"name": e.name, "class": type(e.callback).__name__,
-                 "state": e.callback.state_dict() if "state_dict" in e.events else {}} for e in self.entries]
+    def state_keys(self) -> list[str]:
+        """Each callback's key in a checkpoint: its ``use`` name and its ``state_key`` (an object without one: the
+        ``use`` name alone); a second callback of the same key gets ``#2`` after it, and so on."""
+        keys: list[str] = []
+        for entry in self.entries:
+            own = getattr(entry.callback, "state_key", None)
+            key = f"{entry.name}:{own}" if isinstance(own, str) and own else entry.name
+            same = sum(k == key or k.startswith(f"{key}#") for k in keys)
+            keys.append(f"{key}#{same + 1}" if same else key)
+        return keys
 
-    def load_state_dicts(self, saved: list[dict]) -> None:
-        """Restore states saved by ``state_dicts``; an entry matches by position and name (or, from an
-        older checkpoint without names, by class name)."""
-        for entry, item in zip(self.entries, saved or [], strict=False):
+    def state_dicts(self) -> dict[str, dict]:
+        """The states of the callbacks that keep one (``state_dict``), by their ``state_keys``, for a checkpoint."""
+        return {key: entry.callback.state_dict() for key, entry in zip(self.state_keys(), self.entries, strict=True)
+                if "state_dict" in entry.events}
+
+    def load_state_dicts(self, saved: dict | list, log: Callable[[str], None] = print) -> None:
+        """Give each callback the state saved under its key. ``log`` warns, naming the key, of a callback that keeps
+        state but finds none saved (it starts afresh) and of a saved state no callback here has (dropped).
+        A list is the format before state keys (SDK 0.1.3 and earlier): matched by position and name."""
+        if isinstance(saved, list):
+            self._load_by_position(saved)
+            return
+        keys = self.state_keys()
+        for key, entry in zip(keys, self.entries, strict=True):
+            if "load_state_dict" not in entry.events:
+                continue
+            if key in saved:
+                entry.callback.load_state_dict(saved[key])
+            else:
+                log(f"warning: callback state: the checkpoint holds none for {key!r}; it starts afresh")
+        for key in sorted(saved.keys() - set(keys)):
+            log(f"warning: callback state: the checkpoint's {key!r} belongs to no callback of this pipeline; "
+                "it is dropped")
+
+    def _load_by_position(self, saved: list[dict]) -> None:
+        """An entry matches by position and name (or, from a checkpoint older still, by class name)."""
+        for entry, item in zip(self.entries, saved, strict=False):
             if "name" in item:
                 same = item["name"] == entry.name
             else:

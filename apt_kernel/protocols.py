@@ -75,7 +75,11 @@ class Model(Protocol):
     - ``flops_per_token(seq_len) -> float``: training FLOPs per token (forward and backward); a trainer
       reports MFU only where the model says this.
     - ``save_pretrained(directory)``: the exported model's format (else the weights as safetensors).
-    - ``config`` with ``to_dict()``: stored in checkpoints so the model can be rebuilt from one.
+    - ``config`` with ``to_dict()``, and the classmethod ``from_config(config)``: how the model is rebuilt, a
+      model of the same shape with fresh weights from ``config`` or its ``to_dict()``. Checkpoints store
+      ``config.to_dict()``; a trainer rebuilds the model through ``type(model).from_config(model.config)`` and
+      nothing else (the builtin trainer does for the export of an FSDP run, which it refuses before training
+      for a model without them).
     """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
@@ -89,8 +93,9 @@ class Model(Protocol):
 
 @runtime_checkable
 class Loss(Protocol):
-    """``loss(outputs, batch) -> (loss_sum, count)``: the summed loss and the number of targets it
-    covers, so a trainer can normalise by the real token count over a whole accumulation window."""
+    """``loss(outputs, batch) -> (loss_sum, count)``: the summed loss (a tensor) and the number of targets it
+    covers, a tensor or an ``int``, so a trainer can normalise by the real token count over a whole
+    accumulation window."""
 
     def __call__(self, outputs: Any, batch: Batch) -> tuple[Any, Any]: ...
 
@@ -161,6 +166,11 @@ class Trainer(Protocol):
 
     ``result`` is plain data. The kernel reads only ``summary`` (optional): a list of
     ``(label, value)`` pairs it prints when the run finishes.
+
+    Optional: ``resume``, the trainer's hand-back of a resume its own options ask for (the builtin trainer's
+    ``resume_from``): a checkpoint path, a glob, ``"latest"`` or ``"best"``, or None. The kernel reads it once
+    the trainer is built; when the run was given no ``--resume``, the run folder is claimed as a continued run
+    and ``resume`` comes back to ``fit`` as ``context.resume``. A trainer never sets ``context.resume`` itself.
     """
 
     def fit(self, context: Any) -> dict: ...

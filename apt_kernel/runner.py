@@ -66,16 +66,18 @@ def execute(kernel: Kernel, plan: Plan, *, log=None, progress: bool = True, prof
     if context.is_main and overwrite:  # the old run goes aside before a component could open a file in it
         folder.claim(bool(resume), overwrite=True)
     elif context.is_main:  # a folder in use is refused before anything is built (one holding a run once
-        folder.check(resume=True, overwrite=False)  # the trainer has read its options: they may resume)
+        folder.check(resume=True, overwrite=False)  # the trainer's options may resume: Trainer.resume)
     kernel.call_hook("seed_everything", seed=config.pipeline.seed)
     kernel.call_hook("pipeline_start", pipeline=data, run_dir=str(run_dir))
     boxes: list[Any] = []  # the sandboxed callbacks' stand-ins, whose workers are closed whatever happens
     try:
         build_components(kernel, plan, context, boxes)
+        if not context.resume:  # the trainer's own options may continue the run: its declared hand-back
+            context.resume = getattr(context.trainer, "resume", None)
         # only now, with every component built, is the run valid enough to leave files behind
         if context.is_main:
             if not folder.locked:
-                folder.claim(bool(context.resume), overwrite)  # the trainer may have set resume from its options
+                folder.claim(bool(context.resume), overwrite)
             if folder.moved_to is not None:
                 context.log(f"--overwrite: the previous run in {run_dir} was moved to {folder.moved_to}")
             if not context.resume:  # a resumed run's record is replaced once the trainer has accepted it

@@ -167,7 +167,7 @@ class StepCount(Callback):
     def __init__(self, path, every):
         self.path, self.every = path, every
     def on_fit_end(self, trainer, result):
-        self.path.write_text(f"{trainer.global_step} {self.every}")
+        self.path.write_text(f"{trainer.step} {self.every}")
 
 @hookimpl
 def register_callbacks(register):

@@ -78,7 +78,7 @@ class GradientCapture:
         self.batches = []
 
     def on_micro_batch_end(self, trainer, epoch, index, batch):
-        if trainer.global_step == 0:
+        if trainer.step == 0:
             self.batches.append({k: v.clone() for k, v in batch.items()})
 
     def on_before_optimizer_step(self, trainer, step):
@@ -211,7 +211,7 @@ class NaNProbe:
                                                    "callback": {"snapshots": {}}}}
 
     def __init__(self):
-        self.errors, self.params = [], {}
+        self.errors, self.params, self.optimizer = [], {}, None
 
     @hookimpl
     def register_data(self, register):
@@ -223,7 +223,7 @@ class NaNProbe:
 
     @hookimpl
     def register_callbacks(self, register):
-        register("snapshots", lambda options, context: _Snapshots(self.params))
+        register("snapshots", lambda options, context: _Snapshots(self))
 
     @hookimpl
     def error_reported(self, error):
@@ -231,14 +231,17 @@ class NaNProbe:
 
 
 class _Snapshots:
-    def __init__(self, params):
-        self.params = params
+    def __init__(self, probe):
+        self.probe = probe
 
     def __getattr__(self, name):  # every other event: nothing to do
         return lambda *args: None
 
+    def on_fit_start(self, trainer):
+        self.probe.optimizer = trainer.optimizer
+
     def on_train_batch_end(self, trainer, step, metrics):
-        self.params[step] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        self.probe.params[step] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
     def state_dict(self):
         return {}
@@ -267,5 +270,5 @@ def test_a_non_finite_step_is_skipped_and_reported(tmp_path):
     assert not all(torch.equal(v, recorder.params[3][k]) for k, v in recorder.params[4].items())
     assert [e["global_step"] for e in recorder.errors] == [3]
     assert recorder.errors[0]["type"] == "NonFiniteGradients"
-    assert context.trainer.optimizer.state_dict()["state"][0]["step"].item() == 4  # 5 steps, one skipped
+    assert recorder.optimizer.state_dict()["state"][0]["step"].item() == 4  # 5 steps, one skipped
     assert all(torch.isfinite(v).all() for v in context.model.state_dict().values())

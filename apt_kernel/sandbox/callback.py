@@ -87,7 +87,7 @@ class SandboxedCallback:
         hook = callback_hook(self.name, event) if event else f"callback {self.name}"
         self.context.report_error({"type": kind, "message": message, "traceback": trace, "plugin": self.plugin.name,
                                    "hook": hook, "severity": "error",
-                                   "global_step": getattr(trainer, "global_step", None),
+                                   "global_step": getattr(trainer, "step", None),
                                    "epoch": getattr(trainer, "epoch", None), "rank": self.context.rank})
         if stop and trainer is not None:
             trainer.should_stop = True

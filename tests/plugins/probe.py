@@ -25,7 +25,7 @@ class Probe(Callback):
         self.ready_file, self.go_file = ready_file, go_file
 
     def on_micro_batch_end(self, trainer, epoch, batch_index, batch):
-        step = trainer.global_step + 1  # the optimizer step this micro-batch belongs to
+        step = trainer.step + 1  # the optimizer step this micro-batch belongs to
         ids = batch["input_ids"]
         checksum = int((ids * (1 + torch_arange(ids))).sum())
         with open(self.log, "a") as fh:

@@ -19,7 +19,6 @@ With attention = "sdpa" the same weights run through fused scaled_dot_product_at
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +26,8 @@ from torch import nn
 
 from .config import APTConfig  # also imported from here: apt_plugin_lm.model.APTConfig is the public path
 from .functions import ClampWithGradient, ElementwiseMLP
+from .saving import Saving
 
-WEIGHTS_FILE = "model.safetensors"
 # causal explicit attention is computed in up to MAX_QUERY_BLOCKS blocks of query rows of at least
 # MIN_BLOCK_ROWS, each against only the keys it can see: 4 blocks compute 62.5% of the [T, S] scores
 MIN_BLOCK_ROWS, MAX_QUERY_BLOCKS = 64, 4
@@ -204,8 +203,9 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class APTLargeModel(nn.Module):
-    """Decoder-only causal LM; with ``num_encoder_layers > 0`` and ``src_tokens`` an encoder-decoder."""
+class APTLargeModel(Saving, nn.Module):
+    """Decoder-only causal LM; with ``num_encoder_layers > 0`` and ``src_tokens`` an encoder-decoder. Saved and
+    rebuilt by ``saving.py``: ``save_pretrained``, ``from_pretrained``, ``from_config``."""
 
     def __init__(self, config: APTConfig) -> None:
         super().__init__()
@@ -288,18 +288,3 @@ class APTLargeModel(nn.Module):
         for module in self.modules():
             if isinstance(module, Attention):
                 module.record_attention = on
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        from safetensors.torch import save_model
-
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        self.config.save(directory)
-        save_model(self, str(Path(directory) / WEIGHTS_FILE))
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> APTLargeModel:
-        from safetensors.torch import load_model
-
-        model = cls(APTConfig.load(directory))
-        load_model(model, str(Path(directory) / WEIGHTS_FILE), device=map_location)
-        return model

@@ -29,6 +29,8 @@ import torch
 
 from apt_sdk import UserError
 
+from .state_dicts import load_model_state, load_optimizer_state
+
 CHECKPOINT_GLOB = "apt_model_epoch*_step*.pt"
 TMP_SUFFIX = ".tmp"
 
@@ -92,19 +94,6 @@ def _writer_alive(leftover: Path) -> bool:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def load_model_state(model: torch.nn.Module, saved: dict, path: str | Path) -> None:
-    """``model.load_state_dict``, with an error naming each tensor that does not fit instead of torch's."""
-    expected = model.state_dict()
-    problems = [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(expected[k].shape)} in the model"
-                for k, v in saved.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
-    problems += [f"{k}: missing from the checkpoint" for k in expected if k not in saved]
-    problems += [f"{k}: in the checkpoint, not in the model" for k in saved if k not in expected]
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise UserError(f"checkpoint {path} does not fit this model: " + "; ".join(problems[:5]) + more)
-    model.load_state_dict(saved)
 
 
 def _plain(value: Any) -> Any:
@@ -178,8 +167,13 @@ class CheckpointManager:
             "loss_history": [float(x) for x in loss_history],
             "metrics": {k: float(v) for k, v in (metrics or {}).items()},
             "config": _plain(config),
-            **(extra or {}),
+            **extra,
         }
+        return self.save(state, is_best, tokenizer)
+
+    def save(self, state: dict, is_best: bool = False, tokenizer=None) -> Path:
+        """``state`` (a training state) as its step's checkpoint, recorded in metadata.json; rank 0 writes."""
+        epoch, global_step = int(state["epoch"]), int(state["global_step"])
         path = self.dir / f"apt_model_epoch{epoch}_step{global_step}.pt"
         if self.rank != 0:
             return path
@@ -193,8 +187,8 @@ class CheckpointManager:
             for entry in data["checkpoints"]:
                 entry["is_best"] = False
         data["checkpoints"].append({
-            "file": path.name, "epoch": int(epoch), "global_step": int(global_step),
-            "metrics": {k: _finite(v) for k, v in state["metrics"].items()}, "is_best": bool(is_best),
+            "file": path.name, "epoch": epoch, "global_step": global_step,
+            "metrics": {k: _finite(float(v)) for k, v in state["metrics"].items()}, "is_best": bool(is_best),
             "sha256": digest, "time": time.time(),
         })
         self._prune(data)
@@ -213,6 +207,14 @@ class CheckpointManager:
             if old != path:
                 old.unlink(missing_ok=True)
         return path
+
+    def record_end(self, global_step: int, result: dict) -> None:
+        """metadata.json's ``end_of_run``: the end-of-run work of ``global_step`` is done (none without checkpoints)."""
+        if self.rank != 0 or not self.metadata_path.exists():
+            return
+        data = self.metadata()
+        data["end_of_run"] = {"global_step": int(global_step), "result": result}
+        self._write_metadata(data)
 
     def clear_temp(self) -> None:
         """After a clean finish: temp checkpoints are only for crashes."""
@@ -269,8 +271,6 @@ class CheckpointManager:
         state = self.read(path)
         load_model_state(model, state["model_state_dict"], path)
         if optimizer is not None and state.get("optimizer_state_dict") is not None:
-            from .state import load_optimizer_state
-
             load_optimizer_state(model, optimizer, state["optimizer_state_dict"])
         if scheduler is not None and state.get("scheduler_state_dict") is not None:
             scheduler.load_state_dict(state["scheduler_state_dict"])

@@ -47,6 +47,11 @@ class EarlyStopping(Callback):
             trainer.log(f"early stopping at step {trainer.step}: {self.monitor} has not improved on "
                         f"{self.best:.4f} for {self.wait} validation(s)")
 
+    @property
+    def state_key(self) -> str:
+        """Two early stoppings of one pipeline (a metric each) keep their states apart."""
+        return self.generate_state_key(monitor=self.monitor, mode=self.mode)
+
     def state_dict(self) -> dict:
         return {"best": self.best, "wait": self.wait, "stopped_step": self.stopped_step}
 

@@ -7,6 +7,7 @@ from apt_sdk import BuildContext, OptionError, folder_problem, hookimpl
 
 def build_trainer(options: dict, context: BuildContext):
     from .distributed import check_device
+    from .options import TrainerOptions
     from .trainer import Trainer
 
     check_device(options["device"])
@@ -16,11 +17,7 @@ def build_trainer(options: dict, context: BuildContext):
         folder = options["checkpoint_dir"]
         raise OptionError("checkpoint_dir", f"{folder} cannot be a folder: {existing} is a file" if why == "a file"
                           else f"{folder} cannot be created: {existing} is not writable")
-    if options.get("save_every_epoch") is not None:  # the option's former name still works
-        options = {**options, "save_checkpoints": options["save_every_epoch"]}
-    if options["resume_from"] and not context.resume:
-        context.resume = options["resume_from"]  # the kernel then knows this run continues its folder's run
-    return Trainer(options, context)
+    return Trainer(TrainerOptions.from_options(options))  # its resume_from comes back to the kernel as .resume
 
 
 @hookimpl

@@ -38,7 +38,7 @@ def mfu(model: Any, device: torch.device, tokens_per_s: float, seq_len: int | No
     return tokens_per_s * float(flops_per_token(seq_len)) / (peak * world_size)
 
 
-class Progress:
+class ProgressBar:
     """A rich progress bar with loss, tokens/s and ETA; plain log lines when not on a terminal."""
 
     def __init__(self, enabled: bool, total: int, done: int, log) -> None:

@@ -7,7 +7,7 @@ import torch
 
 from apt_plugin_lm.model import APTLargeModel
 from apt_plugin_lm.testing import TINY_PIPELINE
-from apt_plugin_trainer.step import sampled
+from apt_plugin_trainer.validation import sampled
 from apt_sdk import hookimpl, run_pipeline
 from apt_sdk.testing import IsolatedKernel
 

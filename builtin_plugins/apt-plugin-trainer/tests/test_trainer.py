@@ -253,7 +253,8 @@ def test_a_checkpoint_holds_the_whole_training_state(trained):
     assert state["position"] == {"epoch": 1, "batches_done": 2, "epoch_complete": True}
     assert state["world_size"] == 1 and len(state["rng"]) == 1
     assert set(state["rng"][0]) == {"python", "numpy", "torch", "cuda"}
-    assert state["callbacks"][0]["class"] == "EarlyStopping" and "wait" in state["callbacks"][0]["state"]
+    (key, early_stopping), = state["callbacks"].items()  # keyed by use name and state_key
+    assert key == "early-stopping:EarlyStopping(monitor='val_loss', mode='min')" and "wait" in early_stopping
     assert state["pipeline"]["trainer"]["epochs"] == 2 and len(state["pipeline_hash"]) == 64
 
 
