@@ -7,9 +7,11 @@ page why it is not run (it needs a GPU, the internet); it is skipped."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -79,15 +81,29 @@ def test_a_tutorial_runs_as_written(page, tmp_path, python):
         (work / "free-spoken-digit-dataset").symlink_to(FSDD)
     env = {**os.environ, "PATH": f"{python.parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
            "VIRTUAL_ENV": str(python.parent.parent), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    outputs = []
-    for number, (language, code, expected) in enumerate(blocks(TUTORIALS / page), 1):
-        command = ["bash", "-euo", "pipefail", "-c", code] if language == "bash" else [str(python), "-c", code]
-        done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
-        output = done.stdout + done.stderr
-        assert done.returncode == 0, f"{page}, block {number} ({language}):\n{code}\n{output[-3000:]}"
-        for line in (expected or "").splitlines():
-            assert line.strip() in output, f"{page}, block {number}: {line!r} not in its output:\n{output[-3000:]}"
-        outputs.append(output)
+    outputs, groups = [], []
+    try:
+        for number, (language, code, expected) in enumerate(blocks(TUTORIALS / page), 1):
+            command = ["bash", "-euo", "pipefail", "-c", code] if language == "bash" else [str(python), "-c", code]
+            # each block in a process group of its own: what it leaves running (a server started with &) is
+            # stopped when the page ends, also when a later block fails
+            block = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, start_new_session=True)
+            try:
+                stdout, stderr = block.communicate(timeout=600)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(block.pid, 0)  # raises when nothing of the block is left
+                    groups.append(block.pid)
+            output = stdout + stderr
+            assert block.returncode == 0, f"{page}, block {number} ({language}):\n{code}\n{output[-3000:]}"
+            for line in (expected or "").splitlines():
+                assert line.strip() in output, f"{page}, block {number}: {line!r} not in its output:\n{output[-3000:]}"
+            outputs.append(output)
+    finally:
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
     for pattern, least in LEARNED.get(page, []):
         found = re.search(pattern, "\n".join(outputs))
         assert found and float(found.group(1)) >= least, (page, pattern, found and found.group(0))

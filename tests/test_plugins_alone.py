@@ -38,6 +38,9 @@ def test_declared_plugin_dependencies_are_what_the_code_needs():
     assert declared("apt-plugin-vision") == declared("apt-plugin-audio") == declared("apt-plugin-marketplace") == set()
     assert declared("apt-plugin-multimodal") == {"apt-plugin-lm", "apt-plugin-vision", "apt-plugin-audio",
                                                  "apt-plugin-trainer"}  # its [train] extra
+    # the LM plugin (the decoder, KVBatch), and its [multimodal] extra: the multimodal plugin and its encoders
+    assert declared("apt-plugin-serve") == {"apt-plugin-lm", "apt-plugin-multimodal", "apt-plugin-vision",
+                                            "apt-plugin-audio"}
 
 
 # pytest-xdist's --dist loadfile keeps a file on one worker; the marketplace's tests are about a third of all

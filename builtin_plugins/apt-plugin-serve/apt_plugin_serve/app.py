@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import errors, routes
+from .answers import Mailbox
 from .chat import ChatTemplate
 from .engine import Engine
 from .metrics import Metrics
@@ -40,6 +41,7 @@ class State:
     settings: Settings
     metrics: Metrics
     created: int = field(default_factory=lambda: int(time.time()))
+    mailbox: Mailbox | None = None  # made with the event loop, when the application starts
 
 
 class BodyLimit:
@@ -111,6 +113,7 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics | None = Non
         from .watch import Watcher
 
         watcher = None
+        app.state.serve.mailbox = Mailbox()
         if not engine.started:
             engine.start()
         if settings.watch is not None:

@@ -24,75 +24,28 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
 from apt_plugin_lm.generation import KVBatch, choose
 
-from .models import Media, Served
+from .models import Served
+from .request import Closed, Event, QueueFull, Request, Sampling
 from .text import TextStream
+
+__all__ = ["Closed", "Engine", "Event", "QueueFull", "Request", "Sampling"]
 
 log = logging.getLogger("apt_plugin_serve")
 
 
-class QueueFull(Exception):
-    """More requests wait than ``max_queue`` allows; ``retry_after`` is a hint in seconds."""
-
-    def __init__(self, waiting: int, retry_after: int = 1) -> None:
-        super().__init__(f"the server is busy: {waiting} requests are waiting for a slot")
-        self.retry_after = retry_after
-
-
-class Closed(Exception):
-    """The engine is shutting down and takes no new request."""
-
-
-@dataclass
-class Sampling:
-    temperature: float = 1.0  # 0: greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0: all tokens
-    seed: int | None = None
-
-
-@dataclass
-class Event:
-    """New text of one request; the last event has ``finish_reason`` ("stop", "length") or ``error``."""
-
-    text: str
-    completion_tokens: int
-    fingerprint: str
-    finish_reason: str | None = None
-    error: str | None = None
-
-
-@dataclass(eq=False)
-class Request:
-    prompt: list[int]
-    max_tokens: int
-    on_event: Callable[[Event], None]
-    sampling: Sampling = field(default_factory=Sampling)
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
-    media: Media | None = None
-
-    def __post_init__(self) -> None:
-        self.tokens: list[int] = []
-        self.cancelled = False
-        self.arrived = time.monotonic()
-        self.last_token: float | None = None
-        self.generator: torch.Generator | None = None
-        self.text: TextStream | None = None
-
-    def cancel(self) -> None:
-        """The client is gone: the engine frees the request's slot at its next step."""
-        self.cancelled = True
-
-
 class Engine:
-    """Continuous batching over one served model (see the module's docstring)."""
+    """Continuous batching over one served model (see the module's docstring).
+
+    :param served: the model, as ``apt_plugin_serve.models.load`` returns it.
+    :param max_batch: requests decoded together at most; the others wait for a slot.
+    :param max_queue: requests that may wait for a slot; ``submit`` refuses more with ``QueueFull``.
+    :param metrics: told of each token and of each step (``apt_plugin_serve.metrics.Metrics``), or None.
+    """
 
     def __init__(self, served: Served, max_batch: int = 32, max_queue: int = 256, metrics=None) -> None:
         if max_batch < 1 or max_queue < 0:

@@ -5,13 +5,40 @@
 - ``apt_serve_queue_depth``: requests waiting for a slot; ``apt_serve_running_requests``: the running batch;
 - ``apt_serve_time_to_first_token_seconds``: from a request's arrival to its first token;
 - ``apt_serve_inter_token_latency_seconds``: between two tokens of one request.
+
+The per-token figures are counted by the engine's thread in plain lists and read when scraped: a
+``prometheus_client.Histogram`` takes a lock for every observation, a tenth of a decode step's time at 32
+requests.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import bisect
+from collections.abc import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Latencies:
+    """A histogram one thread writes without a lock (the engine's); a scrape reads a consistent-enough copy."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        counts, cumulative, buckets = list(self.counts), 0, []
+        for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=self.total)
 
 
 class Metrics:
@@ -22,18 +49,22 @@ class Metrics:
         self.requests = Counter("apt_serve_requests", "HTTP requests answered", ["endpoint", "status"],
                                 registry=registry)
         self.prompt_tokens = Counter("apt_serve_prompt_tokens", "Prompt tokens read", registry=registry)
-        self.generated = Counter("apt_serve_generated_tokens", "Tokens generated", registry=registry)
         self.queue = Gauge("apt_serve_queue_depth", "Requests waiting for a slot in the batch", registry=registry)
         self.running = Gauge("apt_serve_running_requests", "Requests in the running batch", registry=registry)
-        self.first_token = Histogram("apt_serve_time_to_first_token_seconds", "From a request's arrival to its "
-                                     "first token", buckets=LATENCY_BUCKETS, registry=registry)
-        self.inter_token = Histogram("apt_serve_inter_token_latency_seconds", "Between two tokens of a request",
-                                     buckets=LATENCY_BUCKETS, registry=registry)
+        self.first_token, self.inter_token, self.generated = Latencies(), Latencies(), 0
+        registry.register(self)
+
+    def collect(self) -> Iterator:
+        """The engine's figures, for the registry (a custom collector)."""
+        yield CounterMetricFamily("apt_serve_generated_tokens", "Tokens generated", value=self.generated)
+        yield self.first_token.family("apt_serve_time_to_first_token_seconds", "From a request's arrival to its "
+                                                                               "first token")
+        yield self.inter_token.family("apt_serve_inter_token_latency_seconds", "Between two tokens of a request")
 
     def observe_token(self, seconds: float, first: bool) -> None:
         """Called by the engine for every token it generates."""
         (self.first_token if first else self.inter_token).observe(seconds)
-        self.generated.inc()
+        self.generated += 1
 
     def observe_engine(self, engine) -> None:
         """Called by the engine after each step."""

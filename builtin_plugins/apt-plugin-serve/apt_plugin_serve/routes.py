@@ -3,7 +3,9 @@ the answer (``schemas``). ``/v1/...`` asks for the API key when the server has o
 
 from __future__ import annotations
 
+import functools
 import secrets
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response, Streami
 from starlette.concurrency import run_in_threadpool
 
 from . import media, prepare
-from .answers import Submission, stream
+from .answers import Chunks, Submission, stream
 from .engine import Event, Sampling
 from .errors import APIError, size
 from .schemas import (
@@ -21,11 +23,9 @@ from .schemas import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatRequest,
-    ChunkChoice,
     Completion,
     CompletionChoice,
     CompletionRequest,
-    Delta,
     ModelCard,
     ModelList,
     Transcription,
@@ -39,7 +39,7 @@ def _state(request: Request):
     return request.app.state.serve
 
 
-def check_key(request: Request) -> None:
+async def check_key(request: Request) -> None:  # async: a plain def would hop to a worker thread per request
     key = _state(request).settings.api_key
     if key is None:
         return
@@ -55,7 +55,7 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(check_key)])
 
 
 @open_router.get("/health")
-def health(request: Request) -> dict:
+async def health(request: Request) -> dict:
     state = _state(request)
     served = state.engine.served
     return {"status": "ok", "model": state.settings.model_name, "kind": served.kind, "context": served.context,
@@ -65,25 +65,30 @@ def health(request: Request) -> dict:
 
 
 @open_router.get("/metrics")
-def metrics(request: Request) -> Response:
+async def metrics(request: Request) -> Response:
     state = _state(request)
     state.metrics.observe_engine(state.engine)
     return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
 
 @open_router.get("/", response_class=HTMLResponse)
-def page() -> str:
+async def page() -> str:
+    return _page()
+
+
+@functools.cache
+def _page() -> str:
     return (resources.files("apt_plugin_serve") / "static" / "chat.html").read_text(encoding="utf-8")
 
 
 @router.get("/models")
-def models(request: Request) -> ModelList:
+async def models(request: Request) -> ModelList:
     state = _state(request)
     return ModelList(data=[ModelCard(id=state.settings.model_name, created=state.created)])
 
 
 @router.get("/models/{name:path}")
-def model(name: str, request: Request) -> ModelCard:
+async def model(name: str, request: Request) -> ModelCard:
     state = _state(request)
     prepare.check_model(name, state.settings.model_name)
     return ModelCard(id=name, created=state.created)
@@ -96,7 +101,7 @@ async def completions(body: CompletionRequest, request: Request):
     prepare.refuse_unsupported(body)
     served = state.engine.served
     prompts = prepare.completion_prompts(body, served)
-    submission = Submission(state.engine)
+    submission = Submission(state.engine, state.mailbox)
     for ids in prompts:
         prepare.check_length(ids, served, "prompt")
         for choice in range(body.n):
@@ -106,18 +111,17 @@ async def completions(body: CompletionRequest, request: Request):
     submission.submit()
     name, prompt_tokens = state.settings.model_name, sum(map(len, prompts))
     echoed = [served.decode(ids) if body.echo else "" for ids in prompts]
-    reply = dict(id=f"cmpl-{submission.id}", model=name)
+    reply = dict(id=f"cmpl-{submission.id}", model=name, created=created())
     if body.stream:
         totals: dict[int, int] = {}
+        chunks = Chunks("completion", reply)
 
-        def chunk(index: int, event: Event | None) -> dict | None:
+        def chunk(index: int, event: Event | None) -> str | None:
             if event is None:  # the echoed prompt opens its choices
                 text = echoed[index // body.n]
-                return Completion(**reply, choices=[CompletionChoice(index=index, text=text)]).model_dump(
-                    exclude={"usage"}) if text else None
+                return chunks(index, text, None, served.fingerprint) if text else None
             totals[index] = event.completion_tokens
-            return Completion(**reply, system_fingerprint=event.fingerprint, choices=[CompletionChoice(
-                index=index, text=event.text, finish_reason=event.finish_reason)]).model_dump(exclude={"usage"})
+            return chunks(index, event.text, event.finish_reason, event.fingerprint)
 
         return _sse(stream(submission, chunk, _usage_chunk(body, lambda: Completion(
             **reply, choices=[], usage=usage(prompt_tokens, sum(totals.values()))).model_dump())))
@@ -142,24 +146,22 @@ async def chat_completions(body: ChatRequest, request: Request):
     prompt = served.encode(state.settings.chat_template.render(messages))
     prepare.check_length(prompt, served, "messages")
     limit = prepare.max_new(body.max_completion_tokens or body.max_tokens, prompt, served)
-    submission = Submission(state.engine)
+    submission = Submission(state.engine, state.mailbox)
     for choice in range(body.n):
         submission.add(prompt=prompt, max_tokens=limit, sampling=prepare.sampling(body, choice), stop=tuple(body.stop),
                        ignore_eos=body.ignore_eos, media=prepared)
     state.metrics.prompt_tokens.inc(len(prompt))
     submission.submit()
-    reply = dict(id=f"chatcmpl-{submission.id}", model=state.settings.model_name)
+    reply = dict(id=f"chatcmpl-{submission.id}", model=state.settings.model_name, created=created())
     if body.stream:
         totals: dict[int, int] = {}
+        chunks = Chunks("chat", reply)
 
-        def chunk(index: int, event: Event | None) -> dict:
+        def chunk(index: int, event: Event | None) -> str:
             if event is None:
-                delta, fingerprint, reason = Delta(role="assistant", content=""), served.fingerprint, None
-            else:
-                totals[index] = event.completion_tokens
-                delta, fingerprint, reason = Delta(content=event.text), event.fingerprint, event.finish_reason
-            return ChatCompletionChunk(**reply, system_fingerprint=fingerprint, choices=[
-                ChunkChoice(index=index, delta=delta, finish_reason=reason)]).model_dump(exclude={"usage"})
+                return chunks(index, "", None, served.fingerprint, role="assistant")
+            totals[index] = event.completion_tokens
+            return chunks(index, event.text, event.finish_reason, event.fingerprint)
 
         return _sse(stream(submission, chunk, _usage_chunk(body, lambda: ChatCompletionChunk(
             **reply, choices=[], usage=usage(len(prompt), sum(totals.values()))).model_dump())))
@@ -191,12 +193,16 @@ async def transcriptions(request: Request, file: UploadFile = File(), model: str
     prepared = await run_in_threadpool(served.prepare, None, audio, suffix)
     ids = served.encode(state.settings.transcription_prompt if prompt is None else prompt)
     prepare.check_length(ids, served, "prompt")
-    submission = Submission(state.engine)
+    submission = Submission(state.engine, state.mailbox)
     submission.add(prompt=ids, max_tokens=prepare.max_new(None, ids, served), media=prepared,
                    sampling=Sampling(temperature=temperature))
     state.metrics.prompt_tokens.inc(len(ids))
     text = (await submission.submit().collect(request))[0].text
     return PlainTextResponse(text) if response_format == "text" else Transcription(text=text)
+
+
+def created() -> int:
+    return int(time.time())
 
 
 def _usage_chunk(body, make):

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from apt_plugin_serve.schemas import ChatCompletionChunk, Completion
 from conftest import greedy
 
 PROMPTS = ["Return the", "a", "The value of the", "If", "Raise an error when", "x = ", "List of all", "Create a new",
@@ -69,6 +70,13 @@ def test_chat_whole_and_streamed(text_server, text_model):
     assert raw.headers["content-type"].startswith("text/event-stream") and lines[-1] == "data: [DONE]"
     assert all(line.startswith("data: ") for line in lines)
     assert json.loads(lines[0][6:])["object"] == "chat.completion.chunk"
+    for line in lines[:-1]:  # the chunks are written by hand (fast): each is the schema's shape, strictly
+        ChatCompletionChunk.model_validate_json(line[6:], strict=True)
+    with httpx.stream("POST", text_server.url + "/v1/completions", json={
+            "model": "docs", "prompt": "If", "max_tokens": 3, "temperature": 0, "stream": True}) as raw:
+        lines = [line for line in raw.iter_lines() if line]
+    for line in lines[:-1]:
+        assert Completion.model_validate_json(line[6:], strict=True).choices[0].index == 0
 
 
 def test_32_concurrent_requests_get_the_answers_they_get_alone(text_server, text_model):

@@ -1,0 +1,336 @@
+"""Serving on this machine's CPU cores: ``apt-kernel serve`` against ``transformers serve``, the same clients
+and prompts, side by side in one run.
+
+For the quickstart's model (its shape: 4 layers, 128 wide, 4 heads, its character vocabulary; a context of
+128 so that 64 new tokens fit after a prompt) and a multimodal digits-shaped model (a 16 px image with every
+request), random weights, 32 prompts of equal length, 64 new tokens each, greedy (``ignore_eos``):
+
+- throughput (new tokens/s over all 32 requests) at 1, 8 and 32 concurrent streaming clients; p50/p99 time
+  to first token and between tokens;
+- the server at 32 clients against the same requests one after another (goal: >= 5x);
+- the model's batched ``generate`` (``generate_batch``) called directly on the same 32 prompts against the
+  server at 32 clients (the server's overhead; goal: <= 1.15x);
+- ``APTLargeModel.generate`` with and without its KV cache (batch 1 and 32);
+- the anchor: ``transformers serve --continuous-batching``, unmodified, serving a GPT-2 of the same shape
+  (layers, width, heads, feed-forward, vocabulary, context; random weights saved to a local folder, with a
+  character tokenizer) to the same clients and prompts.
+
+    .venv/bin/python bench/bench_serve.py --rounds 3
+
+Each server runs alone in its own process; the clients are one asyncio loop in this process (they share
+the cores with the server, the same for both servers). Medians over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+NEW, CLIENTS, REQUESTS, CONTEXT = 64, (1, 8, 32), 32, 128
+PROMPTS = [f"{word:<15.15}|" for word in (
+    "Return the", "If the object", "The default is", "Create a new", "This module", "Raise an error", "List of all",
+    "Open the file", "x = value", "Set the name", "Read data from", "The value of", "Call the", "A string", "When",
+    "Add the item")] * 2  # 32 prompts of 16 characters
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def quickstart_model(folder: Path):
+    """The quickstart's model shape with its character vocabulary, random weights, saved as a run's model/."""
+    from apt_plugin_lm.corpus import stdlib_docstrings
+    from apt_plugin_lm.model import APTConfig, APTLargeModel
+    from apt_plugin_lm.tokenization import CharTokenizer
+
+    tokenizer = CharTokenizer.train(stdlib_docstrings(max_chars=600_000))  # pipelines/quickstart.toml's data
+    torch.manual_seed(0)
+    model = APTLargeModel(APTConfig(vocab_size=tokenizer.vocab_size, d_model=128, num_heads=4, num_layers=4,
+                                    d_ff=512, max_seq_len=CONTEXT, attention="autopoietic")).eval()
+    model.save_pretrained(folder / "model")
+    tokenizer.save(folder / "model" / "tokenizer")
+    return model, tokenizer
+
+
+def gpt2_twin(model, tokenizer, folder: Path) -> None:
+    """A GPT-2 of the same shape, random weights, and a character tokenizer of the same vocabulary."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    c = model.config
+    vocabulary = {token: i for i, token in enumerate(tokenizer.itos)}
+    chars = Tokenizer(models.WordLevel(vocabulary, unk_token="<unk>"))
+    chars.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    chars.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=chars, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>")
+    torch.manual_seed(0)
+    twin = GPT2LMHeadModel(GPT2Config(vocab_size=c.vocab_size, n_positions=c.max_seq_len, n_embd=c.d_model,
+                                      n_layer=c.num_layers, n_head=c.num_heads, n_inner=c.d_ff,
+                                      bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+                                      pad_token_id=tokenizer.pad_id))
+    twin.save_pretrained(folder)
+    fast.save_pretrained(folder)
+
+
+def digits_model(folder: Path):
+    """pipelines/multimodal-digits.toml's model shape (a 16 px image, 2-px patches), random weights."""
+    from apt_plugin_lm.model import APTConfig
+    from apt_plugin_lm.tokenization import CharTokenizer
+    from apt_plugin_multimodal import MultimodalAPTModel
+
+    tokenizer = CharTokenizer.train(["what digit is this? zero one two three four five six seven eight nine"])
+    torch.manual_seed(0)
+    model = MultimodalAPTModel(APTConfig(vocab_size=tokenizer.vocab_size, d_model=128, num_heads=4, num_layers=2,
+                                         d_ff=256, max_seq_len=96, attention="sdpa"), use_vision=True,
+                               vision_config={"size": "small", "image_size": 16, "patch_size": 2, "hidden_size": 128,
+                                              "intermediate_size": 256, "num_hidden_layers": 3,
+                                              "num_attention_heads": 4})
+    model.tokenizer = tokenizer
+    model.eval().save_pretrained(folder / "model")
+    return model
+
+
+def digit_images() -> list[bytes]:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    images = []
+    for pixels in load_digits().images[:REQUESTS]:
+        buffer = io.BytesIO()
+        Image.fromarray((pixels * 16).clip(0, 255).astype("uint8")).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    return images
+
+
+class Server:
+    def __init__(self, command: list[str], port: int, health: str, env: dict | None = None) -> None:
+        self.port, self.health = port, health
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                        start_new_session=True, env={**os.environ, **(env or {})})
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def __enter__(self) -> Server:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited: {self.process.stderr.read()[-3000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}{self.health}", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("the server did not start within 300 s")
+
+    def __exit__(self, *exc) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+async def one(client: httpx.AsyncClient, url: str, body: dict) -> dict:
+    """One streamed request: its time to first token, the gaps between chunks, its new tokens."""
+    start = time.perf_counter()
+    stamps, tokens, usage = [], 0, None
+    async with client.stream("POST", url, json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code}: {(await response.aread())[:500]}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices", []):
+                text = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
+                if text:
+                    stamps.append(time.perf_counter())
+                    tokens += 1
+    tokens = usage["completion_tokens"] if usage else tokens
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    return {"ttft": stamps[0] - start, "gaps": gaps, "tokens": tokens}
+
+
+async def load(url: str, bodies: list[dict], clients: int) -> dict:
+    queue = list(bodies)
+    results: list[dict] = []
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        async def worker() -> None:
+            while queue:
+                results.append(await one(client, url, queue.pop(0)))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - start
+    tokens = sum(r["tokens"] for r in results)
+    ttft = sorted(r["ttft"] for r in results)
+    gaps = sorted(g for r in results for g in r["gaps"])
+    return {"tps": tokens / wall, "tokens": tokens, "ttft50": _pct(ttft, 50), "ttft99": _pct(ttft, 99),
+            "itl50": _pct(gaps, 50), "itl99": _pct(gaps, 99)}
+
+
+def _pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process and its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(name: str, url: str, bodies: list[dict], rounds: int, pid: int) -> dict[int, dict]:
+    asyncio.run(load(url, bodies[:2], 2))  # warm-up
+    table = {}
+    for clients in CLIENTS:
+        runs = []
+        for _ in range(rounds):
+            server, client, start = cpu_seconds(pid), time.process_time(), time.perf_counter()
+            run = asyncio.run(load(url, bodies, clients))
+            wall = time.perf_counter() - start
+            run["server_cpu"] = (cpu_seconds(pid) - server) / wall
+            run["client_cpu"] = (time.process_time() - client) / wall
+            runs.append(run)
+        table[clients] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        row = table[clients]
+        print(f"  {name:<22} {clients:>2} clients  {row['tps']:8.1f} tokens/s  TTFT p50 {row['ttft50'] * 1e3:7.1f} ms  "
+              f"p99 {row['ttft99'] * 1e3:7.1f} ms  between tokens p50 {row['itl50'] * 1e3:6.1f} ms  "
+              f"p99 {row['itl99'] * 1e3:6.1f} ms  (cores busy: server {row['server_cpu']:.2f}, clients "
+              f"{row['client_cpu']:.2f})", flush=True)
+    return table
+
+
+def timed(function, rounds: int) -> float:
+    function()  # warm-up
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def direct_text(model, tokenizer, rounds: int) -> float:
+    ids = torch.tensor([[tokenizer.bos_id, *tokenizer.encode(p)] for p in PROMPTS])
+    for rows in (1, REQUESTS):
+        batch = ids[:rows]
+        cached = timed(lambda b=batch: model.generate(b, max_length=b.shape[1] + NEW, do_sample=False), rounds)
+        plain = timed(lambda b=batch: model.generate(b, max_length=b.shape[1] + NEW, do_sample=False,
+                                                     use_cache=False), rounds)
+        print(f"  generate, batch {rows:>2}: KV cache {rows * NEW / cached:8.1f} tokens/s, without "
+              f"{rows * NEW / plain:8.1f} tokens/s: {plain / cached:.2f}x", flush=True)
+    return REQUESTS * NEW / cached
+
+
+def summary(name: str, table: dict, direct: float) -> None:
+    ratio, overhead = table[32]["tps"] / table[1]["tps"], direct / table[32]["tps"]
+    print(f"  {name}: 32 clients / one after another {ratio:.2f}x (goal >= 5x); batched generate / server at 32 "
+          f"clients {overhead:.3f}x (goal <= 1.15x)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-transformers", action="store_true", help="leave out the transformers serve anchor")
+    parser.add_argument("--skip-multimodal", action="store_true")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    apt = [sys.executable, "-m", "apt_kernel.cli", "serve"]
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(max(1, cores - 1))  # what apt-kernel serve takes by default, for the direct calls too
+    try:
+        print(f"{cores} cores, {torch.get_num_threads()} compute thread(s) for ours and for direct calls; {REQUESTS} "
+              f"requests x {NEW} new "
+              f"tokens, greedy; medians of {args.rounds} rounds", flush=True)
+        model, tokenizer = quickstart_model(root / "quickstart")
+        bodies = [{"model": "quickstart", "prompt": p, "max_tokens": NEW, "temperature": 0, "stream": True,
+                   "ignore_eos": True, "stream_options": {"include_usage": True}} for p in PROMPTS]
+        port = free_port()
+        with Server([*apt, str(root / "quickstart"), "--port", str(port)], port, "/health") as server:
+            ours = measure("apt-kernel serve", f"http://127.0.0.1:{port}/v1/completions", bodies, args.rounds,
+                           server.pid)
+        direct = direct_text(model, tokenizer, args.rounds)
+        summary("apt-kernel serve, quickstart", ours, direct)
+        if not args.skip_transformers:
+            gpt2_twin(model, tokenizer, root / "gpt2")
+            theirs_bodies = [{**b, "model": str(root / "gpt2")} for b in bodies]
+            command = [str(Path(sys.executable).with_name("transformers")), "serve", str(root / "gpt2"),
+                       "--continuous-batching", "--device", "cpu", "--dtype", "float32"]
+            anchors = {}
+            for threads in (str(torch.get_num_threads()), None):  # ours' thread count, and torch's default
+                port = free_port()
+                label = f"transformers serve ({threads or 'default'} thr.)"
+                with Server([*command, "--port", str(port)], port, "/health",
+                            {"OMP_NUM_THREADS": threads} if threads else None) as server:
+                    anchors[label] = measure(label, f"http://127.0.0.1:{port}/v1/completions", theirs_bodies,
+                                             args.rounds, server.pid)
+            for clients in (8, 32):
+                label, theirs = max(anchors.items(), key=lambda item: item[1][clients]["tps"])
+                print(f"  {clients} clients, against the faster {label}: ours / theirs "
+                      f"{ours[clients]['tps'] / theirs[clients]['tps']:.2f}x tokens/s (goal >= 1); p99 TTFT ours "
+                      f"{ours[clients]['ttft99'] * 1e3:.1f} ms, theirs {theirs[clients]['ttft99'] * 1e3:.1f} ms",
+                      flush=True)
+        if not args.skip_multimodal:
+            multimodal(root, apt, args.rounds)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def multimodal(root: Path, apt: list[str], rounds: int) -> None:
+    model = digits_model(root / "digits")
+    images = digit_images()
+    prompt = "what digit is this? "
+    urls = ["data:image/png;base64," + base64.b64encode(image).decode() for image in images]
+    bodies = [{"model": "digits", "max_tokens": NEW, "temperature": 0, "stream": True, "ignore_eos": True,
+               "stream_options": {"include_usage": True}, "messages": [{"role": "user", "content": [
+                   {"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]}]}
+              for url in urls]
+    port = free_port()
+    with Server([*apt, str(root / "digits"), "--port", str(port)], port, "/health") as server:
+        ours = measure("apt-kernel serve, image", f"http://127.0.0.1:{port}/v1/chat/completions", bodies, rounds,
+                       server.pid)
+    # generate_batch stops at <eos> and cannot ignore it: the decoder loop it runs, fed 64 tokens, is
+    # KVBatch with the memory of each image, as the server runs it
+    from apt_plugin_lm.generation import Decoder, KVBatch
+
+    pixels = model.vision.preprocess(images)
+    decoder, ids = Decoder.of(model), [[model.tokenizer.bos_id, *model.tokenizer.encode(prompt)]] * REQUESTS
+
+    def direct() -> None:
+        with torch.no_grad():
+            memory, mask = model.memory(REQUESTS, image=pixels)
+            batch, logits = KVBatch.prefill(decoder, ids, memory, mask)
+            for _ in range(NEW - 1):
+                logits = batch.step(logits.argmax(-1))
+
+    seconds = timed(direct, rounds)
+    print(f"  batched decoding of the same 32 image questions, directly: {REQUESTS * NEW / seconds:.1f} tokens/s",
+          flush=True)
+    summary("apt-kernel serve, digits", ours, REQUESTS * NEW / seconds)
+
+
+if __name__ == "__main__":
+    main()
