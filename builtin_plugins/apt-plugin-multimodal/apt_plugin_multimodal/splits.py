@@ -10,6 +10,7 @@ from apt_sdk import OptionError
 from .records import Record
 
 ENCODER = {"image": "a vision tower", "audio": "an audio encoder"}
+PLURAL = {"image": "images", "audio": "audio"}
 WHEN = {"val": "at the first validation", "test": "when the test records are scored after training"}
 
 
@@ -27,5 +28,5 @@ def check_modalities(records: dict[str, list[Record]], keys: dict[str, str]) -> 
                 if getattr(record, f"{kind}_path") is not None and not has[kind]:
                     raise OptionError(keys[split], f"{record.where} has an {kind}_path, but no training record has "
                                                    f"one, so the model is built without {encoder} and would fail on "
-                                                   f"it {when}: give training records {kind}s too, or leave the "
-                                                   f"{kind} out of the {split} records")
+                                                   f"it {when}: give some training records {PLURAL[kind]} too, or "
+                                                   f"leave the {kind} out of the {split} records")
