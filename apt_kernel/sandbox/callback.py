@@ -47,6 +47,7 @@ class SandboxedCallback:
                                     echo=lambda line: context.log(f"[{name}] {line}"))
         self.worker.start()  # confinement and the plugin's own errors show up now, before training
         self.events = set(self.worker.ready.get("events", []))
+        self.state_key: str | None = self.worker.ready.get("state_key")  # the plugin's, for its checkpoint key
         self.stop_reason: str | None = None  # set when a failure stopped the run (on_failure = "stop")
 
     def _forward(self, event: str, trainer: Any, *args: Any) -> Any:

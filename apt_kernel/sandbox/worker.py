@@ -269,7 +269,9 @@ def main() -> None:
     except BaseException as exc:  # noqa: BLE001
         protocol.send(sock, {"ready": False, "layers": layers, "error": describe(exc)})
         return
-    protocol.send(sock, {"ready": True, "layers": layers, "events": events})
+    state_key = getattr(component, "state_key", None)  # its checkpoint key, as it would have in-process
+    protocol.send(sock, {"ready": True, "layers": layers, "events": events,
+                         "state_key": state_key if isinstance(state_key, str) else None})
     serve_component(sock, component)
 
 
