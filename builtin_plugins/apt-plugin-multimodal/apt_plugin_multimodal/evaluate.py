@@ -102,7 +102,7 @@ class MultimodalAccuracy(Callback):
         datasets = trainer.data.datasets  # checked when the callback was built
         if not trainer.is_main:  # rank 0 scores for everyone
             return
-        model = trainer.context.model
+        model = trainer.model  # the model itself (RunState gives the context's, not a DDP wrapper)
         with torch.autocast(model.nothing.device.type, enabled=False):
             scores = score(datasets[self.split], model, self.metric, self.batch_size, self.max_new_tokens,
                            trainer.data.num_workers)
