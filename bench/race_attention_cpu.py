@@ -85,8 +85,9 @@ def step_ratio(rounds: int, compile_autopoietic: bool = False) -> tuple[list[flo
 
 
 def race(mode: str, steps: int, data: Path, work: Path, budget: float, seed: int, extra: tuple[str, ...] = ()) -> dict:
-    from apt_plugin_lm.model import APTConfig, APTLargeModel
+    from apt_plugin_lm.model import APTLargeModel
     from apt_plugin_lm.tokenization import load_tokenizer
+    from apt_sdk import RunReader
 
     out = work / mode
     started, seconds, _ = run(data, out, mode, steps, budget, seed, extra)
@@ -94,9 +95,10 @@ def race(mode: str, steps: int, data: Path, work: Path, budget: float, seed: int
     ids = torch.tensor(tokenizer.encode(val_text(data)))
     model = APTLargeModel.from_pretrained(out / "model").eval()
     curve = []
-    for entry in json.loads((out / "metadata.json").read_text())["checkpoints"]:
-        state = torch.load(out / "checkpoints" / entry["file"], map_location="cpu", weights_only=False)
-        at = APTLargeModel(APTConfig.from_dict(state["config"]))
+    folder = RunReader(out)  # the run folder, read as --resume reads it
+    for entry in folder.checkpoints():
+        state = folder.read(folder.checkpoints_dir / entry["file"])
+        at = APTLargeModel.from_config(state["config"])
         at.load_state_dict(state["model_state_dict"])
         at.eval()
         curve.append({"step": entry["global_step"], "seconds": round(entry["time"] - started, 1),

@@ -10,7 +10,8 @@ from conftest import REPO, cli
 def test_a_failed_run_is_recorded_with_its_step_and_shown_by_the_cli(tiny_pipeline, tmp_path):
     tiny_pipeline.write_text(tiny_pipeline.read_text() + '\n[[callbacks]]\nuse = "error-log"\n'
                              '\n[[callbacks]]\nuse = "boom"\nat_step = 3\n')
-    run = cli("run", str(tiny_pipeline), "--no-progress", "--plugins-dir", str(REPO / "tests" / "plugins"))
+    run = cli("run", str(tiny_pipeline), "--no-progress", "--plugins-dir", str(REPO / "tests" / "plugins"),
+              "--set", "trainer.temp_checkpoint_freq=2")
     assert run.returncode == 1 and "boom at step 3" in run.stderr
     db = tmp_path / "run"
     listed = cli("errors", "list", "--db", str(db))
@@ -20,6 +21,9 @@ def test_a_failed_run_is_recorded_with_its_step_and_shown_by_the_cli(tiny_pipeli
     shown = cli("errors", "show", error_id, "--db", str(db))
     assert "global_step      3" in shown.stdout and "pipeline         tiny" in shown.stdout
     assert "on_train_batch_end" in shown.stdout  # the stack trace
+    # the state --resume latest continues from: the temp checkpoint of step 2 (the run had no other)
+    assert f"reproduce with   apt-kernel run {db / 'pipeline.json'} ... --resume {db / 'temp' / 'apt_temp_step2.pt'}" \
+        in shown.stdout
     assert "1 errors, 1 unresolved" in cli("errors", "report", "--db", str(db)).stdout
     assert "resolved 1 error(s)" in cli("errors", "resolve", error_id, "--db", str(db)).stdout
     assert cli("errors", "list", "--db", str(db)).stdout.strip() == "no errors"

@@ -11,6 +11,8 @@
 - ``run_pipeline`` / ``check_pipeline``: run or validate a pipeline from Python;
 - ``check_known_keys``: refuse a misspelt key of a dict the user wrote, naming the key it resembles;
 - ``folder_problem``: why a folder option cannot be written (a file in the way, no write permission);
+- ``RunReader``: a run folder read as ``--resume`` reads it (checkpoints, ``metadata.json``, ``pipeline.json``,
+  ``model/``), the one reader of the layout ``apt_sdk.run_folder`` documents;
 - ``start_loader`` and ``loader_worker_init``: start a DataLoader's workers so a stop signal to the process
   group lets the step finish and save instead of killing the loader's workers under it.
 
@@ -25,12 +27,13 @@ from apt_kernel.hookspecs import hookimpl
 from apt_kernel.protocols import Batch, DataModule, Encoder, Loss, Model, Tokenizer, Trainer, TrainerState
 
 from .options import check_known_keys, folder_problem
+from .run_folder import RunReader
 from .workers import loader_worker_init, start_loader
 
 __all__ = [
     "EVENTS", "KERNEL_API_VERSION", "Batch", "BuildContext", "Callback", "CallbackError", "DataModule", "Encoder",
     "Loss", "Model", "OptionError",
-    "PipelineError", "PluginError", "RunInterrupted", "Tokenizer", "Trainer", "TrainerState", "UserError",
+    "PipelineError", "PluginError", "RunInterrupted", "RunReader", "Tokenizer", "Trainer", "TrainerState", "UserError",
     "check_known_keys", "check_pipeline", "folder_problem", "hookimpl", "loader_worker_init", "run_pipeline",
     "start_loader",
 ]

@@ -3,11 +3,10 @@ factories, skipped inf/NaN steps. Nothing is written unless something goes wrong
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
-from apt_sdk import BuildContext, Callback, OptionError, RunInterrupted, folder_problem, hookimpl
+from apt_sdk import BuildContext, Callback, OptionError, RunInterrupted, RunReader, UserError, folder_problem, hookimpl
 
 from .logger import ErrorLogger
 
@@ -18,11 +17,12 @@ _PENDING: dict[str, list[dict]] = {}
 
 
 def latest_checkpoint(run_dir: str | Path) -> str | None:
+    """What ``--resume latest`` would continue from (regular or temp), for the row's reproduce line."""
     try:
-        entries = json.loads((Path(run_dir) / "metadata.json").read_text())["checkpoints"]
-    except (OSError, ValueError, KeyError):
+        latest = RunReader(run_dir).latest_checkpoint()
+    except UserError:  # a run record that cannot be read: the error is recorded without it
         return None
-    return str(Path(run_dir) / "checkpoints" / entries[-1]["file"]) if entries else None
+    return str(latest) if latest is not None else None
 
 
 class ErrorLog(Callback):

@@ -1,10 +1,10 @@
 """Saving and loading ``MultimodalAPTModel``: a ``save_pretrained`` folder, a run folder, a checkpoint file.
 
-A run folder is read as the trainer reads it for ``--resume latest``: its ``metadata.json`` says which
-checkpoints it holds, and the newest state, a regular checkpoint or the temp one a killed run left, is the
-one loaded (``apt_plugin_trainer.CheckpointManager``; file times say nothing: a copy or a restore changes
-them). Checkpoints load as the trainer loads them: tensors and plain data only, the hash recorded in
-``metadata.json`` checked. Each encoder comes back frozen or trainable as it was saved.
+A run folder is read as the trainer reads it for ``--resume latest``, by the SDK's one reader of the run
+folder (``apt_sdk.RunReader``): its ``metadata.json`` says which checkpoints it holds, and the newest state, a
+regular checkpoint or the temp one a killed run left, is the one loaded (file times say nothing: a copy or a
+restore changes them). Checkpoints load as the trainer loads them: tensors and plain data only, the hash
+recorded in ``metadata.json`` checked. Each encoder comes back frozen or trainable as it was saved.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from apt_sdk import UserError
+from apt_sdk import RunReader, UserError
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
@@ -67,7 +67,8 @@ class Loading:
         its ``metadata.json`` and ``temp/`` hold, as ``--resume latest`` picks it), or a checkpoint file."""
         path = Path(path)
         if path.is_dir() and not (path / CONFIG_FILE).exists():
-            path = path / "model" if (path / "model" / CONFIG_FILE).exists() else _latest_checkpoint(path)
+            exported = RunReader(path).exported_model()
+            path = exported if exported is not None and (exported / CONFIG_FILE).exists() else _latest_checkpoint(path)
         if path.is_file():
             model = _from_checkpoint(cls, path, map_location)
         elif not path.exists():
@@ -78,31 +79,22 @@ class Loading:
         return model
 
 
-def _manager(run: Path) -> Any:
-    try:
-        from apt_plugin_trainer.checkpoint import CheckpointManager
-    except ImportError:  # a run folder is the trainer's; without it, only saved folders load
-        raise UserError(f"{run} is a run folder: reading its checkpoints needs the trainer, pip install "
-                        "'apt-plugin-multimodal[train]'; or load its exported model/ folder") from None
-    return CheckpointManager(run)
-
-
 def _latest_checkpoint(run: Path) -> Path:
-    manager = _manager(run)
-    regular = sorted(manager.dir.glob("*.pt")) if manager.dir.is_dir() else []
-    temp = list(manager.temp_dir.glob("*.pt")) if manager.temp_dir.is_dir() else []
+    reader = RunReader(run)
+    regular = sorted(reader.checkpoints_dir.glob("*.pt")) if reader.checkpoints_dir.is_dir() else []
+    temp = list(reader.temp_dir.glob("*.pt")) if reader.temp_dir.is_dir() else []
     if not regular and not temp:
         raise UserError(f"{run} holds no saved multimodal model (config.json), exported model/ or checkpoint "
                         f"(checkpoints/ or temp/)")
-    if not temp and not manager.metadata_path.exists():
-        raise UserError(f"{manager.metadata_path} is missing, so which of the {len(regular)} checkpoint(s) in "
-                        f"{manager.dir} is the newest is not recorded; load one by its file: "
+    if not temp and not reader.metadata_path.exists():
+        raise UserError(f"{reader.metadata_path} is missing, so which of the {len(regular)} checkpoint(s) in "
+                        f"{reader.checkpoints_dir} is the newest is not recorded; load one by its file: "
                         f"from_pretrained('{regular[-1]}')")
-    return manager.resolve("latest")
+    return reader.resolve("latest")
 
 
 def _from_checkpoint(cls: type, path: Path, map_location: str) -> Any:
-    state = _manager(path.parent.parent).read(path)  # checked against its run's record, when it has one
+    state = RunReader(path.parent.parent).read(path)  # checked against its run's record, when it has one
     config = state.get("config")
     if not isinstance(config, dict) or "apt" not in config:
         raise UserError(f"{path} is not a checkpoint of a multimodal APT model (its config has no 'apt' decoder)")

@@ -1,7 +1,8 @@
-"""Checkpoints in the original layout, written atomically, loaded without unpickling code.
+"""Checkpoints written atomically into the run folder's layout (documented, and read, by ``apt_sdk.run_folder``:
+``CheckpointManager`` is its ``RunReader`` that also writes).
 
     <save_dir>/checkpoints/apt_model_epoch{E}_step{S}.pt
-    <save_dir>/metadata.json     every checkpoint: epoch, step, metrics, is_best, sha256
+    <save_dir>/metadata.json     every checkpoint: epoch, step, metrics, is_best, sha256; end_of_run
     <save_dir>/temp/apt_temp_step{S}.pt   the latest mid-epoch state; removed after a clean finish
 
 A save writes a temp file in the same folder, fsyncs it and renames it into place, then rewrites
@@ -14,24 +15,20 @@ rank 0 writes; every rank can read. A manager that only loads creates nothing.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import math
 import os
-import pickle
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from apt_sdk import UserError
+from apt_sdk.run_folder import RunReader
 
 from .state_dicts import load_model_state, load_optimizer_state
 
-CHECKPOINT_GLOB = "apt_model_epoch*_step*.pt"
 TMP_SUFFIX = ".tmp"
 
 
@@ -70,14 +67,6 @@ def _atomic_write(path: Path, write) -> str:
     return hashing.digest.hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _writer_alive(leftover: Path) -> bool:
     """``.<name>.<pid>.tmp`` is being written by process <pid> if that process exists."""
     pid = leftover.name.removesuffix(TMP_SUFFIX).rsplit(".", 1)[-1]
@@ -103,12 +92,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class CheckpointManager:
+class CheckpointManager(RunReader):
+    """Writes a run's checkpoints and ``metadata.json``; reads them as every reader of a run does (``RunReader``:
+    ``metadata()``, ``checkpoints()``, ``resolve(spec)``, ``read(path)``)."""
+
     def __init__(self, save_dir: str | Path, keep_last: int = 0, rank: int = 0) -> None:
-        self.save_dir = Path(save_dir)
-        self.dir = self.save_dir / "checkpoints"
-        self.temp_dir = self.save_dir / "temp"
-        self.metadata_path = self.save_dir / "metadata.json"
+        super().__init__(save_dir)
+        self.save_dir, self.dir = self.path, self.checkpoints_dir  # the names of its first version
         self.keep_last, self.rank = keep_last, rank
         self._cleaned = False
 
@@ -123,34 +113,9 @@ class CheckpointManager:
                     leftover.unlink(missing_ok=True)
         self._cleaned = True
 
-    # -- metadata ----------------------------------------------------------------------------------
-    def metadata(self) -> dict:
-        try:
-            data = json.loads(self.metadata_path.read_text())
-        except FileNotFoundError:
-            return {"checkpoints": []}
-        except ValueError as exc:
-            raise UserError(f"{self.metadata_path} is not valid JSON ({exc}); remove it to start over") from None
-        self._check_metadata(data)
-        return data
-
-    def _check_metadata(self, data: Any) -> None:
-        where = f"{self.metadata_path} is not a checkpoint record"
-        if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), list):
-            raise UserError(f"{where}: expected {{\"checkpoints\": [...]}}, got {json.dumps(data)[:80]}")
-        for i, entry in enumerate(data["checkpoints"]):
-            if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) \
-                    or not isinstance(entry.get("global_step"), int):
-                raise UserError(f"{where}: checkpoints[{i}] needs \"file\" and \"global_step\", "
-                                f"got {json.dumps(entry)[:80]}")
-
     def _write_metadata(self, data: dict) -> None:
         text = json.dumps(data, indent=2, allow_nan=False)
         _atomic_write(self.metadata_path, lambda fh: fh.write(text.encode()))
-
-    def checkpoints(self) -> list[dict]:
-        """Recorded checkpoints whose file exists, oldest first."""
-        return [c for c in self.metadata()["checkpoints"] if (self.dir / c["file"]).exists()]
 
     # -- save / load -------------------------------------------------------------------------------
     def save_checkpoint(self, model, optimizer, scheduler, epoch: int, global_step: int, loss_history: list,
@@ -223,14 +188,6 @@ class CheckpointManager:
                 leftover.unlink(missing_ok=True)
             self.temp_dir.rmdir()
 
-    def _temp_checkpoints(self) -> list[tuple[int, Path]]:
-        found = []
-        for path in self.temp_dir.glob("apt_temp_step*.pt"):
-            step = path.stem.removeprefix("apt_temp_step")
-            if step.isdigit():
-                found.append((int(step), path))
-        return found
-
     def _prune(self, data: dict) -> None:
         if self.keep_last <= 0:
             return
@@ -240,34 +197,12 @@ class CheckpointManager:
             (self.dir / entry["file"]).unlink(missing_ok=True)
         data["checkpoints"] = [c for c in entries if c["file"] in keep]
 
-    def resolve(self, spec: str | Path | None = None, latest: bool = False, best: bool = False) -> Path:
-        """A checkpoint path from an explicit path, a glob, ``"latest"`` or ``"best"``."""
-        recorded = self.checkpoints()
-        if best or spec == "best":
-            chosen = [c for c in recorded if c["is_best"]]
-            if not chosen:
-                raise UserError(f"no best checkpoint recorded in {self.metadata_path}")
-            return self.dir / chosen[-1]["file"]
-        if spec is None or latest or spec == "latest":
-            # the newest state, regular or temp; at equal steps the regular one (it has val metrics)
-            candidates = [(c["global_step"], 1, self.dir / c["file"]) for c in recorded]
-            candidates += [(step, 0, path) for step, path in self._temp_checkpoints()]
-            if not candidates:
-                unrecorded = sorted(self.dir.glob(CHECKPOINT_GLOB), key=lambda p: p.stat().st_mtime)
-                if unrecorded and not self.metadata_path.exists():
-                    raise UserError(f"{self.metadata_path} is missing, so the {len(unrecorded)} checkpoint(s) in "
-                                    f"{self.dir} are not recorded; resume from a file instead, e.g. "
-                                    f"--resume {unrecorded[-1]} (resume_from=... in Python)")
-                raise UserError(f"no checkpoint to resume from in {self.dir} or {self.temp_dir}")
-            return max(candidates)[2]
-        matches = sorted(glob.glob(str(spec)))
-        if not matches:
-            raise UserError(f"checkpoint not found: {spec}")
-        return Path(matches[-1])
-
     def load_checkpoint(self, model, optimizer=None, scheduler=None, checkpoint_path: str | Path | None = None,
                         latest: bool = False, best: bool = False) -> tuple[int, int, list, dict]:
-        path = self.resolve(checkpoint_path, latest=latest, best=best)
+        """Load the checkpoint a path or glob names (else the latest, or with ``best`` the best) into ``model`` and,
+        when given, ``optimizer`` and ``scheduler``; returns its (epoch, global_step, loss_history, metrics)."""
+        spec = "best" if best else "latest" if latest or checkpoint_path is None else checkpoint_path
+        path = self.resolve(spec)
         state = self.read(path)
         load_model_state(model, state["model_state_dict"], path)
         if optimizer is not None and state.get("optimizer_state_dict") is not None:
@@ -275,31 +210,3 @@ class CheckpointManager:
         if scheduler is not None and state.get("scheduler_state_dict") is not None:
             scheduler.load_state_dict(state["scheduler_state_dict"])
         return state["epoch"], state["global_step"], state["loss_history"], state["metrics"]
-
-    def read(self, path: str | Path) -> dict:
-        """The checkpoint's contents; refuses a file whose hash differs from metadata.json's."""
-        path = Path(path)
-        expected = next((c["sha256"] for c in self.metadata()["checkpoints"] if c["file"] == path.name), None)
-        if expected is not None and path.parent.resolve() == self.dir.resolve() and _sha256(path) != expected:
-            raise UserError(f"checkpoint {path} does not match the hash recorded in {self.metadata_path}: "
-                            "the file is corrupt or was changed")
-        if path.is_dir():
-            raise UserError(f"cannot resume from {path}: it is a folder; give a checkpoint file (a run's "
-                            "checkpoints/*.pt) or --resume latest")
-        try:
-            with warnings.catch_warnings():  # torch's note on the pickle protocol: the error below says more
-                warnings.simplefilter("ignore")
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:  # weights_only refuses pickled code: report, never execute
-            # torch's message advises weights_only=False, which is not for us to take; its last part says what
-            detail = str(exc).rpartition("WeightsUnpickler error:")[2].strip().splitlines()
-            raise UserError(f"cannot load checkpoint {path}: torch's safe loader refused it"
-                            f"{' (' + detail[0][:200] + ')' if detail else ''}: it is not a torch.save file, or it "
-                            "holds more than tensors and plain data; nothing in it was run") from None
-        except Exception as exc:  # noqa: BLE001 - torch raises what its readers raise on a file it cannot parse
-            raise UserError(f"cannot load checkpoint {path}: not a PyTorch checkpoint file "
-                            f"({type(exc).__name__}: {str(exc)[:200]})") from None
-        if not isinstance(state, dict) or "model_state_dict" not in state:  # e.g. a bare state_dict
-            raise UserError(f"cannot load checkpoint {path}: not a checkpoint of this trainer (it has no "
-                            "model_state_dict)")
-        return state

@@ -55,7 +55,7 @@ class EndOfRun:
 
     def ended(self) -> bool:
         """Whether the end-of-run work of this step completed; a run killed during it has not ended."""
-        record = self.checkpointing.manager.metadata().get("end_of_run") or {}
+        record = self.checkpointing.manager.end_of_run() or {}
         return record.get("global_step") == self.position.global_step
 
     def run(self, started: float, last_path: Path | None = None) -> dict:

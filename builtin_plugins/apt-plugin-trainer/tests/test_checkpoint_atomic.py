@@ -6,6 +6,7 @@ never."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -15,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from apt_plugin_trainer import checkpoint
 from apt_plugin_trainer.checkpoint import CheckpointManager
 
 # Run in a child: saves step 2 after step 1, and dies (os._exit, as a SIGKILL would) at the first write
@@ -166,5 +166,6 @@ def test_each_file_of_a_save_is_written_fsynced_renamed_and_its_folder_fsynced_i
     manager.save_temp({"model_state_dict": model.state_dict(), "global_step": 2})
     _durable_write(syscalls, tmp_path / "temp" / "apt_temp_step2.pt")
     assert syscalls == []
-    assert json.loads((tmp_path / "metadata.json").read_text())["checkpoints"][0]["sha256"] == checkpoint._sha256(
-        tmp_path / "checkpoints" / "apt_model_epoch0_step1.pt")
+    written = (tmp_path / "checkpoints" / "apt_model_epoch0_step1.pt").read_bytes()
+    assert json.loads((tmp_path / "metadata.json").read_text())["checkpoints"][0]["sha256"] == hashlib.sha256(
+        written).hexdigest()
