@@ -15,6 +15,7 @@ request), random weights, 32 prompts of equal length, 64 new tokens each, greedy
   (layers, width, heads, feed-forward, vocabulary, context; random weights saved to a local folder, with a
   character tokenizer) to the same clients and prompts.
 
+    .venv/bin/python -m pip install --target .venv/bench-anchor --no-deps accelerate==1.15.0  # the anchor's
     .venv/bin/python bench/bench_serve.py --rounds 3
 
 Each server runs alone in its own process; the clients are one asyncio loop in this process (they share
@@ -256,6 +257,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-transformers", action="store_true", help="leave out the transformers serve anchor")
     parser.add_argument("--skip-multimodal", action="store_true")
+    parser.add_argument("--anchor-site", type=Path, default=Path(".venv/bench-anchor"),
+                        help="a folder on the anchor's PYTHONPATH with what transformers' [serving] extra adds to "
+                             "this environment: `pip install --target .venv/bench-anchor --no-deps accelerate==1.15.0`")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     apt = [sys.executable, "-m", "apt_kernel.cli", "serve"]
@@ -276,15 +280,19 @@ def main() -> None:
         summary("apt-kernel serve, quickstart", ours, direct)
         if not args.skip_transformers:
             gpt2_twin(model, tokenizer, root / "gpt2")
-            theirs_bodies = [{**b, "model": str(root / "gpt2")} for b in bodies]
+            # transformers serve refuses the ignore_eos extension; a random GPT-2 rarely picks its <eos> (the
+            # tokens/s count the tokens each answer has)
+            theirs_bodies = [{key: value for key, value in b.items() if key != "ignore_eos"} | {
+                "model": str(root / "gpt2")} for b in bodies]
             command = [str(Path(sys.executable).with_name("transformers")), "serve", str(root / "gpt2"),
                        "--continuous-batching", "--device", "cpu", "--dtype", "float32"]
             anchors = {}
             for threads in (str(torch.get_num_threads()), None):  # ours' thread count, and torch's default
                 port = free_port()
                 label = f"transformers serve ({threads or 'default'} thr.)"
-                with Server([*command, "--port", str(port)], port, "/health",
-                            {"OMP_NUM_THREADS": threads} if threads else None) as server:
+                env = {"PYTHONPATH": str(args.anchor_site.resolve())}
+                env.update({"OMP_NUM_THREADS": threads} if threads else {})
+                with Server([*command, "--port", str(port)], port, "/health", env) as server:
                     anchors[label] = measure(label, f"http://127.0.0.1:{port}/v1/completions", theirs_bodies,
                                              args.rounds, server.pid)
             for clients in (8, 32):

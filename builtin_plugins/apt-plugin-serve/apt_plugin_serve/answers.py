@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,24 +33,26 @@ class Result:
 
 class Mailbox:
     """Events from the engine's thread to the event loop, with one wake-up of the loop for all the events
-    posted meanwhile (a decode step has one for each running request) rather than one for each."""
+    posted meanwhile (a decode step has one for each running request) rather than one for each. Lock-free:
+    a deque's append and popleft are atomic, and the engine appends before it reads the flag that the loop
+    clears before it drains, so no event is left behind."""
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self._lock, self._items, self._scheduled = threading.Lock(), [], False
+        self._items: deque = deque()
+        self._scheduled = False
 
     def post(self, put: Callable[[Any], None], item: Any) -> None:  # the engine's thread
-        with self._lock:
-            self._items.append((put, item))
-            if self._scheduled:
-                return
+        self._items.append((put, item))
+        if not self._scheduled:
             self._scheduled = True
-        self.loop.call_soon_threadsafe(self._deliver)
+            self.loop.call_soon_threadsafe(self._deliver)
 
     def _deliver(self) -> None:
-        with self._lock:
-            items, self._items, self._scheduled = self._items, [], False
-        for put, item in items:
+        self._scheduled = False
+        items = self._items
+        while items:
+            put, item = items.popleft()
             put(item)
 
 
