@@ -90,11 +90,19 @@ class Submission:
 
     async def events(self) -> AsyncIterator[tuple[int, Event]]:
         """Each event until every request has ended (its last one has a finish reason or an error)."""
-        open_ = len(self.requests)
+        async for batch in self.batches():
+            for item in batch:
+                yield item
+
+    async def batches(self) -> AsyncIterator[list[tuple[int, Event]]]:
+        """The events in batches: each time, the next one and all that have arrived with it."""
+        open_, queue = len(self.requests), self.queue
         while open_:
-            index, event = await self.queue.get()
-            open_ -= event.finish_reason is not None or event.error is not None
-            yield index, event
+            batch = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            open_ -= sum(event.finish_reason is not None or event.error is not None for _, event in batch)
+            yield batch
 
     async def collect(self, http: HTTPRequest) -> list[Result]:
         """Every request's whole answer; the requests are cancelled if the client disconnects first."""
@@ -163,11 +171,20 @@ async def stream(submission: Submission, chunk: Callable[[int, Event | None], di
             opening = chunk(index, None)
             if opening:
                 yield sse(opening)
-        async for index, event in submission.events():
-            if event.error:
-                yield sse(body(503 if "shutting down" in event.error else 500, event.error))
+        failed = False
+        # the events that arrived together are sent together: one write, not one per event, when the event
+        # loop falls behind the engine (otherwise each write costs the loop a system call holding the GIL)
+        async for batch in submission.batches():
+            text = []
+            for index, event in batch:
+                if event.error:
+                    text.append(sse(body(503 if "shutting down" in event.error else 500, event.error)))
+                    failed = True
+                    break
+                text.append(sse(chunk(index, event)))
+            yield "".join(text)
+            if failed:
                 break
-            yield sse(chunk(index, event))
         else:
             final = last()
             if final:
