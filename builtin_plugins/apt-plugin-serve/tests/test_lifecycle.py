@@ -129,3 +129,20 @@ def test_command_line_mistakes_are_one_line_and_exit_2(tmp_path, long_run):
     assert "did you mean 'chat_template'?" in refused(str(run))
     (run / "model" / "config.json").write_text("{not json")
     assert "cannot be read as JSON" in refused(str(run))
+
+
+def test_a_pipeline_or_a_flag_sets_the_chat_template(tmp_path, long_run):
+    """[tool.serve] chat_template in the run's pipeline.json, overridden by --chat-template (text or @FILE)."""
+    from apt_plugin_serve.cli import _template, _tool_settings
+
+    run = copy_run(long_run, tmp_path / "run")
+    (run / "pipeline.json").write_text(json.dumps({"tool": {"serve": {
+        "chat_template": "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"}}}))
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    tool = _tool_settings(run, run / "model")
+    assert _template(None, tool).render(messages) == "[system] be brief\n[user] hello\n"
+    assert _tool_settings(run / "model", run / "model") == tool  # PATH may be the run's model/ folder
+    (tmp_path / "t.jinja").write_text("{{ messages[-1].content | upper }}")
+    assert _template(f"@{tmp_path / 't.jinja'}", tool).render(messages) == "HELLO"
+    assert _template("{{ messages | length }}", tool).render(messages) == "2"
+    assert _template(None, {}).render(messages) == "be briefhello"  # the default: the text, joined
