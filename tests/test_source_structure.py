@@ -16,8 +16,6 @@ SOURCES = [REPO / "apt_kernel", REPO / "sdk" / "apt_sdk",
 # new one, fails.
 KNOWN_CYCLES = [
     {"apt_plugin_multimodal.loading", "apt_plugin_multimodal.model"},
-    {"apt_plugin_multimodal.dataset", "apt_plugin_multimodal.loader"},
-    {"apt_plugin_audio", "apt_plugin_audio.audio", "apt_plugin_audio.encoder"},  # the encoders' shared code
 ]
 
 # Removed by the trainer/multimodal redesign of issue 32 (and, for the new serve plugin's engine, by its

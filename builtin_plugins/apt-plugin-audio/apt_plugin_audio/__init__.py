@@ -1,10 +1,10 @@
 """Whisper audio encoder plugin: ``AudioEncoder``, ``AudioPreprocessor`` and ``load_audio``."""
 
+from .rate import SAMPLING_RATE
+
 __version__ = "0.1.0"
 
 __all__ = ["SAMPLING_RATE", "AudioEncoder", "AudioPreprocessor", "load_audio"]
-
-SAMPLING_RATE = 16_000
 
 
 def __getattr__(name: str):

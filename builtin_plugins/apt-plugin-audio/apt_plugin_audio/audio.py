@@ -22,7 +22,7 @@ import soundfile as sf
 
 from apt_sdk import UserError
 
-from . import SAMPLING_RATE
+from .rate import SAMPLING_RATE
 
 AudioSource = str | os.PathLike | np.ndarray
 RESAMPLER = "soxr_hq"  # librosa.load's default, so a windowed read equals the whole file's first seconds

@@ -28,9 +28,9 @@ from transformers.utils import logging as hf_logging
 
 from apt_sdk import UserError, check_known_keys
 
-from . import SAMPLING_RATE
 from .audio import AudioSource, describe, load_window
 from .hub import from_hub
+from .rate import SAMPLING_RATE
 
 HOP = 160  # samples per mel frame (10 ms at 16 kHz); the encoder's second convolution halves the frames
 SIZES: dict[str, dict[str, int]] = {

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from apt_sdk import UserError, loader_worker_init
-
-if TYPE_CHECKING:
-    from .dataset import MultimodalDataset
 
 IGNORE_INDEX = -100
 
@@ -82,7 +79,7 @@ class _Raising:
         return batch
 
 
-def create_multimodal_dataloader(dataset: MultimodalDataset, batch_size: int = 8, shuffle: bool = True,
+def create_multimodal_dataloader(dataset: Dataset, batch_size: int = 8, shuffle: bool = True,
                                  num_workers: int = 0, **kwargs: Any) -> DataLoader:
     """A DataLoader whose workers read and preprocess the media; batches as ``multimodal_collate_fn`` makes them.
     The workers leave the caller's process group (``apt_sdk.loader_worker_init``), so Ctrl-C or a SIGTERM to
