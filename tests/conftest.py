@@ -38,9 +38,10 @@ def pytest_configure(config: pytest.Config) -> None:
 # hands whole files to workers in collection order (--dist loadfile), and a long file started last leaves the
 # other worker idle at the end. In this order the two workers' sums differ by about a second.
 LONGEST_FIRST = ("test_docs_tutorials.py", "test_plugins_alone.py", "test_plugins_alone_marketplace.py",
-                 "test_distributed.py", "test_cli.py", "test_resume.py", "test_run_folder.py", "test_discovery.py",
-                 "test_sandbox_pipeline.py", "test_new_plugin.py", "test_contract.py", "test_bench_gpu_scripts.py",
-                 "test_docs_site.py", "test_pipeline_errors.py")
+                 "test_plugins_alone_trainer_ddp.py", "test_cli.py", "test_plugins_alone_trainer_resume.py",
+                 "test_run_folder.py", "test_discovery.py", "test_sandbox_pipeline.py", "test_new_plugin.py",
+                 "test_distributed_failures.py", "test_contract.py", "test_bench_gpu_scripts.py", "test_docs_site.py",
+                 "test_pipeline_errors.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -32,9 +32,10 @@ def declared(name: str, with_extras: bool = True) -> set[str]:
 
 
 def test_declared_plugin_dependencies_are_what_the_code_needs():
-    assert declared("apt-plugin-errors") == {"apt-plugin-trainer"}  # not the trainer's own [lm] extra
+    assert declared("apt-plugin-errors", with_extras=False) == {"apt-plugin-trainer"}  # not the trainer's [lm] extra
+    assert declared("apt-plugin-errors") == {"apt-plugin-trainer", "apt-plugin-lm"}  # its [test] extra
     assert declared("apt-plugin-hpo") == {"apt-plugin-lm", "apt-plugin-trainer"}  # its [test] extra
-    assert declared("apt-plugin-monitor") == set()
+    assert declared("apt-plugin-monitor") == {"apt-plugin-lm", "apt-plugin-trainer"}  # its [test] extra
     assert declared("apt-plugin-vision") == declared("apt-plugin-audio") == declared("apt-plugin-marketplace") == set()
     assert declared("apt-plugin-multimodal") == {"apt-plugin-lm", "apt-plugin-vision", "apt-plugin-audio",
                                                  "apt-plugin-trainer"}  # its [train] extra
@@ -45,16 +46,19 @@ def test_declared_plugin_dependencies_are_what_the_code_needs():
 
 # pytest-xdist's --dist loadfile keeps a file on one worker; the marketplace's tests are about a third of all
 # the plugins' tests, so they run from a file of their own (test_plugins_alone_marketplace.py) and the
-# two workers share the load.
+# two workers share the load. So do the trainer's two longest files, its tests that start processes (DDP and
+# FSDP under torchrun; kills and exact resumes), each from a file of its own (test_plugins_alone_trainer_*.py).
 SEPARATE = {"apt-plugin-marketplace"}
+SPLIT = {"apt-plugin-trainer": ("test_ddp_and_fsdp.py", "test_exact_resume.py")}
 
 
 @pytest.mark.parametrize("plugin", sorted(set(PLUGINS) - SEPARATE))
 def test_a_plugins_own_tests_pass_with_only_what_it_declares(plugin, tmp_path, request):
-    run_plugin_tests(plugin, tmp_path, request)
+    run_plugin_tests(plugin, tmp_path, request, skip=SPLIT.get(plugin, ()))
 
 
-def run_plugin_tests(plugin: str, tmp_path, request) -> None:
+def run_plugin_tests(plugin: str, tmp_path, request, only: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> None:
+    """``only``: these files of its tests; ``skip``: all but these."""
     present = {plugin} | declared(plugin)
     python = make_env(tmp_path / "env", present)
     absent = sorted(set(PLUGINS) - present)
@@ -63,18 +67,20 @@ def run_plugin_tests(plugin: str, tmp_path, request) -> None:
     found = subprocess.run([str(python), "-c", probe, *(p.replace("-", "_") for p in absent)],
                            capture_output=True, text=True, cwd=tmp_path, check=True)
     assert found.stdout.strip() == "[]", f"undeclared plugins importable: {found.stdout}"
-    run_tests(python, PLUGINS[plugin] / "tests", request)
+    folder = PLUGINS[plugin] / "tests"
+    run_tests(python, [folder / name for name in only] or [folder], request, [folder / name for name in skip])
 
 
 def test_the_sdks_own_tests_pass_with_only_the_kernel(tmp_path, request):
     python = make_env(tmp_path / "env", set())
-    run_tests(python, REPO / "sdk" / "tests", request)
+    run_tests(python, [REPO / "sdk" / "tests"], request)
 
 
-def run_tests(python, folder, request) -> None:
+def run_tests(python, paths: list, request, ignore: list = ()) -> None:
     markers = request.config.getoption("markexpr")
     selection = ["-m", markers] if markers else []
-    tests = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection, str(folder)],
+    tests = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection,
+                            *map(str, paths), *(f"--ignore={path}" for path in ignore)],
                            capture_output=True, text=True, cwd=REPO, timeout=600)
     assert tests.returncode == 0, tests.stdout[-6000:] + tests.stderr[-2000:]
     assert re.search(r"\d+ passed", tests.stdout)

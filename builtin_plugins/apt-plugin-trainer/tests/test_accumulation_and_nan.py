@@ -5,13 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apt_kernel.runner import run_pipeline
+from apt_plugin_lm.testing_runs import PaddedSequences as PaddedData
+from apt_plugin_lm.testing_runs import run_with_nan_step
 from apt_plugin_trainer.early_stopping import EarlyStopping
-from apt_sdk import hookimpl
+from apt_sdk import hookimpl, run_pipeline
 from apt_sdk.testing import IsolatedKernel
-
-# fixed variable-length sequences, padded per micro-batch, in a fixed order (also a --plugins-dir plugin)
-from plugins.padded_data import PaddedSequences as PaddedData  # noqa: E402
 
 
 class MeanOfMeans:
@@ -188,81 +186,6 @@ def test_train_model_stops_early_by_default(tmp_path):
 
 
 # -- inf/NaN steps --------------------------------------------------------------------------------
-class NaNOnce:
-    """Cross-entropy whose gradient is NaN on one chosen micro-batch."""
-
-    def __init__(self, at_call):
-        self.calls, self.at_call = 0, at_call
-
-    def __call__(self, logits, batch):
-        self.calls += 1
-        labels = batch["labels"]
-        total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
-        if self.calls == self.at_call:
-            total = total * torch.tensor(float("nan"))
-        return total, (labels != -100).sum()
-
-
-class NaNProbe:
-    """An in-process plugin: padded data, a loss whose gradient is NaN on the third micro-batch, a
-    callback keeping each step's parameters, and a record of every error the kernel reports."""
-
-    MANIFEST = {"kernel_api": "^1.0", "provides": {"data": {"padded": {}}, "loss": {"nan-once": {}},
-                                                   "callback": {"snapshots": {}}}}
-
-    def __init__(self):
-        self.errors, self.params, self.optimizer = [], {}, None
-
-    @hookimpl
-    def register_data(self, register):
-        register("padded", lambda options, context: PaddedData(8))
-
-    @hookimpl
-    def register_losses(self, register):
-        register("nan-once", lambda options, context: NaNOnce(at_call=3))
-
-    @hookimpl
-    def register_callbacks(self, register):
-        register("snapshots", lambda options, context: _Snapshots(self))
-
-    @hookimpl
-    def error_reported(self, error):
-        self.errors.append(error)
-
-
-class _Snapshots:
-    def __init__(self, probe):
-        self.probe = probe
-
-    def __getattr__(self, name):  # every other event: nothing to do
-        return lambda *args: None
-
-    def on_fit_start(self, trainer):
-        self.probe.optimizer = trainer.optimizer
-
-    def on_train_batch_end(self, trainer, step, metrics):
-        self.probe.params[step] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-
-    def state_dict(self):
-        return {}
-
-
-def run_with_nan_step(output_dir, trainer=None, callbacks=()):
-    """Train 5 steps of a tiny model whose step 3 has NaN gradients; returns (probe, result, context)."""
-    probe = NaNProbe()
-    kernel = IsolatedKernel()
-    kernel.add(probe, NaNProbe.MANIFEST, name="nan")
-    result, context = run_pipeline({
-        "pipeline": {"name": "nan", "output_dir": str(output_dir)},
-        "data": {"use": "padded"},
-        "model": {"use": "apt-lm", "d_model": 32, "num_heads": 2, "num_layers": 1, "d_ff": 64},
-        "loss": {"use": "nan-once"},
-        "trainer": {"use": "apt-trainer", "export": False, "save_checkpoints": False, "log_every": 1,
-                    **(trainer or {})},
-        "callbacks": [*callbacks, {"use": "snapshots"}]}, kernel=kernel)
-    return probe, result, context
-
-
 def test_a_non_finite_step_is_skipped_and_reported(tmp_path):
     recorder, result, context = run_with_nan_step(tmp_path / "nan", trainer={"learning_rate": 1e-2})
     for name, value in recorder.params[3].items():

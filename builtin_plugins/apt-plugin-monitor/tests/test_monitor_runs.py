@@ -1,5 +1,6 @@
-"""apt-plugin-monitor: per-layer gradient norms and anomalies, statistics, the flow plot, and the
-gradient-monitor callback in real runs (NaN reported with layer names, skip_step, stop)."""
+"""apt-plugin-monitor in real runs of a tiny APT language model (its [test] extra): the gradient-monitor
+callback's statistics and plot, NaN gradients reported with layer names and acted on (warn, skip_step, stop),
+and the TensorBoard callback's event files."""
 
 import importlib.util
 import json
@@ -7,8 +8,9 @@ import json
 import pytest
 import torch
 
+from apt_plugin_lm.testing_runs import run_with_nan_step
 from apt_plugin_monitor.visualizer import read_events as events
-from conftest import cli
+from apt_sdk.testing import cli
 
 
 def test_monitor_callback_writes_plot_and_stats_beside_the_checkpoints(tiny_pipeline, tmp_path):
@@ -22,8 +24,6 @@ def test_monitor_callback_writes_plot_and_stats_beside_the_checkpoints(tiny_pipe
 
 @pytest.mark.parametrize(("action", "steps"), [("warn", 5), ("skip_step", 5), ("stop", 3)])
 def test_nan_gradients_are_reported_with_layers_and_acted_on(tmp_path, action, steps):
-    from test_training import run_with_nan_step
-
     probe, result, context = run_with_nan_step(
         tmp_path / action, trainer={"grad_clip": 0.0},
         callbacks=[{"use": "gradient-monitor", "every": 1, "on_anomaly": action}])

@@ -1,4 +1,4 @@
-"""Exact resume after SIGKILL (mid-epoch and mid-accumulation, and at an epoch boundary), and clean
+"""The trainer's exact resume after SIGKILL (mid-epoch and mid-accumulation, and at an epoch boundary), and clean
 stops on SIGTERM / SIGINT. Every training run is a separate `apt-kernel run` process."""
 
 import os
@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
-
-PLUGINS = REPO / "tests" / "plugins"
+PLUGINS = Path(__file__).resolve().parent / "plugins"
 PIPELINE = """
 [pipeline]
 name = "exact"

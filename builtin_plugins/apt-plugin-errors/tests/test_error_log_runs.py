@@ -1,16 +1,35 @@
-"""apt-plugin-errors: the SQLite error log, its patterns and redaction, concurrent writers, and
-errors recorded from real runs and read back with `apt-kernel errors`."""
-
-
+"""apt-plugin-errors in real runs of a tiny APT language model (its [test] extra): a failed run recorded with
+its step and read back with `apt-kernel errors`, a clean run writing nothing, a skipped NaN step recorded."""
 
 from apt_plugin_errors import ErrorLogger
-from conftest import REPO, cli
+from apt_plugin_lm.testing_runs import run_with_nan_step
+from apt_sdk.testing import cli
+
+# a callback that fails at step 3 with a secret in its message (loaded with --plugins-dir)
+BOOM = '''
+APT_MANIFEST = {"kernel_api": "^1.0", "version": "1.0.0", "provides": {"callback": {"boom": {}}}}
+
+from apt_sdk import Callback, hookimpl  # noqa: E402
+
+
+class Boom(Callback):
+    def on_train_batch_end(self, trainer, step, metrics):
+        if step == 3:
+            raise RuntimeError(f"boom at step {step} in /tmp/some/file.py, token=hunter2")
+
+
+@hookimpl
+def register_callbacks(register):
+    register("boom", lambda options, context: Boom())
+'''
 
 
 def test_a_failed_run_is_recorded_with_its_step_and_shown_by_the_cli(tiny_pipeline, tmp_path):
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "boom.py").write_text(BOOM)
     tiny_pipeline.write_text(tiny_pipeline.read_text() + '\n[[callbacks]]\nuse = "error-log"\n'
-                             '\n[[callbacks]]\nuse = "boom"\nat_step = 3\n')
-    run = cli("run", str(tiny_pipeline), "--no-progress", "--plugins-dir", str(REPO / "tests" / "plugins"),
+                             '\n[[callbacks]]\nuse = "boom"\n')
+    run = cli("run", str(tiny_pipeline), "--no-progress", "--plugins-dir", str(tmp_path / "plugins"),
               "--set", "trainer.temp_checkpoint_freq=2")
     assert run.returncode == 1 and "boom at step 3" in run.stderr
     db = tmp_path / "run"
@@ -38,8 +57,6 @@ def test_a_clean_run_writes_no_error_rows(tiny_pipeline, tmp_path):
 
 
 def test_a_skipped_nan_step_is_recorded(tmp_path):
-    from test_training import run_with_nan_step
-
     run_with_nan_step(tmp_path / "nan", callbacks=[{"use": "error-log"}])
     (row,) = ErrorLogger(tmp_path / "nan" / "errors.db").search()
     assert row["error_type"] == "NonFiniteGradients" and row["global_step"] == 3 and row["severity"] == "warning"
