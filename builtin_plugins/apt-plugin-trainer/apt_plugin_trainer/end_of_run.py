@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from apt_sdk import BuildContext, UserError
+from apt_sdk import BuildContext
 
 from .checkpointing import Checkpointing
 from .optimization import Optimization
@@ -32,10 +32,9 @@ SHOWN = [("train loss", "train_loss", "{:.4f}"), ("val loss", "val_loss", "{:.4f
          ("peak GPU memory", "peak_memory_gib", "{:.3f} GiB"), ("last checkpoint", "checkpoint", "{}")]
 
 
-def rebuild(model: Any) -> Any:
-    """A model of ``model``'s shape with fresh weights, through the Model protocol: ``type(model).from_config(
-    model.config)``."""
-    return type(model).from_config(model.config)
+def rebuildable(model: Any) -> bool:
+    """Whether ``model`` says how it is rebuilt (the Model protocol's ``config`` and ``from_config``)."""
+    return callable(getattr(type(model), "from_config", None)) and hasattr(model, "config")
 
 
 class EndOfRun:
@@ -45,13 +44,6 @@ class EndOfRun:
         self.options, self.context, self.runtime, self.position = options, context, runtime, position
         self.optimization, self.validation, self.checkpointing, self.events = \
             optimization, validation, checkpointing, events
-        model = runtime.model
-        if runtime.fsdp and options.export is not False and not (
-                callable(getattr(type(model), "from_config", None)) and hasattr(model, "config")):
-            # found now, not after the whole run: model/ is written from a model rebuilt on rank 0
-            raise UserError(f"[trainer] strategy = \"fsdp\" exports model/ through a model rebuilt from its config, "
-                            f"and {type(model).__name__} has no config and from_config(config) (the Model "
-                            "protocol's rebuild): set export = false, or strategy = \"ddp\"")
 
     def ended(self) -> bool:
         """Whether the end-of-run work of this step completed; a run killed during it has not ended."""
@@ -124,7 +116,7 @@ class EndOfRun:
             weights = self.runtime.model_state() if weights is None else weights  # {} off rank 0: no second gather
             if not self.context.is_main:
                 return None
-            model = rebuild(model)
+            model = self.runtime.model_class.from_config(model.config)  # its own class, not FSDP's subclass of it
         elif not self.context.is_main:
             return None
         if weights is not None:

@@ -7,6 +7,7 @@ from apt_sdk import BuildContext, OptionError, folder_problem, hookimpl
 
 def build_trainer(options: dict, context: BuildContext):
     from .distributed import check_device
+    from .end_of_run import rebuildable
     from .options import TrainerOptions
     from .trainer import Trainer
 
@@ -17,6 +18,11 @@ def build_trainer(options: dict, context: BuildContext):
         folder = options["checkpoint_dir"]
         raise OptionError("checkpoint_dir", f"{folder} cannot be a folder: {existing} is a file" if why == "a file"
                           else f"{folder} cannot be created: {existing} is not writable")
+    if options["strategy"] == "fsdp" and options["export"] is not False and not rebuildable(context.model):
+        # now, not after the whole run: model/ of an FSDP run is written from a model rebuilt on rank 0
+        raise OptionError("strategy", f"\"fsdp\" writes model/ from a model rebuilt from its config, and "
+                          f"{type(context.model).__name__} has no config and from_config(config) (the Model "
+                          "protocol's rebuild): set export = false, or strategy = \"ddp\"")
     return Trainer(TrainerOptions.from_options(options))  # its resume_from comes back to the kernel as .resume
 
 

@@ -30,6 +30,7 @@ class Runtime:
             raise UserError("[trainer] precision = \"fp16\" needs CUDA (GradScaler); use \"bf16\" on CPU")
         self.precision, self.loss = options.precision, context.loss
         self.model = context.model.to(self.device)
+        self.model_class = type(self.model)  # FSDP makes the model an instance of a subclass it creates
         if hasattr(context.data, "configure_distributed"):
             context.data.configure_distributed(self.dist.rank, self.dist.world_size)
         self.fsdp = options.strategy == "fsdp"

@@ -216,6 +216,17 @@ def test_fsdp_outside_torchrun_is_a_clear_error(tmp_path):
     assert code == 2 and "strategy = \"fsdp\" runs under torchrun" in output
 
 
+def test_fsdp_with_a_model_that_cannot_be_rebuilt_is_refused_before_training(tmp_path):
+    """model/ of an FSDP run is written from a model rebuilt through the Model protocol's from_config: a model
+    without it is refused before the first step, not after the whole run."""
+    code, output = done(launch(tmp_path, "opaque", "--nproc-per-node", "2", "--set", "trainer.strategy='fsdp'",
+                               "--set", "model.use='opaque-lm'", "--set", "trainer.export='last'"))
+    assert code != 0, output  # each rank exits 2 with the error; torchrun then 1
+    assert "[trainer] strategy (from --set trainer.strategy='fsdp'): \"fsdp\" writes model/ from a model rebuilt " \
+           "from its config, and OpaqueLM has no config and from_config(config)" in output, output
+    assert "set export = false" in output and not (tmp_path / "opaque").exists()  # refused as it was built
+
+
 def test_a_worker_writing_into_the_run_folder_before_rank_0_looks_is_not_another_run(tmp_path):
     """The launcher records what the folder held before the workers started; a file another rank's component
     opens there first (an error log's database) is this run's, not an old run's."""
