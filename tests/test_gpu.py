@@ -121,7 +121,7 @@ def test_fp16_with_grad_scaler_trains_and_the_scaler_survives_a_checkpoint(tmp_p
 
 
 def test_a_nan_step_is_skipped_on_cuda_without_changing_parameters(tmp_path):
-    from test_training import run_with_nan_step
+    from apt_plugin_lm.testing_runs import run_with_nan_step
 
     for precision in ("bf16", "fp16"):
         probe, _, _ = run_with_nan_step(tmp_path / precision, trainer={"device": "cuda", "precision": precision,
