@@ -34,7 +34,7 @@ class BuildContext:
     rank: int = 0  # this process's rank under torchrun (RANK), 0 otherwise
     world_size: int = 1
     report_error: Callable[[dict], None] = field(default=lambda error: None)
-    resume: str | None = None  # a checkpoint to continue from: a path, a glob, or "latest"
+    resume: str | None = None  # a checkpoint to continue from (a path, a glob, "latest"): --resume, else Trainer.resume
     resume_command: str = "run_pipeline(..., resume='latest')"  # how the user resumes this run, for messages
 
     @property
