@@ -28,8 +28,9 @@ def _declared(protocol: type) -> dict[str, bool]:
         if cls in (object, Protocol) or not getattr(cls, "_is_protocol", False):
             continue
         found.update(dict.fromkeys(vars(cls).get("__annotations__", {}), False))
-        found.update({name: True for name, value in vars(cls).items()
-                      if callable(value) and (not name.startswith("_") or name == "__call__")})
+        found.update({name: True for name, value in vars(cls).items()  # a classmethod object is not callable
+                      if (callable(value) or isinstance(value, classmethod))
+                      and (not name.startswith("_") or name == "__call__")})
     return found
 
 

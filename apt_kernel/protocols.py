@@ -4,12 +4,13 @@ A factory registered through a ``register_*`` hook returns an object of the matc
 are ``typing.Protocol`` classes: a plugin never has to inherit from them, only to have the methods and
 attributes listed. What is marked *optional* a trainer checks for with ``getattr`` and does without.
 
-The builtin trainer (``apt-trainer``) calls exactly what is listed here and nothing else.
+The builtin trainer (``apt-trainer``) calls exactly what is listed here and nothing else; so does the multimodal
+model (``multimodal-apt``) of an ``Encoder``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -101,16 +102,83 @@ class Loss(Protocol):
 
 
 @runtime_checkable
-class Encoder(Protocol):
-    """Turns one modality (images, audio) into ``output_dim``-wide embeddings.
+class Preprocessor(Protocol):
+    """An encoder's ``preprocessor``: raw media to the inputs ``Encoder.encode`` takes.
 
-    ``encode(inputs)`` takes a list of raw inputs (PIL images, waveforms, file paths) or a ready
-    tensor, and returns a tensor ``[batch, output_dim]`` (pooled) or ``[batch, tokens, output_dim]``.
+    A multimodal data module calls it in its DataLoader workers, one record at a time, and stacks the rows of
+    what it returns over a batch; so it must be picklable (no network, no open files) and return tensors on
+    the CPU. It never sees a tensor.
     """
 
-    output_dim: int
+    def __call__(self, media: Sequence[Any], where: Sequence[str | None] | None = None) -> Any:
+        """The inputs of ``len(media)`` items: a tensor ``[B, ...]``, or a tuple ``(inputs [B, ...], mask [B, ...])``
+        when the lengths vary (the mask goes to ``encode`` beside the inputs).
 
-    def encode(self, inputs: Any) -> Any: ...
+        :param media: a list of raw items. A path (``str`` or ``os.PathLike``) to a file of the modality is always
+            possible; an image encoder also takes PIL images, an audio encoder 16 kHz mono waveforms (1-D numpy
+            arrays). What else it takes is the encoder's to say.
+        :param where: for each item, where it came from (``"line 17 of train.jsonl"``) or None: a file it cannot
+            read is a ``UserError`` naming the file and that place.
+        """
+        ...
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """One modality's media turned into a sequence of feature vectors, for a model to attend to.
+
+    ``multimodal-apt`` takes ``[encoders.image]`` and ``[encoders.audio]`` through these members and nothing
+    else: its data module runs ``preprocessor`` in DataLoader workers, its model runs ``encode`` on the batches,
+    freezes and unfreezes with ``freeze``, and saves ``config`` to rebuild the encoder with ``from_config``. So
+    any encoder with them stands in for ``clip`` or ``whisper``.
+
+    An encoder is a ``torch.nn.Module``: the model holds it as a submodule, so its weights train, move to the
+    device and are saved with the model's (checkpoints, ``model.safetensors``).
+    """
+
+    modality: str
+    """The media it takes: ``"image"`` or ``"audio"``. A multimodal model refuses an encoder of another modality
+    in ``[encoders.image]`` or ``[encoders.audio]``."""
+    output_dim: int
+    """The width of every feature vector ``encode`` returns."""
+    preprocessor: Preprocessor
+    """Raw media (paths, PIL images, waveforms) to the inputs of ``encode``; picklable, for DataLoader workers."""
+    frozen: bool
+    """Whether it is frozen now (see ``freeze``); saved with the model, and given back to ``freeze`` when the model
+    is rebuilt."""
+    config: Any
+    """What rebuilds it: an object with ``to_dict() -> dict`` of JSON values (numbers, strings, lists, dicts)."""
+
+    def encode(self, inputs: Any, mask: Any = None) -> tuple[Any, Any]:
+        """Features of a preprocessed batch.
+
+        :param inputs: what ``preprocessor`` returned for the batch's items, stacked (a tensor ``[B, ...]``,
+            on the model's device; records without this modality hold zeros, and their features are ignored).
+        :param mask: the preprocessor's mask, stacked the same way, when it returns ``(inputs, mask)``; else None.
+        :returns: ``(features, mask)``: ``features [B, N, output_dim]``, and ``mask [B, N]`` (bool, True where a
+            feature is real) when the number of real features varies, else None. When frozen it runs under
+            ``torch.no_grad()``. An input it cannot take (a wrong shape or size) is a ``ValueError`` or
+            ``UserError`` saying what it expected.
+        """
+        ...
+
+    def freeze(self, frozen: bool = True) -> Any:
+        """Freeze or, with False, unfreeze it; return it.
+
+        Frozen means: no parameter requires a gradient, it stays in eval mode (no dropout) even when the model
+        around it is put in training mode, and ``encode`` runs under ``torch.no_grad()``; so an optimizer over
+        the parameters that require gradients holds nothing of it. Unfrozen, it trains with the model and
+        follows ``train()``/``eval()``; parameters it never trains (fixed positions) stay fixed.
+        """
+        ...
+
+    @classmethod
+    def from_config(cls, config: dict) -> Encoder:
+        """An encoder of the same shape and preprocessing, with fresh weights, from ``config.to_dict()``; its
+        weights are then loaded from the model's. It must not need the network or the folder the encoder was
+        first loaded from. A model records the class by its import path, so it is a module-level class of an
+        installed distribution."""
+        ...
 
 
 @runtime_checkable

@@ -124,8 +124,9 @@ class _NoDim:  # an encoder without output_dim
                                    "steps_per_epoch, train_batches, val_batches"),
     ("loss", "loss", "sum", "an object of type str, which lacks __call__ (it is not callable)"),
     ("trainer", "trainer", object(), "lacks fit"),
-    ("encoder", "encoders.image", _NoDim(), "lacks output_dim; the encoder protocol, apt_sdk.Encoder, "
-                                            "declares: output_dim, encode"),
+    ("encoder", "encoders.image", _NoDim(), "lacks modality, output_dim, preprocessor, frozen, config, freeze, "
+                                            "from_config; the encoder protocol, apt_sdk.Encoder, declares: modality, "
+                                            "output_dim, preprocessor, frozen, config, encode, freeze, from_config"),
 ])
 def test_a_factory_returning_the_wrong_shape_is_refused_at_build_naming_plugin_component_and_member(
         tiny_pipeline, kind, table, component, missing):

@@ -45,7 +45,7 @@ def test_the_documented_plugins_install_with_pip_and_train(tmp_path):
     assert install.returncode == 0, install.stderr
     env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     listed = cli("plugins", "list", env_extra=env)
-    for name in ("counting", "gru-lm", "summed-cross-entropy", "loss-csv", "pixel-projection"):
+    for name in ("counting", "gru-lm", "summed-cross-entropy", "loss-csv", "grey-patches"):
         assert name in listed.stdout, listed.stdout
 
     run = cli("run", "counting.toml", "--no-progress", env_extra=env, cwd=work)
@@ -58,4 +58,4 @@ def test_the_documented_plugins_install_with_pip_and_train(tmp_path):
     encode = subprocess.run([sys.executable, "encode.py"], capture_output=True, text=True, cwd=work,
                             env={**os.environ, **env}, timeout=120)
     assert encode.returncode == 0, encode.stderr
-    assert encode.stdout.strip() == "(2, 32)"
+    assert encode.stdout.strip() == "(2, 4, 32) None"  # four patches of 32, all real

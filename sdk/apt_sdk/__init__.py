@@ -17,6 +17,9 @@
   group lets the step finish and save instead of killing the loader's workers under it.
 
 Test helpers for plugin authors are in ``apt_sdk.testing`` (pytest fixtures ``apt_kernel``, ``run_pipeline``).
+An encoder's helpers, not imported here (they need torch or transformers): ``apt_sdk.encoders``
+(``EncoderModule``, ``EncoderConfig``, ``encoder_record``/``rebuild_encoder``) and ``apt_sdk.pretrained`` (a
+``transformers`` model from a folder, a hub id or a preset config).
 """
 
 from apt_kernel import KERNEL_API_VERSION

@@ -2,6 +2,7 @@
 
 ``apt_kernel``: an isolated kernel with autoload off; add in-process plugins with ``add_plugin``.
 ``run_pipeline``: run TOML text against the installed plugins, output under ``tmp_path``.
+``build_encoders``: build ``[encoders.*]`` sections of the installed plugins as a pipeline builds them.
 ``apt_isolated_env``: this test's own plugin-status memory, and no plugin selection from the environment.
 ``cli(*args)``: run ``apt-kernel ARGS`` in a child process, as a user would.
 ``read_manifest_file(path)``: read and check a plugin's ``apt-plugin.toml`` as the kernel does.
@@ -33,8 +34,8 @@ import pytest
 
 from apt_kernel.api import Kernel, Manifest, PluginInfo, parse_manifest, read_manifest_file
 
-__all__ = ["IsolatedKernel", "apt_isolated_env", "apt_kernel", "cli", "fresh_venv", "headless_chromium",
-           "read_manifest_file", "screenshot", "run_pipeline"]
+__all__ = ["IsolatedKernel", "apt_isolated_env", "apt_kernel", "build_encoders", "cli", "fresh_venv",
+           "headless_chromium", "read_manifest_file", "screenshot", "run_pipeline"]
 
 #: What ``apt_isolated_env`` removes: the environment's choice of plugins would change what a test loads.
 SELECTION_VARIABLES = ("APT_LOAD_PLUGINS", "APT_DISABLE_PLUGINS", "APT_STRICT_PLUGINS")
@@ -89,6 +90,22 @@ def run_pipeline(tmp_path: Path, apt_isolated_env: Path):
         return run(text, overrides, kernel=kernel, progress=False)
 
     return runner
+
+
+@pytest.fixture
+def build_encoders(run_pipeline):
+    """``build_encoders(sections, overrides=None) -> {name: encoder}``: the ``[encoders.<name>]`` sections (TOML
+    text) of the installed plugins, built as a pipeline builds them, in a pipeline whose other components are a
+    probe's (``apt_sdk.probe``); a bad option raises the ``PipelineError`` a run would."""
+    from . import probe
+
+    def builder(sections: str, overrides: list[str] | None = None) -> dict[str, Any]:
+        kernel = IsolatedKernel()  # the installed plugins, and the probe
+        kernel.add(probe.Probe(), probe.MANIFEST, name=probe.NAME)
+        result, _ = run_pipeline(probe.PIPELINE + sections, overrides, kernel=kernel)
+        return result["encoders"]
+
+    return builder
 
 
 def fresh_venv(root: Path, exclude: str = r"(?i)^(__editable__|apt[-_])", editable: tuple[Path, ...] = ()) -> Path:

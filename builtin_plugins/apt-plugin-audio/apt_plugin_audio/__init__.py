@@ -2,7 +2,7 @@
 
 from .rate import SAMPLING_RATE
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 
 __all__ = ["SAMPLING_RATE", "AudioEncoder", "AudioPreprocessor", "load_audio"]
 

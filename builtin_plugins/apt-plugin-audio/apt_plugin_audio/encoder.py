@@ -1,5 +1,5 @@
-"""``AudioEncoder``: Whisper's audio encoder (transformers' ``WhisperEncoder``) behind the kernel's
-``Encoder`` contract, with the original plan's API (``encode_audio``, ``encode_batch``).
+"""``AudioEncoder``: Whisper's audio encoder (transformers' ``WhisperEncoder``) as the kernel's ``Encoder``
+(``encode``: frames and their mask), with the original plan's API (``encode_audio``, ``encode_batch``).
 
 Whisper pads every clip to a fixed window (30 s in the released models) and its encoder has exactly
 one position per 20 ms of that window. ``max_seconds`` sets the window for the feature extractor and
@@ -12,10 +12,9 @@ picklable object, so DataLoader workers run it and the training process only run
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,12 @@ import torch
 from torch import nn
 from transformers import AutoConfig, WhisperConfig, WhisperFeatureExtractor, WhisperModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
-from transformers.utils import logging as hf_logging
 
-from apt_sdk import UserError, check_known_keys
+from apt_sdk import UserError
+from apt_sdk.encoders import EncoderConfig, EncoderModule
+from apt_sdk.pretrained import check_divides, check_source, load_pretrained, preset_config, quiet_transformers
 
 from .audio import AudioSource, describe, load_window
-from .hub import from_hub
 from .rate import SAMPLING_RATE
 
 HOP = 160  # samples per mel frame (10 ms at 16 kHz); the encoder's second convolution halves the frames
@@ -96,8 +95,15 @@ class AudioPreprocessor:
         lengths = torch.tensor([math.ceil(math.ceil(min(len(w), self.max_samples) / HOP) / 2) for w in waves])
         return features, torch.arange(self.frames) < lengths[:, None]
 
+    def __eq__(self, other: object) -> bool:
+        """The same features for the same clip: the same window and the same extractor settings."""
+        return (isinstance(other, AudioPreprocessor) and other.frames == self.frames
+                and other.feature_extractor.to_dict() == self.feature_extractor.to_dict())
 
-class AudioEncoder(nn.Module):
+    __hash__ = None  # mutable settings: compared, not hashed
+
+
+class AudioEncoder(EncoderModule):
     """A Whisper audio encoder.
 
     :param model_type: ``"whisper"`` (the only family this plugin provides).
@@ -112,18 +118,18 @@ class AudioEncoder(nn.Module):
     :param freeze_encoder: no gradients (``requires_grad`` off, forward under ``no_grad``), always in eval
         mode (no dropout), so an optimizer over ``parameters()`` that skips frozen ones holds nothing of it.
 
-    ``output_dim`` is the frame width D: ``encode_batch`` gives ``([B, frames, D], mask [B, frames])``.
+    As an ``Encoder``: ``modality`` is ``"audio"``, ``output_dim`` the frame width D; ``preprocessor`` gives
+    ``(features, mask)`` and ``encode(features, mask)`` gives ``([B, frames, D], mask [B, frames])``, as
+    ``encode_batch`` does for clips.
     """
+
+    modality = "audio"
 
     def __init__(self, model_type: str = "whisper", model_name_or_path: str | Path | None = None,
                  config: WhisperConfig | dict | None = None, size: str = "base", max_seconds: float = 30.0,
                  freeze_encoder: bool = True):
         super().__init__()
-        if model_type not in MODEL_TYPES:
-            raise UserError(f"model_type {model_type!r} is not supported: this plugin provides "
-                            f"{', '.join(MODEL_TYPES)}")
-        if model_name_or_path is not None and config is not None:
-            raise UserError("pass model_name_or_path (saved weights) or config (a new encoder), not both")
+        check_source(model_type, MODEL_TYPES, model_name_or_path, config)
         try:
             frames = frames_for(max_seconds)
         except ValueError as exc:
@@ -142,26 +148,25 @@ class AudioEncoder(nn.Module):
         self.max_seconds = float(max_seconds)
         self.frames = frames
         self.output_dim = int(self.encoder.config.d_model)
-        self._trainable = {name for name, p in self.encoder.named_parameters() if p.requires_grad}  # not positions
-        self.frozen = False
-        if freeze_encoder:
-            self.freeze()
+        self.freeze(freeze_encoder)  # Whisper's fixed positions are not among what unfreezing trains
 
-    def freeze(self, frozen: bool = True) -> AudioEncoder:
-        """Freeze (``requires_grad`` off, eval mode, forward under ``no_grad``) or, with False, unfreeze the
-        encoder: the weights that trained before train again (Whisper's fixed positions stay fixed) and it
-        follows ``train()``/``eval()``. Saved with a multimodal model."""
-        self.frozen = frozen
-        for name, parameter in self.encoder.named_parameters():
-            parameter.requires_grad_(not frozen and name in self._trainable)
-        self.encoder.train(self.training and not frozen)
-        return self
+    @property
+    def config(self) -> EncoderConfig:
+        """The encoder's config, the window and the feature extractor's settings: ``from_config`` rebuilds it."""
+        return EncoderConfig(model=self.encoder.config.to_dict(), max_seconds=self.max_seconds,
+                             preprocessor=self.preprocessor.feature_extractor.to_dict())
 
-    def train(self, mode: bool = True) -> AudioEncoder:
-        super().train(mode)
-        if self.frozen:
-            self.encoder.eval()  # a parent's .train() must not switch dropout back on in a frozen encoder
-        return self
+    @classmethod
+    def from_config(cls, config: dict) -> AudioEncoder:
+        """An encoder of the saved shape and window with fresh weights and the saved feature extractor. Also takes
+        what a multimodal model saved before encoders were recorded: the WhisperConfig's fields and max_seconds."""
+        fields = dict(config.get("model", config))
+        seconds = config.get("max_seconds", fields.pop("max_seconds", None))
+        encoder = cls(config=WhisperConfig.from_dict(fields), max_seconds=seconds, freeze_encoder=False)
+        if "preprocessor" in config:
+            extractor = WhisperFeatureExtractor.from_dict(config["preprocessor"])
+            encoder.preprocessor = AudioPreprocessor(extractor, encoder.frames)
+        return encoder
 
     def preprocess(self, clips: Sequence[AudioSource], sampling_rate: int | None = None,
                    where: Sequence[str | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +181,7 @@ class AudioEncoder(nn.Module):
                             f"{self.max_seconds:g}, got {list(input_features.shape)}")
         weight = self.encoder.conv1.weight
         features = input_features.to(device=weight.device, dtype=weight.dtype, non_blocking=True)
-        with torch.no_grad() if self.frozen else contextlib.nullcontext():
+        with self.frozen_grad():
             return self.encoder(features).last_hidden_state
 
     def encode_audio(self, audio: AudioSource, sampling_rate: int | None = None) -> torch.Tensor:
@@ -186,17 +191,19 @@ class AudioEncoder(nn.Module):
     def encode_batch(self, clips: Sequence[AudioSource],
                      sampling_rate: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Clips to ``([B, frames, output_dim], mask [B, frames])``; the mask is True where there was audio."""
-        features, mask = self.preprocess(clips, sampling_rate)
-        frames = self.forward(features)
-        return frames, mask.to(frames.device)
+        return self.encode(*self.preprocess(clips, sampling_rate))
 
-    def encode(self, inputs: Any) -> torch.Tensor:
-        """The kernel's ``Encoder`` contract: frames of a list of clips, or of ready features."""
-        return self.forward(inputs) if isinstance(inputs, torch.Tensor) else self.encode_batch(inputs)[0]
+    def encode(self, inputs: Any, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ``Encoder`` contract: the frames of log-mel features (or of a list of clips) and their mask, the
+        preprocessor's (None: every frame is audio)."""
+        if not isinstance(inputs, torch.Tensor):
+            inputs, mask = self.preprocess(inputs)
+        frames = self.forward(inputs)
+        return frames, None if mask is None else mask.to(frames.device)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the encoder and its feature extractor; ``AudioEncoder(model_name_or_path=path)`` loads them."""
-        with _quiet():  # transformers' "Writing model shards" progress bar
+        with quiet_transformers():  # transformers' "Writing model shards" progress bar
             self.encoder.save_pretrained(path)
         self.preprocessor.feature_extractor.save_pretrained(path)
 
@@ -205,59 +212,15 @@ def _build_config(config: WhisperConfig | dict | None, size: str, frames: int) -
     if isinstance(config, WhisperConfig):
         built = WhisperConfig(**{**config.to_dict(), "max_source_positions": frames})
     else:
-        if size not in SIZES:
-            raise UserError(f"size {size!r} is not a preset: choose one of {', '.join(SIZES)}")
-        if config is not None and not isinstance(config, dict):
-            raise UserError(f"config must be a WhisperConfig or a dict, got {type(config).__name__}")
-        _check_fields(config or {}, WhisperConfig)
-        fields = {**SIZES[size], **(config or {}), "max_source_positions": frames}
-        try:
-            built = WhisperConfig(**fields)
-        except Exception as exc:  # noqa: BLE001 - transformers validates through huggingface_hub's own error types
-            raise UserError(f"invalid Whisper config {fields}: {str(exc).strip().splitlines()[-1].strip()}") from None
-    if built.d_model % built.encoder_attention_heads:
-        raise UserError(f"invalid Whisper config: d_model {built.d_model} must divide by encoder_attention_heads "
-                        f"{built.encoder_attention_heads}")
+        built = preset_config(WhisperConfig, SIZES, size, config, "Whisper", "a WhisperConfig",
+                              max_source_positions=frames)
+    check_divides("Whisper", built, ("d_model", "encoder_attention_heads"))
     return built
 
 
-def _check_fields(fields: dict, config_class: type) -> None:
-    """A misspelt field would be kept by transformers as an unused attribute and the preset's value used
-    instead, so a typo must fail here. A config saved by ``to_dict`` (it names its ``model_type``) is
-    exempt: it may hold fields of another transformers version, and its values are already the model's."""
-    if fields.get("model_type") != config_class.model_type:
-        check_known_keys(fields, config_class().to_dict(), f"{config_class.__name__} field")
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """transformers' load report and progress bar are noise when a whole Whisper's decoder is skipped on purpose."""
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def _load(name: str, frames: int) -> tuple[WhisperEncoder, WhisperFeatureExtractor]:
-    local = Path(name).expanduser()
-    if local.exists() and not local.is_dir():
-        raise UserError(f"model_name_or_path {name!r} is a file: pass the folder save_pretrained wrote")
-    if local.is_dir():
-        try:
-            encoder, missing, extractor = _read(str(local), name, local_only=True)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load Whisper weights from folder {str(local)!r}: {exc}") from None
-    else:
-        encoder, missing, extractor = from_hub(name, lambda local_only: _read(name, name, local_only),
-                                               f"Download it where there is a network (hf download {name} "
-                                               f"--local-dir DIR) and pass model_name_or_path=DIR, or build from a "
-                                               f"config: model_name_or_path=None with size='tiny'|'small'|'base' or "
-                                               f"config=...")
+    encoder, missing, extractor = load_pretrained(name, lambda source, local_only: _read(source, name, local_only),
+                                                  "Whisper")
     if missing:
         raise UserError(f"{name!r} lacks {len(missing)} weights of a Whisper encoder "
                         f"(e.g. {', '.join(sorted(missing)[:3])})")
@@ -274,7 +237,7 @@ def _load(name: str, frames: int) -> tuple[WhisperEncoder, WhisperFeatureExtract
 
 
 def _read(source: str, name: str, local_only: bool) -> tuple[WhisperEncoder, list[str], WhisperFeatureExtractor]:
-    with _quiet():
+    with quiet_transformers():
         config = AutoConfig.from_pretrained(source, local_files_only=local_only)
         if config.model_type != "whisper":
             raise UserError(f"{name!r} holds a {config.model_type!r} model, not Whisper")

@@ -3,6 +3,7 @@ and bad file, frozen means frozen, preprocessing in DataLoader workers."""
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -13,7 +14,7 @@ import torch
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperModel
 
 from apt_plugin_audio import AudioEncoder, AudioPreprocessor, load_audio
-from apt_sdk import UserError
+from apt_sdk import Encoder, PipelineError, UserError
 
 TINY = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, decoder_layers=1,
             decoder_attention_heads=2, decoder_ffn_dim=64, vocab_size=99, pad_token_id=0, bos_token_id=1,
@@ -197,6 +198,39 @@ def _head_step(encoder: AudioEncoder) -> tuple[torch.nn.Module, torch.optim.Opti
     model["head"](frames[mask]).square().mean().backward()
     optimizer.step()
     return model, optimizer
+
+
+def test_a_pipeline_builds_the_whisper_encoder_and_names_its_bad_options(build_encoders, monkeypatch):
+    section = '[encoders.audio]\nuse = "whisper"\nsize = "tiny"\nmax_seconds = 1.0\n'
+    encoder = build_encoders(section)["audio"]  # the kernel checked it against apt_sdk.Encoder when it built it
+    frames, mask = encoder.encode(*encoder.preprocessor([tone(0.5)]))
+    assert isinstance(encoder, AudioEncoder) and encoder.frozen and frames.shape == (1, 50, 32)
+    assert mask.sum() == 25 and not any(p.requires_grad for p in encoder.parameters())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub id fails at once
+    for override, message in (("encoders.audio.max_seconds=0.03",
+                               r"\[encoders.audio\] max_seconds.*not a whole number of 20 ms"),
+                              ("encoders.audio.model_name_or_path='no/such-whisper'",
+                               r"\[encoders.audio\] model_name_or_path.*hf download no/such-whisper --local-dir "
+                               r"models/such-whisper\)")):
+        with pytest.raises(PipelineError, match=message):
+            build_encoders(section, overrides=[override])
+
+
+def test_it_is_a_kernel_encoder_and_rebuilds_from_its_config_with_its_own_features():
+    """What a multimodal model saves of the encoder (its config, as JSON) rebuilds the same encoder, window and
+    feature extractor; its preprocessor gives (features, mask) and encode the frames with that mask."""
+    encoder = AudioEncoder(size="tiny", config={"num_mel_bins": 128}, max_seconds=0.5)
+    encoder.preprocessor.feature_extractor.padding_value = 0.25  # settings a saved folder may have
+    assert isinstance(encoder, Encoder) and encoder.modality == "audio" and encoder.frozen
+    rebuilt = AudioEncoder.from_config(json.loads(json.dumps(encoder.config.to_dict())))
+    rebuilt.load_state_dict(encoder.state_dict())
+    assert rebuilt.max_seconds == 0.5 and rebuilt.preprocessor == encoder.preprocessor
+    assert AudioPreprocessor.for_window(0.5, mel_bins=128) != AudioPreprocessor.for_window(1.0, mel_bins=128)
+    features, mask = rebuilt.preprocessor([tone(0.2), tone(0.5)])
+    frames, frame_mask = rebuilt.eval().encode(features, mask)
+    assert frames.shape == (2, 25, encoder.output_dim) and frame_mask.sum(1).tolist() == [10, 25]
+    torch.testing.assert_close(frames, encoder.encode(features, mask)[0])
+    assert encoder.encode(features)[1] is None  # no mask given: every frame is audio
 
 
 def test_frozen_means_frozen():

@@ -220,12 +220,14 @@ class APTLargeModel(Saving, nn.Module):
         self.decoder = nn.ModuleList(Block(config, causal=True, cross=seq2seq) for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.d_model)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.apply(self._init)
+        self.apply(self.init_weights)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok.weight
 
     @staticmethod
-    def _init(module: nn.Module) -> None:
+    def init_weights(module: nn.Module) -> None:
+        """The LM's initialisation of one module, for ``apply``: linear and embedding weights N(0, 0.02), biases 0
+        (the multimodal model starts its decoder as the LM does)."""
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=0.02)
             if module.bias is not None:

@@ -1,7 +1,7 @@
 """Multimodal APT: ``CrossModalAttention``, ``MultimodalFusion``, ``MultimodalAPTModel``, the dataset and
 ``train_multimodal_model``."""
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 
 __all__ = ["CrossModalAttention", "MultimodalAPTModel", "MultimodalConfig", "MultimodalDataset", "MultimodalFusion",
            "create_multimodal_dataloader", "multimodal_collate_fn", "train_multimodal_model"]

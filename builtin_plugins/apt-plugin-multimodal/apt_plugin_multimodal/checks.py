@@ -1,5 +1,6 @@
 """What the model's Python API checks before it runs: a wrong argument is a ``ValueError`` naming it, not a
-traceback from deep inside the decoder or a transformers tower (or, worse, a silent "" from a negative length)."""
+traceback from deep inside the decoder or an encoder (or, worse, a silent "" from a negative length). What media an
+encoder takes is the encoder's to check; the model names the argument (``MediaError``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import math
 from typing import Any
 
 import torch
+
+from apt_sdk import UserError
 
 
 def check_text(ids: Any, max_seq_len: int) -> None:
@@ -21,31 +24,23 @@ def check_text(ids: Any, max_seq_len: int) -> None:
         raise ValueError(f"text_input_ids has {ids.shape[1]} tokens, more than max_seq_len = {max_seq_len}")
 
 
-def _rows(value: Any) -> int | None:
+class MediaError(UserError, ValueError):
+    """Media the model's encoder cannot take: a ``ValueError`` naming the argument to a Python caller, one line (exit
+    2) on the command line."""
+
+
+def rows_of(value: Any) -> int | None:
     if value is None:
         return None
     return value.shape[0] if isinstance(value, torch.Tensor) else len(value)
 
 
-def check_media(rows: int, image: Any, audio: Any, image_present: Any, audio_mask: Any, image_index: Any,
-                vision: Any) -> None:
-    """Every argument that is per record has ``rows`` rows (``image`` has one per distinct image when
-    ``image_index`` says whose is which), and pixel values have the size the vision tower takes."""
-    if isinstance(image, torch.Tensor):
-        size = vision.preprocessor.image_size if vision is not None else None
-        if image.ndim != 4 or image.shape[1] != 3:
-            raise ValueError(f"image: pixel values must be [batch, 3, height, width], got {list(image.shape)} "
-                             "(or pass PIL images or paths, which are resized)")
-        if size is not None and tuple(image.shape[2:]) != (size, size):
-            raise ValueError(f"image: pixel values are {image.shape[2]}x{image.shape[3]} but this model's vision "
-                             f"tower takes {size}x{size} (pass PIL images or paths to have them resized)")
-    per_record = {"image_present": image_present, "audio_mask": audio_mask, "image_index": image_index,
-                  "audio": audio, "image": image if image_index is None else None}
+def check_rows(rows: int, **per_record: Any) -> None:
+    """Every argument that is per record (``image_present``, ``audio_mask``, the media as lists or as encoded) has
+    ``rows`` rows."""
     for name, value in per_record.items():
-        if value is not None and _rows(value) != rows:
-            raise ValueError(f"{name} has {_rows(value)} rows but the text has {rows}: give one per record")
-    if image_index is not None and image is None:
-        raise ValueError("image_index says which row of image each record reads, but no image was given")
+        if value is not None and rows_of(value) != rows:
+            raise ValueError(f"{name} has {rows_of(value)} rows but the text has {rows}: give one per record")
 
 
 def check_sampling(max_length: Any, do_sample: bool, temperature: Any, top_k: Any) -> None:

@@ -1,10 +1,11 @@
 """``MultimodalDataset``, ``multimodal_collate_fn`` and ``create_multimodal_dataloader``.
 
 An item is the tokens ``<bos> prompt text <eos>`` with labels only on the text (the prompt
-conditions, it is not scored), plus the record's pixel values and/or log-mel features. Images and
-audio are read and preprocessed in ``__getitems__``, so DataLoader workers do it. A batch pads text
-and audio with masks and stacks images; a record without an image or audio is marked absent
-(``image_present``, an all-False ``audio_mask``), so batches may mix records with and without them.
+conditions, it is not scored), plus the record's image and/or audio as its encoder's preprocessor makes
+them (the ``Encoder`` contract's ``preprocessor``: CLIP's pixel values, Whisper's log-mel features and frame
+mask). Images and audio are read and preprocessed in ``__getitems__``, so DataLoader workers do it. A batch
+pads text with a mask and stacks the media; a record without an image or audio is marked absent
+(``image_present``, ``audio_present``), so batches may mix records with and without them.
 
 Records that share an image (Sort-of-CLEVR asks 36 questions of each) share its pixels: a batch reads
 each image once, stacks it once and says which row is whose (``image_index``), so the model encodes it
@@ -13,14 +14,14 @@ once too.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from apt_sdk import UserError
@@ -36,7 +37,7 @@ ENCODER = {"image": "VisionEncoder", "audio": "AudioEncoder"}
 
 
 def _preprocessor(processor: Any) -> Callable | None:
-    """An encoder's preprocessor, or the callable itself (``ImagePreprocessor``/``AudioPreprocessor``)."""
+    """An encoder's ``preprocessor`` (the ``Encoder`` contract's), or the callable itself (``ImagePreprocessor``)."""
     return getattr(processor, "preprocessor", processor)
 
 
@@ -45,8 +46,9 @@ class MultimodalDataset(Dataset):
 
     :param data_list: a list of records (dicts) or the path of a JSONL manifest.
     :param text_tokenizer: the text tokenizer (``encode``, ``bos_id``, ``eos_id``, ``pad_id``).
-    :param image_processor: a ``VisionEncoder`` or its ``ImagePreprocessor`` (needed if any record has an image).
-    :param audio_processor: an ``AudioEncoder`` or its ``AudioPreprocessor`` (needed if any has audio).
+    :param image_processor: an image encoder (``VisionEncoder``, any ``apt_sdk.Encoder`` of images) or its
+        ``preprocessor`` (needed if any record has an image).
+    :param audio_processor: an audio encoder or its ``preprocessor`` (needed if any has audio).
     :param max_length: the longest ``<bos> prompt text`` in tokens (the model's ``max_seq_len``).
     :param on_bad_record: ``"fail"``: a bad record (unreadable media, too long) is an error naming it;
         ``"skip"``: it is left out and listed in ``skipped``. Media are checked once, here.
@@ -71,14 +73,13 @@ class MultimodalDataset(Dataset):
         self.max_length = max_length
         self._encoded: dict[str, list[int]] = {}  # VQA repeats a few dozen prompts and answers over 10^5 records
         # an audio file's features while it is unchanged: {path: ((mtime_ns, size), features, mask)}
-        self._features: dict[Path, tuple[tuple[int, int], torch.Tensor, torch.Tensor]] = {}
+        self._features: dict[Path, tuple[tuple[int, int], Any]] = {}
         self._kept_bytes = 0
         self.skipped: list[tuple[str, str]] = []  # (where, why)
         self.media_checked = check_media  # then a cut clip was reported here, once
         readable: set[Path] = set()  # media read once, however many records share them
         self.records: list[Record] = []
-        with warnings.catch_warnings(record=True) as cut:
-            warnings.filterwarnings("always", CUT)
+        with _cut_clips_said_once():
             for record in read_records(data_list, root):
                 try:
                     self._check(record, check_media, readable)
@@ -88,15 +89,6 @@ class MultimodalDataset(Dataset):
                     self.skipped.append((record.where, str(exc)))
                     continue
                 self.records.append(record)
-        clips: dict[str, None] = {}  # the cut clips' messages, once each, in order
-        for caught in cut:
-            if re.match(CUT, str(caught.message)):
-                clips[str(caught.message)] = None
-            else:  # not ours to hold back
-                warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)
-        if clips:  # one line for the data set, not one per clip and again at every epoch
-            warnings.warn(f"{len(clips)} audio clip{'s' if len(clips) > 1 else ''} longer than the audio window "
-                          f"{'are' if len(clips) > 1 else 'is'} cut to it, e.g. {next(iter(clips))}", stacklevel=2)
         if not self.records:
             raise UserError("no usable records" + (f" ({len(self.skipped)} skipped)" if self.skipped else ""))
         self.images: dict[Path, int] = {}  # each image's number, in order of first use
@@ -124,17 +116,18 @@ class MultimodalDataset(Dataset):
 
     def use_processors(self, image_processor: Any = None, audio_processor: Any = None) -> None:
         """Preprocess with these from now on (an encoder, or its preprocessor); ``None`` keeps the current one.
-        Audio features kept from the media check are made again with the new preprocessor."""
+        Audio features kept from the media check are made again with the new preprocessor (a clip it cuts is
+        said, once)."""
         if image_processor is not None:
             self.image_processor = _preprocessor(image_processor)
         new = _preprocessor(audio_processor)
-        if new is None or _same_audio(new, self.audio_processor):
+        if new is None or (self.audio_processor is not None and (new is self.audio_processor
+                                                                  or new == self.audio_processor)):
             return
         self.audio_processor = new
         kept = {path: None for path in self._features}
         self._features, self._kept_bytes = {}, 0
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", CUT)  # said once, when the data set was built
+        with _cut_clips_said_once():
             for record in self.records:
                 if record.audio_path in kept and record.audio_path not in self._features:
                     self._audio(record, keep=True)
@@ -151,7 +144,7 @@ class MultimodalDataset(Dataset):
             return [Failed(str(exc))]
 
     def _items(self, indices: list[int]) -> list[dict]:
-        pixels: dict[Path, torch.Tensor] = {}
+        pixels: dict[Path, Any] = {}
         items = []
         for index in indices:
             record = self.records[index]
@@ -159,7 +152,7 @@ class MultimodalDataset(Dataset):
             if record.image_path is not None:
                 if record.image_path not in pixels:
                     image = record.image_path if not self.image_shift else self._shifted(record)
-                    pixels[record.image_path] = self.image_processor([image], where=[record.where])[0]
+                    pixels[record.image_path] = first_row(self.image_processor([image], where=[record.where]))
                 item["image"] = pixels[record.image_path]
             items.append(item)
         return items
@@ -174,20 +167,19 @@ class MultimodalDataset(Dataset):
                 item["audio"] = self._audio(record)
         return item
 
-    def _audio(self, record: Record, keep: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """A record's features and frame mask: kept ones while the file is unchanged, else from the file (and kept
-        when ``keep``, within ``FEATURE_CACHE_BYTES``)."""
+    def _audio(self, record: Record, keep: bool = False) -> Any:
+        """A record's preprocessed audio (Whisper's: features and frame mask): kept while the file is unchanged, else
+        from the file (and kept when ``keep``, within ``FEATURE_CACHE_BYTES``)."""
         path = record.audio_path
         kept, stamp = self._features.get(path), _stamp(path)
         if kept is not None and kept[0] == stamp:
-            return kept[1], kept[2]
-        features, mask = self.audio_processor([path], where=[record.where])
-        features, mask = features[0], mask[0]
-        size = features.nbytes + mask.nbytes
+            return kept[1]
+        row = first_row(self.audio_processor([path], where=[record.where]))
+        size = sum(part.nbytes for part in (row if isinstance(row, tuple) else (row,)))
         if keep and stamp is not None and self._kept_bytes + size <= FEATURE_CACHE_BYTES:
-            self._features[path] = (stamp, features, mask)
+            self._features[path] = (stamp, row)
             self._kept_bytes += size
-        return features, mask
+        return row
 
     def _shifted(self, record: Record):
         from PIL import Image
@@ -231,8 +223,24 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return status.st_mtime_ns, status.st_size
 
 
-def _same_audio(new: Any, old: Any) -> bool:
-    if old is None or getattr(new, "frames", None) != getattr(old, "frames", None):
-        return False
-    settings = [getattr(getattr(p, "feature_extractor", None), "to_dict", lambda: None)() for p in (new, old)]
-    return settings[0] is not None and settings[0] == settings[1]
+def first_row(prepared: Any) -> Any:
+    """Item 0 of what a preprocessor made for one item: a tensor's first row, or a tuple of them (inputs, mask)."""
+    return tuple(part[0] for part in prepared) if isinstance(prepared, tuple) else prepared[0]
+
+
+@contextlib.contextmanager
+def _cut_clips_said_once() -> Iterator[None]:
+    """The clips the audio preprocessor cuts to its window, said in one warning for the data set (not one per clip
+    and again at every epoch); other warnings pass as they are."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", CUT)
+        yield
+    clips: dict[str, None] = {}  # the cut clips' messages, once each, in order
+    for warning in caught:
+        if re.match(CUT, str(warning.message)):
+            clips[str(warning.message)] = None
+        else:  # not ours to hold back
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if clips:
+        warnings.warn(f"{len(clips)} audio clip{'s' if len(clips) > 1 else ''} longer than the audio window "
+                      f"{'are' if len(clips) > 1 else 'is'} cut to it, e.g. {next(iter(clips))}", stacklevel=4)

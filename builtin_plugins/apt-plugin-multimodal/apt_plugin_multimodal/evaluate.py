@@ -29,8 +29,8 @@ def score(dataset: MultimodalDataset, model, metric: str = "exact", batch_size: 
     loader = create_multimodal_dataloader(dataset, batch_size, shuffle=False, num_workers=num_workers)
     for index, batch in enumerate(loader):
         records = dataset.records[index * batch_size:(index + 1) * batch_size]
-        media = {key: batch[key].to(device) for key in ("image", "image_present", "image_index", "audio", "audio_mask")
-                 if key in batch}
+        media = {key: value.to(device) for key, value in batch.items()
+                 if key.startswith(("image", "audio"))}  # the media, their masks, presence and image_index
         answers = model.generate_batch([r.prompt for r in records], max_length=max_new_tokens, **media)
         for record, answer in zip(records, answers, strict=True):
             if metric == "object-f1":

@@ -66,7 +66,7 @@ class MultimodalFusion(nn.Module):
 
     - ``memory(image=..., audio=...) -> (tokens [B, N, output_dim], mask [B, N])``, True = real: the
       modalities side by side, for a decoder's cross-attention; a sample without a modality has
-      that modality's tokens masked (``image_present`` / an all-False audio mask).
+      that modality's tokens masked (``image_present`` / ``audio_present``, or an all-False mask).
     - ``forward(text=..., image=..., audio=...)``: with text ``[B, T, text_dim]``, the text attends to
       the memory (``CrossModalAttention``) and comes back fused ``[B, T, output_dim]``; without
       text, the mean of the memory's real tokens ``[B, output_dim]``.
@@ -85,11 +85,15 @@ class MultimodalFusion(nn.Module):
         self.cross = CrossModalAttention(output_dim, num_heads, dropout, batch_first=True) if text_dim else None
 
     def memory(self, image: torch.Tensor | None = None, audio: torch.Tensor | None = None,
-               image_present: torch.Tensor | None = None,
-               audio_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               image_present: torch.Tensor | None = None, audio_mask: torch.Tensor | None = None,
+               image_mask: torch.Tensor | None = None,
+               audio_present: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``image_mask`` / ``audio_mask``: which of each record's tokens are real (None: all of them);
+        ``image_present`` / ``audio_present``: which records have that modality at all (None: every one)."""
         parts, masks = [], []
-        for index, (features, projection, name) in enumerate(((image, self.image, "image"),
-                                                              (audio, self.audio, "audio"))):
+        for index, (features, projection, name, mask, present) in enumerate((
+                (image, self.image, "image", image_mask, image_present),
+                (audio, self.audio, "audio", audio_mask, audio_present))):
             if features is None:
                 continue
             if projection is None:
@@ -97,13 +101,9 @@ class MultimodalFusion(nn.Module):
             if features.ndim == 2:
                 features = features[:, None]
             tokens = projection(features) + self.types.weight[index]
-            if name == "image":
-                present = image_present if image_present is not None else torch.ones(
-                    tokens.shape[0], dtype=torch.bool, device=tokens.device)
-                mask = present.bool()[:, None].expand(-1, tokens.shape[1])
-            else:
-                mask = audio_mask.bool() if audio_mask is not None else torch.ones(
-                    tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device) if mask is None else mask.bool()
+            if present is not None:
+                mask = mask & present.to(mask.device).bool()[:, None]
             parts.append(tokens)
             masks.append(mask)
         if not parts:

@@ -26,8 +26,10 @@ class Generation:
                                  generator: torch.Generator | None = None, use_cache: bool = True) -> str:
         """The continuation of ``text`` (a prompt) given an image and/or a clip, as text.
 
-        :param image: a PIL image, a path, or pixel values ``[1, 3, H, W]`` of the tower's size.
-        :param audio: a path, a 16 kHz waveform, or features ``[1, mels, frames]``.
+        :param image: a PIL image, a path, or what the image encoder's preprocessor makes for one (CLIP: pixel
+            values ``[1, 3, H, W]`` of the tower's size).
+        :param audio: a path, a 16 kHz waveform, or what the audio encoder's preprocessor makes for one (Whisper:
+            features ``[1, mels, frames]``).
         :param max_length: new tokens at most (at least 1); generation also stops at the end-of-text token.
         :param do_sample: sample (with ``temperature`` > 0 and ``top_k``: None or 0 for no limit) instead of
             the most likely token.
@@ -45,7 +47,9 @@ class Generation:
     @torch.no_grad()
     def generate_batch(self, prompts: list[str], image: Any = None, audio: Any = None,
                        image_present: torch.Tensor | None = None, audio_mask: torch.Tensor | None = None,
-                       max_length: int = 100, image_index: torch.Tensor | None = None, **sampling: Any) -> list[str]:
+                       max_length: int = 100, image_index: torch.Tensor | None = None,
+                       image_mask: torch.Tensor | None = None, audio_present: torch.Tensor | None = None,
+                       **sampling: Any) -> list[str]:
         """``generate_from_multimodal`` for many prompts at once: ``image``/``audio`` as ``forward`` takes
         them (one per prompt, or distinct ones with ``image_index``). Prompts of the same length in tokens
         are decoded together, so no row is padded; ``sampling`` takes ``do_sample``, ``temperature``,
@@ -64,7 +68,7 @@ class Generation:
         tokenizer = self.tokenizer
         encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
         memory, memory_mask, index = self._shared_memory(len(prompts), image, audio, image_present, audio_mask,
-                                                         image_index)
+                                                         image_index, image_mask, audio_present)
         answers: list[str] = [""] * len(prompts)
         for length in sorted({len(ids) for ids in encoded}):
             rows = [i for i, ids in enumerate(encoded) if len(ids) == length]

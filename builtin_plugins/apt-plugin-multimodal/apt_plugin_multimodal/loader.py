@@ -24,10 +24,12 @@ class Failed:
 
 
 def multimodal_collate_fn(items: list[dict], pad_id: int = 0) -> dict:
-    """Pad text (``text_attention_mask``), stack images (``image_present``) and audio (``audio_mask``).
+    """Pad text (``text_attention_mask``) and stack each modality's preprocessed rows: ``image`` (with
+    ``image_mask`` when its preprocessor gives a mask) and ``image_present``; ``audio``, ``audio_mask`` (Whisper's
+    frame mask) and ``audio_present``. A record without the modality holds zeros there, marked absent.
 
-    Items holding the same image tensor (``__getitems__`` shares one between records of an image) get
-    one row of ``image`` between them and ``image_index [B]``, each record's row in it."""
+    Items holding the same image row (``__getitems__`` shares one between records of an image) get one row of
+    ``image`` between them and ``image_index [B]``, each record's row in it."""
     if items and isinstance(items[0], Failed):
         return items[0]  # for the loader to raise
     width = max(len(item["input_ids"]) for item in items)
@@ -39,23 +41,31 @@ def multimodal_collate_fn(items: list[dict], pad_id: int = 0) -> dict:
         ids[row, :n], labels[row, :n] = torch.tensor(item["input_ids"]), torch.tensor(item["labels"])
         real[row, :n] = True
     batch = {"text_input_ids": ids, "text_attention_mask": real, "labels": labels}
-    images = [item["image"] for item in items]
-    if any(image is not None for image in images):
-        shape = next(image for image in images if image is not None).shape
-        rows = {id(image): image for image in images if image is not None}  # one per distinct tensor
-        if len(rows) < sum(image is not None for image in images):
+    for name in ("image", "audio"):
+        media = [item[name] for item in items]
+        if all(row is None for row in media):
+            continue
+        rows = {id(row): row for row in media if row is not None}  # one per distinct row (shared images)
+        if name == "image" and len(rows) < sum(row is not None for row in media):
             number = {key: i for i, key in enumerate(rows)}
-            batch["image"] = torch.stack(list(rows.values()))
-            batch["image_index"] = torch.tensor([number[id(image)] if image is not None else 0 for image in images])
-        else:
-            batch["image"] = torch.stack([image if image is not None else torch.zeros(shape) for image in images])
-        batch["image_present"] = torch.tensor([image is not None for image in images])
-    clips = [item["audio"] for item in items]
-    if any(clip is not None for clip in clips):
-        features, mask = next(clip for clip in clips if clip is not None)
-        batch["audio"] = torch.stack([c[0] if c is not None else torch.zeros_like(features) for c in clips])
-        batch["audio_mask"] = torch.stack([c[1] if c is not None else torch.zeros_like(mask) for c in clips])
+            batch["image_index"] = torch.tensor([number[id(row)] if row is not None else 0 for row in media])
+            media = list(rows.values())
+        inputs, mask = _stacked(media)
+        batch[name] = inputs
+        if mask is not None:
+            batch[f"{name}_mask"] = mask
+        batch[f"{name}_present"] = torch.tensor([item[name] is not None for item in items])
     return batch
+
+
+def _stacked(rows: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(inputs, mask)`` of rows that are tensors or ``(inputs, mask)`` tuples; a missing row is zeros (an all-False
+    mask)."""
+    template = next(row for row in rows if row is not None)
+    parts = template if isinstance(template, tuple) else (template,)
+    stacked = [torch.stack([(row if isinstance(row, tuple) else (row,))[i] if row is not None
+                            else torch.zeros_like(part) for row in rows]) for i, part in enumerate(parts)]
+    return stacked[0], stacked[1] if len(stacked) > 1 else None
 
 
 class MultimodalLoader(DataLoader):

@@ -4,7 +4,8 @@ A run folder is read as the trainer reads it for ``--resume latest``, by the SDK
 folder (``apt_sdk.RunReader``): its ``metadata.json`` says which checkpoints it holds, and the newest state, a
 regular checkpoint or the temp one a killed run left, is the one loaded (file times say nothing: a copy or a
 restore changes them). Checkpoints load as the trainer loads them: tensors and plain data only, the hash
-recorded in ``metadata.json`` checked. Each encoder comes back frozen or trainable as it was saved.
+recorded in ``metadata.json`` checked. Each encoder is rebuilt by the class its record names (a plugin's
+encoder as CLIP's and Whisper's) and comes back frozen or trainable as it was saved.
 """
 
 from __future__ import annotations
@@ -34,31 +35,20 @@ class Loading:
             self.tokenizer.save(directory / "tokenizer")
 
     @classmethod
-    def from_config(cls, config: Any) -> Any:
-        """A model of the saved shape with fresh weights (the encoders rebuilt from their configs, each
-        frozen or not as saved)."""
-        from .model import MultimodalConfig
+    def from_config(cls, config: Any, where: str = "the model's config") -> Any:
+        """A model of the saved shape with fresh weights: each encoder rebuilt by its class's ``from_config``
+        (``apt_sdk.encoders.rebuild_encoder``: a plugin's encoder as CLIP's and Whisper's), frozen or not as saved.
+
+        :param where: what holds ``config``, for the message of an encoder that cannot be rebuilt."""
+        from apt_sdk.encoders import rebuild_encoder
+
+        from .config import SLOTS, MultimodalConfig
 
         config = config if isinstance(config, MultimodalConfig) else MultimodalConfig.from_dict(config)
         frozen = config.frozen if config.frozen is not None else {}  # saved before each encoder's state was
-        vision = audio = None
-        if config.use_vision:
-            from transformers import CLIPVisionConfig
-
-            from apt_plugin_vision import VisionEncoder
-
-            vision = VisionEncoder(config=CLIPVisionConfig.from_dict(config.vision),
-                                   freeze_encoder=frozen.get("vision", config.freeze_encoders))
-        if config.use_audio:
-            from transformers import WhisperConfig
-
-            from apt_plugin_audio import AudioEncoder
-
-            fields = dict(config.audio)
-            seconds = fields.pop("max_seconds")
-            audio = AudioEncoder(config=WhisperConfig.from_dict(fields), max_seconds=seconds,
-                                 freeze_encoder=frozen.get("audio", config.freeze_encoders))
-        return cls(config.apt, config.use_vision, config.use_audio, vision, audio,
+        built = {slot: rebuild_encoder(record, frozen.get(slot, config.freeze_encoders), f"{where}, encoders."
+                                       f"{SLOTS[slot]}") for slot, record in config.encoder_records().items()}
+        return cls(config.apt, config.use_vision, config.use_audio, built.get("vision"), built.get("audio"),
                    freeze_encoders=config.freeze_encoders)
 
     @classmethod
@@ -98,7 +88,7 @@ def _from_checkpoint(cls: type, path: Path, map_location: str) -> Any:
     config = state.get("config")
     if not isinstance(config, dict) or "apt" not in config:
         raise UserError(f"{path} is not a checkpoint of a multimodal APT model (its config has no 'apt' decoder)")
-    model = cls.from_config(config)
+    model = cls.from_config(config, where=str(path))
     model.load_state_dict(state["model_state_dict"])
     model.to(map_location)
     tokenizer_dir = path.parent.parent / "tokenizer"
@@ -121,7 +111,7 @@ def _from_folder(cls: type, path: Path, map_location: str) -> Any:
         raise UserError(f"{path / CONFIG_FILE} is not JSON ({exc})") from None
     if not isinstance(saved, dict) or "multimodal" not in saved:
         raise UserError(f"{path / CONFIG_FILE} is not a multimodal APT model's config (no 'multimodal' key)")
-    model = cls.from_config(saved["multimodal"])
+    model = cls.from_config(saved["multimodal"], where=str(path / CONFIG_FILE))
     try:
         load_model(model, str(path / WEIGHTS_FILE), device=map_location)
     except FileNotFoundError:

@@ -30,21 +30,9 @@ def build_model(options: dict, context: BuildContext):
                        eos_token_id=tokenizer.eos_id, max_seq_len=data.block_size, d_model=options["d_model"],
                        num_heads=options["num_heads"], num_layers=options["num_layers"], d_ff=options["d_ff"],
                        dropout=options["dropout"], attention=options["attention"])
-    vision, audio = context.encoders.get("image"), context.encoders.get("audio")
-    # the encoder's size is given (its own section, or its saved weights'): the data must follow it
-    if vision is not None and vision.preprocessor.image_size != data.image_size:
-        raise OptionError("image_size", f"is {data.image_size}, but the [encoders.image] tower takes "
-                                        f"{vision.preprocessor.image_size} px images: set image_size = "
-                                        f"{vision.preprocessor.image_size}", table="data")
-    if audio is not None and abs(audio.max_seconds - data.max_audio_seconds) > 1e-9:
-        raise OptionError("max_audio_seconds", f"is {data.max_audio_seconds:g}, but the [encoders.audio] encoder's "
-                                               f"window is {audio.max_seconds:g} s: set max_audio_seconds = "
-                                               f"{audio.max_seconds:g}", table="data")
+    given = _given_encoders(context.encoders, options["freeze_encoders"])
+    vision, audio = given.get("image"), given.get("audio")
     freeze = options["freeze_encoders"]
-    for name, given in (("image", vision), ("audio", audio)):  # an encoder given in its own section keeps its state
-        if freeze and given is not None and not given.frozen:
-            raise OptionError("freeze_encoders", f"is true, but [encoders.{name}] sets freeze_encoder = false: "
-                                                 "drop one of them")
     if data.uses_image and vision is None:  # a tower from a preset and the [model] vision fields
         from apt_plugin_vision import VisionEncoder
 
@@ -62,12 +50,35 @@ def build_model(options: dict, context: BuildContext):
                                  max_seconds=data.max_audio_seconds, freeze_encoder=freeze)
         except UserError as exc:
             raise OptionError("audio", str(exc)) from None
-    if hasattr(data, "use_encoders"):  # batches get the encoders' own preprocessing (a 128-mel Whisper's features)
-        data.use_encoders(vision if data.uses_image else None, audio if data.uses_audio else None)
+    # batches get the encoders' own preprocessing (an [encoders.*] plugin's, a 128-mel Whisper's features)
+    data.use_encoders(vision if data.uses_image else None, audio if data.uses_audio else None)
     model = MultimodalAPTModel(config, use_vision=data.uses_image, use_audio=data.uses_audio, vision_encoder=vision,
                                audio_encoder=audio, freeze_encoders=freeze)
     model.tokenizer = tokenizer
     return model
+
+
+def _given_encoders(encoders: dict, freeze: bool) -> dict:
+    """The ``[encoders.image]`` and ``[encoders.audio]`` components, each checked for the modality of its section;
+    any ``Encoder`` of it stands in for ``clip`` or ``whisper`` (the kernel checked its members when it was built).
+    An encoder given in its own section keeps its state."""
+    from torch import nn
+
+    for name, encoder in encoders.items():
+        if name not in ("image", "audio"):
+            raise OptionError("use", "multimodal-apt attends to [encoders.image] and [encoders.audio] only",
+                              table=f"encoders.{name}")
+        if encoder.modality != name:
+            raise OptionError("use", f"gives an encoder of {encoder.modality!r} ({type(encoder).__name__}), and "
+                                     f"[encoders.{name}] takes an encoder of {name!r}", table=f"encoders.{name}")
+        if not isinstance(encoder, nn.Module):
+            raise OptionError("use", f"gives a {type(encoder).__name__}, which is not a torch.nn.Module: "
+                                     "multimodal-apt holds its encoders as submodules, trained and saved with it",
+                              table=f"encoders.{name}")
+        if freeze and not encoder.frozen:
+            raise OptionError("freeze_encoders", f"is true, but [encoders.{name}] sets freeze_encoder = false: "
+                                                 "drop one of them")
+    return encoders
 
 
 @hookimpl

@@ -38,7 +38,7 @@ def model() -> MultimodalAPTModel:
     (dict(do_sample=True, temperature=-1), "temperature must be a positive number"),
     (dict(do_sample=True, temperature=float("nan")), "temperature"),
     (dict(do_sample=True, top_k=-3), "top_k must be None, 0 .no limit. or a positive number of tokens, got -3"),
-    (dict(image=torch.randn(1, 3, 224, 224)), "image: pixel values are 224x224 but this model's vision tower takes "
+    (dict(image=torch.randn(1, 3, 224, 224)), "image: pixel values are 224x224 but this vision tower takes "
                                               "32x32"),
     (dict(image=torch.randn(2, 3, 32, 32)), "image has 2 rows but the text has 1"),
     (dict(image=torch.randn(3, 32, 32)), r"image: pixel values must be \[batch, 3, height, width\], got \[3, 32, 32\]"),
@@ -59,7 +59,7 @@ def test_forward_refuses_text_and_media_that_do_not_fit(model):
         (dict(text_input_ids=ids, audio=[wave]), "audio has 1 rows but the text has 2"),
         (dict(text_input_ids=ids, image=torch.randn(2, 3, 32, 32), image_present=torch.ones(3, dtype=torch.bool)),
          "image_present has 3 rows but the text has 2"),
-        (dict(text_input_ids=ids, image=torch.randn(2, 3, 64, 64)), "64x64 but this model's vision tower takes 32x32"),
+        (dict(text_input_ids=ids, image=torch.randn(2, 3, 64, 64)), "64x64 but this vision tower takes 32x32"),
     ]
     for arguments, named in cases:
         with pytest.raises(ValueError, match=named):
@@ -85,7 +85,7 @@ def test_the_original_plans_call_gets_a_224_px_vit_b32_tower():
     ids = torch.randint(0, 256, (2, 16))
     with torch.no_grad():
         assert model(ids, image=torch.randn(2, 3, 224, 224)).shape == (2, 16, 256)
-    with pytest.raises(ValueError, match="pixel values are 32x32 but this model's vision tower takes 224x224"):
+    with pytest.raises(ValueError, match="pixel values are 32x32 but this vision tower takes 224x224"):
         model(ids, image=torch.randn(2, 3, 32, 32))
 
 

@@ -4,6 +4,7 @@ gives gradients, and what loading says when something is missing."""
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -17,6 +18,7 @@ from apt_plugin_lm.tokenization import CharTokenizer
 from apt_plugin_multimodal import MultimodalAPTModel
 from apt_plugin_trainer import CheckpointManager
 from apt_plugin_vision import VisionEncoder
+from apt_sdk import UserError
 
 TINY = {"size": "tiny"}
 
@@ -97,6 +99,35 @@ def test_encoders_come_back_frozen_or_trainable_as_saved_and_unfreeze_with_one_c
     loaded.unfreeze_encoders().save_pretrained(tmp_path / "unfrozen")
     again = MultimodalAPTModel.from_pretrained(tmp_path / "unfrozen")
     assert not again.vision.frozen and not again.audio.frozen
+
+
+def test_a_model_saved_before_encoders_were_recorded_loads_and_an_encoder_not_installed_is_named(tmp_path):
+    """A config.json written before each encoder's class was recorded (``vision``: the CLIP tower's fields, ``audio``:
+    Whisper's and max_seconds) loads as it did; one whose encoder's class cannot be imported says what to install."""
+    model = tiny_model(use_audio=True, audio_config={**TINY, "max_seconds": 0.5}).eval()
+    model.save_pretrained(tmp_path / "new")
+    saved = json.loads((tmp_path / "new" / "config.json").read_text())["multimodal"]
+    records = saved.pop("encoders")
+    assert records["image"]["class"] == "apt_plugin_vision.encoder:VisionEncoder"
+    assert records["audio"]["distribution"] == "apt-plugin-audio"
+    old = {**saved, "vision": records["image"]["config"]["model"],
+           "audio": {**records["audio"]["config"]["model"], "max_seconds": 0.5}}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps({"multimodal": old}))
+    os.link(tmp_path / "new" / "model.safetensors", tmp_path / "old" / "model.safetensors")
+    loaded = MultimodalAPTModel.from_pretrained(tmp_path / "old").eval()
+    ids = torch.randint(4, model.apt_config.vocab_size, (1, 8))
+    inputs = dict(image=[Image.new("RGB", (32, 32), "red")], audio=[np.zeros(4000, np.float32)])
+    torch.testing.assert_close(loaded(ids, **inputs), model(ids, **inputs))
+    assert loaded.audio.max_seconds == 0.5 and loaded.config.encoders == records  # saved again in the new form
+
+    gone = {**saved, "encoders": {**records, "image": {**records["image"], "class": "apt_plugin_gone.tower:Tower",
+                                                       "distribution": "apt-plugin-gone"}}}
+    (tmp_path / "new" / "config.json").write_text(json.dumps({"multimodal": gone}))
+    with pytest.raises(UserError, match=r"config.json, encoders.image: the encoder 'apt_plugin_gone.tower:Tower' "
+                                        r"cannot be imported \(No module named 'apt_plugin_gone'\); install "
+                                        r"apt-plugin-gone"):
+        MultimodalAPTModel.from_pretrained(tmp_path / "new")
 
 
 def test_a_lone_checkpoint_says_where_its_tokenizer_was_looked_for(tmp_path):

@@ -109,7 +109,7 @@ def test_trains_through_the_kernel_and_generates_from_the_run(run_pipeline, tmp_
         run = subprocess.run(example + extra, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0 and run.stdout.startswith(expected), run.stderr
     # the benchmark that scores a saved model on a manifest, as the multimodal-accuracy callback does, with the
-    # model's own data options (the run's, which the plugin checks they equal), also once copied out of its run
+    # model's own encoders' preprocessing (the run's batches'), also once copied out of its run
     outside = shutil.copytree(context.run_dir / "model", tmp_path / "elsewhere" / "model")
     lines = []
     for model_dir in (context.run_dir / "model", outside):
@@ -117,8 +117,8 @@ def test_trains_through_the_kernel_and_generates_from_the_run(run_pipeline, tmp_
                                  str(tmp_path / "data" / "val.jsonl"), "--max-new-tokens", "8"],
                                 capture_output=True, text=True, timeout=120)
         assert scored.returncode == 0, scored.stderr
-        assert scored.stdout.startswith("image_size 16, max_length 24, max_audio_seconds 1.0 (the model's, unless "
-                                        "given)\n"), scored.stdout
+        assert scored.stdout.startswith("max_length 24 (the model's, unless given); media preprocessed by the "
+                                        "model's encoders: image VisionEncoder, audio AudioEncoder\n"), scored.stdout
         found = re.search(r"val.jsonl: 12 examples in \d+ s\n(  accuracy +\d+\.\d\d%\n)$", scored.stdout)
         assert found, scored.stdout
         lines.append(found[1])

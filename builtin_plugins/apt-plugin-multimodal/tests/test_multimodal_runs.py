@@ -64,16 +64,36 @@ def test_freeze_encoders_true_freezes_the_towers_the_model_builds(run_pipeline, 
     assert reloaded.vision.frozen and reloaded.audio.frozen and not reloaded.vision.model.training
 
 
-def test_an_encoder_and_the_data_that_disagree_are_named_by_their_own_keys(run_pipeline, tmp_path):
+def test_each_encoders_section_is_checked_for_its_modality_and_against_freeze_encoders(run_pipeline, tmp_path):
     write_manifests(tmp_path / "data")
-    text = PIPELINE.format(folder=tmp_path / "data") + '\n[encoders.image]\nuse = "clip"\nsize = "tiny"\n'
-    with pytest.raises(PipelineError) as error:  # the tiny tower takes 32 px; the data says 16
-        run_pipeline(text)
-    assert "[data] image_size: is 16, but the [encoders.image] tower takes 32 px images: set image_size = 32" \
-        in str(error.value)
-    assert "vision_size" not in str(error.value)  # which the pipeline never set
-    text = text.replace("image_size = 16", "image_size = 32").replace('audio_size = "tiny"',
-                                                                     'audio_size = "tiny"\nfreeze_encoders = true')
-    with pytest.raises(PipelineError, match=r"\[model\] freeze_encoders: is true, but \[encoders.image\] sets "
-                                            r"freeze_encoder = false: drop one of them"):
-        run_pipeline(text + "freeze_encoder = false\n")
+    text = PIPELINE.format(folder=tmp_path / "data")
+    cases = [('[encoders.image]\nuse = "whisper"\nsize = "tiny"\nmax_seconds = 1.0\n',
+              r"\[encoders.image\] use: gives an encoder of 'audio' \(AudioEncoder\), and \[encoders.image\] takes an "
+              r"encoder of 'image'"),
+             ('[encoders.images]\nuse = "clip"\nsize = "tiny"\n',
+              r"\[encoders.images\] use: multimodal-apt attends to \[encoders.image\] and \[encoders.audio\] only"),
+             ('[encoders.image]\nuse = "clip"\nsize = "tiny"\nfreeze_encoder = false\n',
+              r"\[model\] freeze_encoders: is true, but \[encoders.image\] sets freeze_encoder = false: drop one of "
+              r"them")]
+    for section, message in cases:
+        frozen = text.replace('audio_size = "tiny"', 'audio_size = "tiny"\nfreeze_encoders = true')
+        with pytest.raises(PipelineError, match=message):
+            run_pipeline(frozen + "\n" + section)
+
+
+@pytest.mark.slow
+def test_an_encoders_section_preprocesses_the_batches_whatever_the_data_sizes_say(run_pipeline, tmp_path):
+    """[data] image_size and max_audio_seconds size the encoders the model builds; an [encoders.*] encoder's batches
+    are its own preprocessor's (any encoder plugin's: the data cannot know its sizes). They had to repeat a CLIP's
+    and a Whisper's sizes, an error otherwise ('[data] image_size: is 16, but the [encoders.image] tower takes 32')."""
+    write_manifests(tmp_path / "data")
+    text = PIPELINE.format(folder=tmp_path / "data") + (
+        '\n[encoders.image]\nuse = "clip"\nsize = "tiny"\n'  # 32 px; the data says 16
+        '\n[encoders.audio]\nuse = "whisper"\nsize = "tiny"\nmax_seconds = 0.5\n')  # the data says 1.0
+    with pytest.warns(UserWarning, match=r"1 audio clip .* 1.00 s is longer than max_seconds = 0.5; the rest is cut"):
+        result, context = run_pipeline(text, overrides=["trainer.max_steps=1", "trainer.eval_every=0"])
+    batches = list(context.data.train_batches(0))
+    assert {tuple(b["image"].shape[-2:]) for b in batches} == {(32, 32)} and result["steps"] == 1
+    assert {b["audio_mask"].shape[-1] for b in batches if "audio" in b} == {25}  # 0.5 s of 20 ms frames
+    reloaded = MultimodalAPTModel.from_pretrained(context.run_dir)
+    assert reloaded.vision.preprocessor.image_size == 32 and reloaded.audio.max_seconds == 0.5

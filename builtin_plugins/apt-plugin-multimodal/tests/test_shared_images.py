@@ -71,8 +71,8 @@ def test_shared_images_give_the_logits_gradients_and_answers_of_one_image_per_re
     model = tiny_model(attention, data.tokenizer.vocab_size)
     model.tokenizer = data.tokenizer
     seen: list[int] = []
-    encode = model.vision.patch_features
-    model.vision.patch_features = lambda pixels: seen.append(pixels.shape[0]) or encode(pixels)
+    encode = model.vision.encode  # what the model calls of an encoder: the Encoder contract's encode
+    model.vision.encode = lambda pixels, mask=None: seen.append(pixels.shape[0]) or encode(pixels, mask)
 
     shared = model(**batch)
     per_record = {**batch, "image": batch["image"][batch["image_index"]]}

@@ -34,6 +34,7 @@ class Media:
     pixels: torch.Tensor | None = None
     features: torch.Tensor | None = None
     audio_mask: torch.Tensor | None = None
+    image_mask: torch.Tensor | None = None  # an image encoder's, when its preprocessor gives one
 
 
 @dataclass
@@ -72,7 +73,8 @@ class Served:
         if image is not None:
             if not self.takes_image:
                 raise UserError(f"this {self.kind} model takes no images (it was built without vision)")
-            media.pixels = self.model.vision.preprocess([image])
+            prepared = self.model.vision.preprocessor([image])  # the Encoder contract's: any image encoder's
+            media.pixels, media.image_mask = prepared if isinstance(prepared, tuple) else (prepared, None)
         if audio is not None:
             if not self.takes_audio:
                 raise UserError(f"this {self.kind} model takes no audio (it was built without an audio encoder)")
@@ -80,7 +82,8 @@ class Served:
             with tempfile.NamedTemporaryFile(suffix=f".{audio_format}") as clip:
                 clip.write(audio)
                 clip.flush()
-                media.features, media.audio_mask = self.model.audio.preprocess([clip.name])
+                prepared = self.model.audio.preprocessor([clip.name])
+                media.features, media.audio_mask = prepared if isinstance(prepared, tuple) else (prepared, None)
         return media
 
     def memory(self, media: Media | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -88,7 +91,8 @@ class Served:
         if self.kind != "multimodal-apt":
             return None, None
         media = media or Media()
-        return self.model.memory(1, image=media.pixels, audio=media.features, audio_mask=media.audio_mask)
+        return self.model.memory(1, image=media.pixels, audio=media.features, audio_mask=media.audio_mask,
+                                 image_mask=media.image_mask)
 
 
 def model_folder(path: Path) -> Path:

@@ -1,6 +1,6 @@
 """CLIP image encoder plugin: ``VisionEncoder``, ``ImagePreprocessor`` and ``load_image``."""
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 
 __all__ = ["ImagePreprocessor", "VisionEncoder", "load_image", "to_rgb"]
 

@@ -1,6 +1,6 @@
-"""``VisionEncoder``: a CLIP image tower (transformers' ``CLIPVisionModelWithProjection``) behind the
-kernel's ``Encoder`` contract, with the original plan's API (``encode_image``, ``encode_batch``,
-``patch_features``).
+"""``VisionEncoder``: a CLIP image tower (transformers' ``CLIPVisionModelWithProjection``) as the kernel's
+``Encoder`` (``encode``: the patch features a multimodal model attends to), with the original plan's API
+(``encode_image``, ``encode_batch``: pooled, projected embeddings; ``patch_features``).
 
 Weights come from one of three places: a local ``save_pretrained`` folder (a whole ``CLIPModel`` or a
 vision tower), a hub id where a hub is reachable, or a config built here (random init, trainable from
@@ -11,19 +11,17 @@ training process only runs the network.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import AutoConfig, CLIPConfig, CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
-from transformers.utils import logging as hf_logging
 
-from apt_sdk import UserError, check_known_keys
+from apt_sdk import UserError
+from apt_sdk.encoders import EncoderConfig, EncoderModule
+from apt_sdk.pretrained import check_divides, check_source, load_pretrained, preset_config, quiet_transformers
 
-from .hub import from_hub
 from .images import ImageSource
 from .preprocess import ImagePreprocessor
 from .stem import STEMS, ConvStem
@@ -40,7 +38,7 @@ SIZES: dict[str, dict[str, int]] = {
 MODEL_TYPES = ("clip",)
 
 
-class VisionEncoder(nn.Module):
+class VisionEncoder(EncoderModule):
     """A CLIP image encoder.
 
     :param model_type: ``"clip"`` (the only family this plugin provides).
@@ -62,19 +60,18 @@ class VisionEncoder(nn.Module):
         embedding) or ``"conv"`` (``ConvStem``: stride-2 convolutions and coordinate channels, on the same
         grid). Saved in the config as ``stem``, so a saved encoder rebuilds its own.
 
-    ``output_dim`` is the embedding width D (``encode_batch`` gives ``[B, D]``); ``vision_dim`` and
-    ``num_tokens`` describe ``patch_features``: ``[B, num_tokens, vision_dim]``, the class token first.
+    As an ``Encoder``: ``modality`` is ``"image"``; ``encode(pixels)`` gives the last layer's tokens
+    ``[B, num_tokens, output_dim]``, the class token first (``output_dim``, also ``vision_dim``, is the tower's
+    width). ``embed_dim`` is the width of the pooled, projected embeddings ``encode_batch`` gives ``[B, D]``.
     """
+
+    modality = "image"
 
     def __init__(self, model_type: str = "clip", model_name_or_path: str | Path | None = None,
                  config: CLIPVisionConfig | CLIPConfig | dict | None = None, size: str = "base",
                  freeze_encoder: bool = True, position_std: float | None = None, stem: str | None = None):
         super().__init__()
-        if model_type not in MODEL_TYPES:
-            raise UserError(f"model_type {model_type!r} is not supported: this plugin provides "
-                            f"{', '.join(MODEL_TYPES)}")
-        if model_name_or_path is not None and config is not None:
-            raise UserError("pass model_name_or_path (saved weights) or config (a new encoder), not both")
+        check_source(model_type, MODEL_TYPES, model_name_or_path, config)
         if stem is not None and stem not in STEMS:
             raise UserError(f"stem {stem!r} is not one of {', '.join(STEMS)}")
         if model_name_or_path is not None:
@@ -96,56 +93,55 @@ class VisionEncoder(nn.Module):
             raise UserError(f"the image processor crops to {self.preprocessor.image_size} px but the model expects "
                             f"{config.image_size} px")
         self.model_type = model_type
-        self.output_dim = int(config.projection_dim)
-        self.vision_dim = int(config.hidden_size)
+        self.output_dim = self.vision_dim = int(config.hidden_size)
+        self.embed_dim = int(config.projection_dim)
         self.num_tokens = 1 + (config.image_size // config.patch_size) ** 2
-        self.frozen = False
-        if freeze_encoder:
-            self.freeze()
+        self.freeze(freeze_encoder)
 
-    def freeze(self, frozen: bool = True) -> VisionEncoder:
-        """Freeze (``requires_grad`` off, eval mode, forward under ``no_grad``) or, with False, unfreeze the tower:
-        its weights train again and it follows ``train()``/``eval()``. Saved with a multimodal model."""
-        self.frozen = frozen
-        self.model.requires_grad_(not frozen)
-        self.model.train(self.training and not frozen)
-        return self
+    @property
+    def config(self) -> EncoderConfig:
+        """The tower's config and the image processor's settings: ``from_config`` rebuilds this encoder."""
+        return EncoderConfig(model=self.model.config.to_dict(), preprocessor=self.preprocessor.processor.to_dict())
 
-    def train(self, mode: bool = True) -> VisionEncoder:
-        super().train(mode)
-        if self.frozen:
-            self.model.eval()  # a parent's .train() must not switch dropout back on in a frozen encoder
-        return self
+    @classmethod
+    def from_config(cls, config: dict) -> VisionEncoder:
+        """A tower of the saved shape with fresh weights and the saved image processor. Also takes what a
+        multimodal model saved before encoders were recorded: the tower's config alone."""
+        fields = config.get("model", config)
+        encoder = cls(config=CLIPVisionConfig.from_dict(fields), freeze_encoder=False)
+        if "preprocessor" in config:
+            encoder.preprocessor = ImagePreprocessor(CLIPImageProcessorPil.from_dict(config["preprocessor"]))
+        return encoder
 
     def preprocess(self, images: Sequence[ImageSource], where: Sequence[str | None] | None = None) -> torch.Tensor:
         """Pixel values ``[B, 3, S, S]`` on the CPU (what a DataLoader worker produces)."""
         return self.preprocessor(images, where)
 
     def forward(self, images: Sequence[ImageSource] | torch.Tensor) -> torch.Tensor:
-        """Pooled, projected embeddings ``[B, output_dim]`` of a list of images or pixel values ``[B, 3, H, W]``."""
-        with self._grad_mode():
+        """Pooled, projected embeddings ``[B, embed_dim]`` of a list of images or pixel values ``[B, 3, H, W]``."""
+        with self.frozen_grad():
             return self.model(pixel_values=self._pixels(images)).image_embeds
 
     def encode_image(self, image: ImageSource) -> torch.Tensor:
-        """One image to ``[1, output_dim]``."""
+        """One image to ``[1, embed_dim]``."""
         return self.forward([image])
 
     def encode_batch(self, images: Sequence[ImageSource] | torch.Tensor) -> torch.Tensor:
-        """A list of images to ``[B, output_dim]``."""
+        """A list of images to ``[B, embed_dim]``."""
         return self.forward(images)
 
-    def encode(self, inputs: Any) -> torch.Tensor:
-        """The kernel's ``Encoder`` contract: ``encode_batch``."""
-        return self.forward(inputs)
+    def encode(self, inputs: Any, mask: Any = None) -> tuple[torch.Tensor, None]:
+        """The ``Encoder`` contract: ``(patch_features(inputs), None)``; every image has ``num_tokens`` tokens."""
+        return self.patch_features(inputs), None
 
     def patch_features(self, images: Sequence[ImageSource] | torch.Tensor) -> torch.Tensor:
         """The last layer's token states ``[B, num_tokens, vision_dim]`` (class token first), for fusion."""
-        with self._grad_mode():
+        with self.frozen_grad():
             return self.model.vision_model(pixel_values=self._pixels(images)).last_hidden_state
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the tower and its image processor; ``VisionEncoder(model_name_or_path=path)`` loads it back."""
-        with _quiet():  # transformers' "Writing model shards" progress bar
+        with quiet_transformers():  # transformers' "Writing model shards" progress bar
             self.model.save_pretrained(path)
         self.preprocessor.processor.save_pretrained(path)
 
@@ -155,31 +151,14 @@ class VisionEncoder(nn.Module):
         weight = self.model.vision_model.embeddings.patch_embedding.weight
         return pixels.to(device=weight.device, dtype=weight.dtype, non_blocking=True)
 
-    def _grad_mode(self) -> contextlib.AbstractContextManager:
-        return torch.no_grad() if self.frozen else contextlib.nullcontext()
-
 
 def _build_config(config: CLIPVisionConfig | CLIPConfig | dict | None, size: str) -> CLIPVisionConfig:
     if isinstance(config, CLIPConfig):
         return _vision_part(config)
     if isinstance(config, CLIPVisionConfig):
         return config
-    if size not in SIZES:
-        raise UserError(f"size {size!r} is not a preset: choose one of {', '.join(SIZES)}")
-    if config is not None and not isinstance(config, dict):
-        raise UserError(f"config must be a CLIPVisionConfig, a CLIPConfig or a dict, got {type(config).__name__}")
-    _check_fields(config or {}, CLIPVisionConfig)
-    fields = {**SIZES[size], **(config or {})}
-    try:
-        built = CLIPVisionConfig(**fields)
-    except Exception as exc:  # noqa: BLE001 - transformers validates through huggingface_hub's own error types
-        raise UserError(f"invalid CLIP vision config {fields}: {str(exc).strip().splitlines()[-1].strip()}") from None
-    if built.hidden_size % built.num_attention_heads:
-        raise UserError(f"invalid CLIP vision config: hidden_size {built.hidden_size} must divide by "
-                        f"num_attention_heads {built.num_attention_heads}")
-    if built.image_size % built.patch_size:
-        raise UserError(f"invalid CLIP vision config: image_size {built.image_size} must divide by "
-                        f"patch_size {built.patch_size}")
+    built = preset_config(CLIPVisionConfig, SIZES, size, config, "CLIP vision", "a CLIPVisionConfig, a CLIPConfig")
+    check_divides("CLIP vision", built, ("hidden_size", "num_attention_heads"), ("image_size", "patch_size"))
     return built
 
 
@@ -192,14 +171,6 @@ def _tower(config: CLIPVisionConfig) -> CLIPVisionModelWithProjection:
     return model
 
 
-def _check_fields(fields: dict, config_class: type) -> None:
-    """A misspelt field would be kept by transformers as an unused attribute and the preset's value used
-    instead, so a typo must fail here. A config saved by ``to_dict`` (it names its ``model_type``) is
-    exempt: it may hold fields of another transformers version, and its values are already the model's."""
-    if fields.get("model_type") != config_class.model_type:
-        check_known_keys(fields, config_class().to_dict(), f"{config_class.__name__} field")
-
-
 def _vision_part(config: CLIPConfig) -> CLIPVisionConfig:
     """A whole CLIP's image tower config, with the projection width that lives on the outer config."""
     vision = config.vision_config
@@ -207,34 +178,8 @@ def _vision_part(config: CLIPConfig) -> CLIPVisionConfig:
     return vision
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """transformers' load report and progress bar are noise when a CLIP folder's text tower is skipped on purpose."""
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def _load(name: str) -> tuple[CLIPVisionModelWithProjection, CLIPImageProcessorPil]:
-    local = Path(name).expanduser()
-    if local.exists() and not local.is_dir():
-        raise UserError(f"model_name_or_path {name!r} is a file: pass the folder save_pretrained wrote")
-    if local.is_dir():
-        try:
-            model, info, processor = _read(str(local), name, local, local_only=True)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load CLIP weights from folder {str(local)!r}: {exc}") from None
-    else:
-        model, info, processor = from_hub(name, lambda local_only: _read(name, name, local, local_only),
-                                          f"Download it where there is a network (hf download {name} --local-dir "
-                                          f"DIR) and pass model_name_or_path=DIR, or build from a config: "
-                                          f"model_name_or_path=None with size='tiny'|'small'|'base' or config=...")
+    model, info, processor = load_pretrained(name, lambda source, local_only: _read(source, name, local_only), "CLIP")
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
         raise UserError(f"{name!r} lacks {len(missing)} weights of a CLIP image tower with projection "
@@ -242,9 +187,9 @@ def _load(name: str) -> tuple[CLIPVisionModelWithProjection, CLIPImageProcessorP
     return model.eval(), processor
 
 
-def _read(source: str, name: str, local: Path, local_only: bool
-          ) -> tuple[CLIPVisionModelWithProjection, dict, CLIPImageProcessorPil]:
-    with _quiet():
+def _read(source: str, name: str,
+          local_only: bool) -> tuple[CLIPVisionModelWithProjection, dict, CLIPImageProcessorPil]:
+    with quiet_transformers():
         config = AutoConfig.from_pretrained(source, local_files_only=local_only)
         if config.model_type not in ("clip", "clip_vision_model"):
             raise UserError(f"{name!r} holds a {config.model_type!r} model, not CLIP")
@@ -254,7 +199,7 @@ def _read(source: str, name: str, local: Path, local_only: bool
             raise UserError(f"{name!r} has stem {stem!r}, not one of {', '.join(STEMS)}")
         if stem == "conv":  # a layout transformers does not know: build it, then load the saved tensors
             model = _tower(vision)
-            info = _load_tensors(model, local)
+            info = _load_tensors(model, Path(source))
         else:
             model, info = CLIPVisionModelWithProjection.from_pretrained(source, config=vision, output_loading_info=True,
                                                                         local_files_only=local_only)

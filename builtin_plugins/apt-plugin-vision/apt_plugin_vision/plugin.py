@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from apt_sdk import BuildContext, OptionError, UserError, hookimpl
-
-from .hub import HubUnavailable  # light: huggingface_hub is imported only when a hub id is loaded
+from apt_sdk import BuildContext, OptionError, hookimpl
+from apt_sdk.pretrained import pipeline_errors  # light: transformers and the hub are imported when used
 
 
 def build_clip(options: dict, context: BuildContext):
@@ -14,21 +13,9 @@ def build_clip(options: dict, context: BuildContext):
     if source and image_size:
         raise OptionError("image_size", "sets the size of a new encoder; saved weights bring their own "
                                         "(drop image_size or model_name_or_path)")
-    try:
+    with pipeline_errors(source, "image_size"):
         return VisionEncoder(model_name_or_path=source, config={"image_size": image_size} if image_size else None,
                              size=options["size"], freeze_encoder=options["freeze_encoder"])
-    except HubUnavailable as exc:  # the encoder's advice is Python's: say what to run and what to set
-        raise OptionError("model_name_or_path", pipeline_advice(exc)) from None
-    except UserError as exc:  # named with the pipeline's file and line
-        raise OptionError("model_name_or_path" if source else "image_size", str(exc)) from None
-
-
-def pipeline_advice(exc: HubUnavailable) -> str:
-    folder = f"models/{exc.name.rstrip('/').rsplit('/', 1)[-1]}"
-    return (f"cannot load {exc.name!r}: there is no folder by that name, and as a hub id {exc.reason}. Download it "
-            f"where there is a network (hf download {exc.name} --local-dir {folder}), bring that folder here and set "
-            f"model_name_or_path = \"{folder}\"; or leave model_name_or_path out to train a new encoder of size = "
-            f"\"tiny\", \"small\" or \"base\"")
 
 
 @hookimpl

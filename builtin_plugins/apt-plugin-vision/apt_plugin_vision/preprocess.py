@@ -21,7 +21,8 @@ class ImagePreprocessor:
     ``[B, 3, S, S]``: transformers' ``CLIPImageProcessor`` (PIL backend), after ``load_image`` has made
     each one RGB and decoded a large file at about twice the size the resize needs, not in full.
 
-    Picklable and free of the network, so it can be a DataLoader worker's collate function.
+    Picklable and free of the network, so it can be a DataLoader worker's collate function: the ``Preprocessor``
+    of the kernel's ``Encoder`` contract.
     """
 
     def __init__(self, processor: CLIPImageProcessorPil):
@@ -60,4 +61,8 @@ class ImagePreprocessor:
         if not images.is_floating_point():
             raise UserError(f"pixel values of dtype {str(images.dtype).removeprefix('torch.')}: give uint8 pixels "
                             f"(0-255) or the float pixel values the preprocessor makes")
+        if tuple(images.shape[2:]) != (self.image_size, self.image_size):
+            raise UserError(f"pixel values are {images.shape[2]}x{images.shape[3]} but this vision tower takes "
+                            f"{self.image_size}x{self.image_size} (pass PIL images or paths, or uint8 pixels, to have "
+                            "them resized)")
         return images

@@ -4,6 +4,7 @@ bad files named, frozen means frozen, preprocessing in DataLoader workers."""
 from __future__ import annotations
 
 import io
+import json
 import os
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPVisionConfig, CLIPVisionModel
 
 from apt_plugin_vision import ImagePreprocessor, VisionEncoder, load_image
-from apt_sdk import UserError
+from apt_sdk import Encoder, PipelineError, UserError
 
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                    image_size=32, patch_size=8)
@@ -38,7 +39,8 @@ def clip_folder(tmp_path_factory):
 def test_the_default_encoder_builds_offline_with_the_original_shape():
     encoder = VisionEncoder()
     assert encoder.encode_image(Image.new("RGB", (224, 224))).shape == (1, 512)
-    assert (encoder.output_dim, encoder.vision_dim, encoder.num_tokens) == (512, 768, 50)  # ViT-B/32
+    assert (encoder.embed_dim, encoder.output_dim, encoder.num_tokens) == (512, 768, 50)  # ViT-B/32
+    assert encoder.vision_dim == encoder.output_dim  # the width of the tokens encode() gives
 
 
 def test_encode_batch_equals_transformers_clip_image_features(clip_folder):
@@ -51,12 +53,59 @@ def test_encode_batch_equals_transformers_clip_image_features(clip_folder):
         expected_patches = reference.vision_model(pixel_values=pixels).last_hidden_state
 
     encoder = VisionEncoder(model_name_or_path=clip_folder)
-    assert encoder.output_dim == 24  # the projection width of the whole CLIP, not the tower's default 512
+    assert encoder.embed_dim == 24  # the projection width of the whole CLIP, not the tower's default 512
     torch.testing.assert_close(encoder.encode_batch(batch), expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(encoder(pixels), expected, atol=1e-5, rtol=0)  # a pixel tensor works too
     torch.testing.assert_close(encoder.encode_image(batch[1]), expected[1:2], atol=1e-5, rtol=0)
     torch.testing.assert_close(encoder.patch_features(batch), expected_patches, atol=1e-5, rtol=0)
     assert encoder.patch_features(batch).shape == (3, 17, 32)  # class token + 4x4 patches
+    features, mask = encoder.encode(pixels)  # the Encoder contract: the tokens, all of them real
+    torch.testing.assert_close(features, expected_patches, atol=1e-5, rtol=0)
+    assert mask is None and features.shape[-1] == encoder.output_dim
+
+
+SECTION = '[encoders.image]\nuse = "clip"\nsize = "tiny"\n'
+
+
+def test_a_pipeline_builds_the_clip_encoder_from_its_section(build_encoders):
+    encoder = build_encoders(SECTION)["image"]  # the kernel checked it against apt_sdk.Encoder when it built it
+    assert isinstance(encoder, VisionEncoder) and encoder.frozen and encoder.preprocessor.image_size == 32
+    assert not any(p.requires_grad for p in encoder.parameters())  # freeze_encoder = true, the default
+    assert encoder.encode(encoder.preprocessor([Image.new("RGB", (40, 30))]))[0].shape == (1, 17, 32)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("encoders.image.size='huge'", r"\[encoders.image\] size.*'tiny', 'small' or 'base'"),
+    # what to run and what to set in the pipeline, not the Python API's "model_name_or_path=None"
+    ("encoders.image.model_name_or_path='no/such-model'",
+     r"\[encoders.image\] model_name_or_path.*cannot load 'no/such-model': there is no folder by that name, and as "
+     r"a hub id .*\. Download it where there is a network \(hf download no/such-model --local-dir models/such-model\), "
+     r"bring that folder here and set model_name_or_path = \"models/such-model\"; or leave model_name_or_path out "
+     r"to train a new encoder of size = \"tiny\", \"small\" or \"base\"$"),
+    ("encoders.image.image_size=36", r"\[encoders.image\] image_size.*must divide by"),
+    ("encoders.image.freeze_encoder='yes'", r"\[encoders.image\] freeze_encoder"),
+])
+def test_bad_clip_options_are_named_with_the_pipelines_table_and_key(build_encoders, monkeypatch, override, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub id fails at once
+    with pytest.raises(PipelineError, match=message):
+        build_encoders(SECTION, overrides=[override])
+
+
+def test_it_is_a_kernel_encoder_and_rebuilds_from_its_config_with_its_own_preprocessing():
+    """What a multimodal model saves of the encoder (its config, as JSON) rebuilds the same tower and the same
+    image processor, a saved folder's own settings included (they were lost: from-config used CLIP's standard)."""
+    encoder = VisionEncoder(size="tiny", config={"image_size": 16, "patch_size": 4}, stem="conv")
+    encoder.preprocessor.processor.image_mean = [0.0, 0.0, 0.0]  # as a saved folder's processor may differ
+    assert isinstance(encoder, Encoder) and encoder.modality == "image" and encoder.frozen
+    rebuilt = VisionEncoder.from_config(json.loads(json.dumps(encoder.config.to_dict())))
+    rebuilt.load_state_dict(encoder.state_dict())
+    pixels = encoder.preprocessor(images(2))
+    torch.testing.assert_close(rebuilt.preprocessor(images(2)), pixels, atol=0, rtol=0)
+    features, mask = rebuilt.eval().encode(pixels)
+    assert features.shape == (2, 17, encoder.output_dim) and mask is None
+    torch.testing.assert_close(features, encoder.encode(pixels)[0])
+    with pytest.raises(UserError, match=r"pixel values are 32x32 but this vision tower takes 16x16 \(pass PIL"):
+        encoder.encode(torch.zeros(1, 3, 32, 32))
 
 
 def test_save_pretrained_round_trip(tmp_path):
@@ -72,11 +121,11 @@ def test_presets_and_configs():
     tiny = VisionEncoder(size="tiny")
     assert tiny.encode_batch(images(2)).shape == (2, 16)
     small = VisionEncoder(size="small")
-    assert (small.output_dim, small.vision_dim, small.num_tokens) == (256, 256, 65)
+    assert (small.embed_dim, small.output_dim, small.num_tokens) == (256, 256, 65)
     built = VisionEncoder(config=CLIPVisionConfig(**TINY_VISION, projection_dim=8))
     assert built.encode_batch(images(1)).shape == (1, 8)
     whole = VisionEncoder(config=CLIPConfig(vision_config=TINY_VISION, projection_dim=12))
-    assert whole.output_dim == 12
+    assert whole.embed_dim == 12
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -226,7 +275,7 @@ def test_a_large_file_is_decoded_at_about_twice_the_size_it_is_resized_to(tmp_pa
 
 def _head_step(encoder: VisionEncoder, batch: list[Image.Image]) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """A model that owns the encoder and a head, trained for one step as a trainer would build it."""
-    model = torch.nn.ModuleDict({"encoder": encoder, "head": torch.nn.Linear(encoder.output_dim, 3)})
+    model = torch.nn.ModuleDict({"encoder": encoder, "head": torch.nn.Linear(encoder.embed_dim, 3)})
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     loss = model["head"](model["encoder"].encode_batch(batch)).square().mean()
