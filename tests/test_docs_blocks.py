@@ -1,8 +1,9 @@
 """Every command and Python snippet on the site is run by a test, or says on the page that it is only an
 illustration (a block titled "Illustration: <why>", which Material shows above the block). The tests that
 run blocks as written: tests/test_docs_tutorials.py (every bash and python block of docs/tutorials/),
-tests/test_docs_marketplace.py (every bash block of marketplace.md) and tests/test_docs_examples.py (every
-block of writing-plugins.md titled with a file's path)."""
+tests/test_docs_marketplace.py (every bash block of marketplace.md), tests/test_docs_huggingface.py (every bash
+and python block of huggingface.md) and tests/test_docs_examples.py (every block of writing-plugins.md titled with a
+file's path)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def unaccounted(page: str, text: str) -> list[str]:
         title = TITLE.search(info)
         if title and title.group(1).startswith("Illustration: ") and len(title.group(1)) > 20:
             continue
-        if page.startswith("tutorials/") or (page == "marketplace.md" and language == "bash"):
+        if page.startswith(("tutorials/", "huggingface.md")) or (page == "marketplace.md" and language == "bash"):
             continue
         if page == "writing-plugins.md" and title and not title.group(1).startswith("Illustration"):
             continue  # a file of the examples
