@@ -55,7 +55,7 @@ def new_network(fields: dict, tokenizer: Any, dtype: str) -> Any:
     model_type = fields.get("model_type")
     if model_type not in CONFIG_MAPPING:
         hint = "" if model_type else " (config = { model_type = \"llama\", hidden_size = 64, ... })"
-        raise UserError(f"config: model_type {model_type!r} is not a transformers architecture{hint}; e.g. "
+        raise UserError(f"model_type {model_type!r} is not a transformers architecture{hint}; e.g. "
                         "\"llama\", \"gpt2\", \"qwen2\", \"mistral\"")
     values = dict(fields)
     if tokenizer is not None:
@@ -75,7 +75,7 @@ def new_network(fields: dict, tokenizer: Any, dtype: str) -> Any:
         with quiet_transformers():
             return AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
     except (ValueError, TypeError, KeyError) as exc:
-        raise UserError(f"config: cannot build a {model_type} causal LM from {values}: {_first_line(exc)}") from None
+        raise UserError(f"cannot build a {model_type} causal LM from {values}: {_first_line(exc)}") from None
 
 
 def check_dtype(dtype: str, lora: bool) -> None:

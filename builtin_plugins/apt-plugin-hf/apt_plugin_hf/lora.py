@@ -20,18 +20,18 @@ def lora_settings(table: dict) -> dict:
     settings = {**DEFAULTS, **table}
     r, alpha, dropout = settings["r"], settings["alpha"], settings["dropout"]
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise UserError(f"lora r = {r!r}: the adapter's rank, a whole number of at least 1")
+        raise UserError(f"r = {r!r}: the adapter's rank, a whole number of at least 1")
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or alpha <= 0:
-        raise UserError(f"lora alpha = {alpha!r}: the scale (alpha / r scales the adapter), a number above 0")
+        raise UserError(f"alpha = {alpha!r}: the scale (alpha / r scales the adapter), a number above 0")
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
-        raise UserError(f"lora dropout = {dropout!r}: a probability, at least 0 and below 1")
+        raise UserError(f"dropout = {dropout!r}: a probability, at least 0 and below 1")
     for key in ("target_modules", "modules_to_save"):
         value = settings[key]
         if key == "target_modules" and isinstance(value, str) and value:
             continue  # "all-linear", or a pattern PEFT matches against the full module names
         if value is not None and (not isinstance(value, list) or not value
                                   or not all(isinstance(v, str) and v for v in value)):
-            raise UserError(f"lora {key} = {value!r}: a list of module names, like [\"q_proj\", \"v_proj\"]"
+            raise UserError(f"{key} = {value!r}: a list of module names, like [\"q_proj\", \"v_proj\"]"
                             + (", or \"all-linear\"" if key == "target_modules" else ""))
     return settings
 
@@ -53,7 +53,7 @@ def check_modules(network: nn.Module, settings: dict) -> None:
         missing = [w for w in wanted if not any(n == w or n.endswith(f".{w}") for n in names)]
         if missing:
             kind = type(network).__name__
-            raise UserError(f"lora {key}: {kind} has no module named {', '.join(map(repr, missing))}; its linear "
+            raise UserError(f"{key}: {kind} has no module named {', '.join(map(repr, missing))}; its linear "
                             f"layers are {', '.join(linear_names(network))}")
 
 
@@ -71,6 +71,6 @@ def apply_lora(network: nn.Module, settings: dict, base: str | None) -> nn.Modul
         try:
             model = get_peft_model(network, config)
         except ValueError as exc:  # no default target_modules for this architecture, a pattern that matches none
-            raise UserError(f"lora: {str(exc).strip().splitlines()[0]}") from None
+            raise UserError(f"{str(exc).strip().splitlines()[0]}") from None
     model.peft_config["default"].base_model_name_or_path = base
     return model

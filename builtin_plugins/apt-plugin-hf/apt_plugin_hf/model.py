@@ -127,8 +127,14 @@ class HFCausalLM(nn.Module):
         config = self.base_model.config
         pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
         devices = [input_ids.device] if input_ids.device.type == "cuda" else []
-        training = self.training
+        training, sharded = self.training, _sharded(self)
         self.eval()
+        if sharded:
+            # transformers calls the inner model, not this one: a forward through this one first (FSDP sets itself
+            # up at its root's first forward), then this module's own weights gathered for the whole generation
+            # (each block's forward gathers its own). Every rank generates the same tokens: the gathers match
+            self(input_ids[:, :1])
+            self.unshard()
         try:
             with torch.random.fork_rng(devices=devices):
                 if generator is not None:
@@ -138,6 +144,8 @@ class HFCausalLM(nn.Module):
                     do_sample=bool(sampling), repetition_penalty=repetition_penalty, use_cache=use_cache,
                     eos_token_id=eos_token_id, pad_token_id=pad, **sampling)
         finally:
+            if sharded:
+                self.reshard()
             self.train(training)
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -152,3 +160,12 @@ class HFCausalLM(nn.Module):
         tokenizer = self.config.tokenizer
         if tokenizer is not None and hasattr(tokenizer, "save"):
             tokenizer.save(directory)
+
+
+def _sharded(model: nn.Module) -> bool:
+    """Whether FSDP sharded ``model`` (it is then an instance of a subclass FSDP made)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without distributed support
+        return False
+    return isinstance(model, FSDPModule)
