@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 CONFIG_FILE = "config.json"
+MODEL_TYPE = "apt"  # transformers' name for the architecture (config.json's model_type in a Hub folder)
 
 
 @dataclass
@@ -44,7 +45,11 @@ class APTConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> APTConfig:
+        """The configuration in ``data``: ``to_dict()``'s keys, or a Hub folder's ``config.json`` (model type
+        ``"apt"``), whose other keys are ``transformers``' own (``auto_map``, ``dtype``, ...) and are left out."""
         known = {f.name for f in fields(cls)}
+        if data.get("model_type") == MODEL_TYPE:
+            data = {key: value for key, value in data.items() if key in known}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown APTConfig keys: {sorted(unknown)}")

@@ -1,5 +1,9 @@
 """How an ``APTLargeModel`` is saved and rebuilt: its folder (``config.json`` and ``model.safetensors``), and the
-Model protocol's ``from_config``, through which a trainer rebuilds the model whole (the FSDP export)."""
+Model protocol's ``from_config``, through which a trainer rebuilds the model whole (the FSDP export).
+
+A decoder-only model's folder is also a Hugging Face model repository (``hub.py``: ``config.json`` with
+``auto_map`` and the modeling code beside the weights); an encoder-decoder one, which ``transformers``' causal LM
+class does not take, keeps the plain ``config.json``."""
 
 from __future__ import annotations
 
@@ -19,7 +23,13 @@ class Saving:
     def save_pretrained(self, directory: str | Path) -> None:
         from safetensors.torch import save_model
 
-        self.config.save(directory)  # creates the folder
+        from .hub import write_hub_files
+
+        if self.config.num_encoder_layers:
+            self.config.save(directory)  # creates the folder
+        else:
+            dtype = str(next(self.parameters()).dtype).removeprefix("torch.")
+            write_hub_files(directory, self.config, dtype)
         save_model(self, str(Path(directory) / WEIGHTS_FILE))
 
     @classmethod

@@ -1,12 +1,19 @@
 """Tokenizers: character-level (from the corpus), byte-level BPE (trained with the ``tokenizers``
 library) and a local pretrained tokenizer through ``transformers``. All save to and load from a
-``tokenizer/`` folder beside the model, and expose explicit pad/bos/eos ids."""
+``tokenizer/`` folder beside the model, and expose explicit pad/bos/eos ids.
+
+The character and BPE tokenizers also save as a Hugging Face tokenizer (``save_pretrained``, which ``save``
+includes): a ``tokenizers`` ``tokenizer.json`` and its ``tokenizer_config.json``, which
+``AutoTokenizer.from_pretrained`` loads as a ``PreTrainedTokenizerFast`` giving the same ids (``hub_tokenizer``).
+Folders saved before hold ``char_vocab.json`` or a bare ``tokenizer.json``, and still load."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
 from pathlib import Path
+
+from .hub_tokenizer import HUB_CONFIG, char_backend, read_kind, write_hub_tokenizer
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 CHAR_FILE, BPE_FILE = "char_vocab.json", "tokenizer.json"
@@ -38,13 +45,27 @@ class CharTokenizer:
         return "".join(self.itos[i] for i in ids if i >= len(SPECIALS))
 
     def save(self, directory: str | Path) -> None:
+        """``char_vocab.json``, which ``load`` reads, and the Hugging Face tokenizer's files."""
         Path(directory).mkdir(parents=True, exist_ok=True)
         (Path(directory) / CHAR_FILE).write_text(json.dumps({"type": "char", "itos": self.itos}))
+        self.save_pretrained(directory)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """The Hugging Face tokenizer alone: ``tokenizer.json`` (a word-level model over single characters) and
+        ``tokenizer_config.json``."""
+        write_hub_tokenizer(directory, char_backend(self.itos, SPECIALS[3]), self.kind, SPECIALS)
 
     @classmethod
     def load(cls, directory: str | Path) -> CharTokenizer:
         data = json.loads((Path(directory) / CHAR_FILE).read_text())
         return cls(data["itos"][len(SPECIALS):])
+
+    @classmethod
+    def from_hub(cls, directory: str | Path) -> CharTokenizer:
+        """The tokenizer ``save_pretrained`` wrote in ``directory``: its vocabulary, read from ``tokenizer.json``."""
+        vocab = json.loads((Path(directory) / BPE_FILE).read_text(encoding="utf-8"))["model"]["vocab"]
+        itos = sorted(vocab, key=vocab.__getitem__)
+        return cls(itos[len(SPECIALS):])
 
 
 class BPETokenizer:
@@ -73,14 +94,18 @@ class BPETokenizer:
         return self.tokenizer.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
+        # the saved tokenizer.json adds <bos> for Hugging Face users (as the prompts of this project have it)
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def save(self, directory: str | Path) -> None:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(str(Path(directory) / BPE_FILE))
+        """``tokenizer.json``, which ``load`` reads, and its ``tokenizer_config.json``: a Hugging Face tokenizer."""
+        self.save_pretrained(directory)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        write_hub_tokenizer(directory, self.tokenizer, self.kind, SPECIALS)
 
     @classmethod
     def load(cls, directory: str | Path) -> BPETokenizer:
@@ -124,6 +149,9 @@ class PretrainedTokenizer:
     def save(self, directory: str | Path) -> None:
         self.hf.save_pretrained(str(directory))
 
+    def save_pretrained(self, directory: str | Path) -> None:
+        self.hf.save_pretrained(str(directory))
+
 
 Tokenizer = CharTokenizer | BPETokenizer | PretrainedTokenizer
 
@@ -138,9 +166,15 @@ def build_tokenizer(spec: str, texts: list[str], bpe_vocab_size: int = 512) -> T
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """The tokenizer saved in ``directory``: this project's character or BPE tokenizer (as saved now, or before
+    it saved Hugging Face files), else any tokenizer ``transformers`` loads from a local folder."""
     directory = Path(directory)
     if (directory / CHAR_FILE).exists():
         return CharTokenizer.load(directory)
-    if (directory / BPE_FILE).exists() and not (directory / "tokenizer_config.json").exists():
-        return BPETokenizer.load(directory)
+    if (directory / BPE_FILE).exists():
+        kind = read_kind(directory) if (directory / HUB_CONFIG).exists() else BPETokenizer.kind
+        if kind == BPETokenizer.kind:
+            return BPETokenizer.load(directory)
+        if kind == CharTokenizer.kind:
+            return CharTokenizer.from_hub(directory)
     return PretrainedTokenizer.from_pretrained(directory)

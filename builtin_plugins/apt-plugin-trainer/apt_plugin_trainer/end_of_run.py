@@ -109,7 +109,8 @@ class EndOfRun:
 
     def _write_model(self, directory: Path, weights: dict | None) -> Path | None:
         """The trained model for inference, with ``weights`` when given, else as it is now: ``save_pretrained``
-        where the model has it, else safetensors; the data's tokenizer beside it. Rank 0 writes (under FSDP every
+        where the model has it, else safetensors; the data's tokenizer beside it, in tokenizer/ and, where it has
+        ``save_pretrained``, in the folder itself, as a Hub repository has it. Rank 0 writes (under FSDP every
         rank helps gather first, and rank 0 writes a whole model rebuilt from its config)."""
         model = self.runtime.model
         if self.runtime.fsdp:
@@ -131,6 +132,8 @@ class EndOfRun:
         tokenizer: Any = getattr(self.context.data, "tokenizer", None)
         if tokenizer is not None and hasattr(tokenizer, "save"):
             tokenizer.save(directory / "tokenizer")
+        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):  # the Hub's place for it, where
+            tokenizer.save_pretrained(directory)  # AutoTokenizer.from_pretrained(model/) reads it
         return directory
 
     def _record(self, result: dict) -> None:
