@@ -52,8 +52,9 @@ def write_hub_tokenizer(directory: str | Path, backend: Any, kind: str, specials
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(directory / TOKENIZER_FILE))
     tokens = {"bos_token": bos, "eos_token": eos, "pad_token": pad, "unk_token": unk}
+    # padded on the left: batches of prompts of a decoder-only model are, for generate to continue each row
     config = {"tokenizer_class": "PreTrainedTokenizerFast", **tokens, "clean_up_tokenization_spaces": False,
-              KIND_KEY: kind}
+              "padding_side": "left", KIND_KEY: kind}
     if kind == "char":
         config["split_special_tokens"] = True
     (directory / HUB_CONFIG).write_text(json.dumps(config, indent=2))

@@ -34,7 +34,7 @@ def test_autotokenizer_loads_the_saved_tokenizer_with_the_same_ids_and_text(kind
         assert isinstance(hf, PreTrainedTokenizerFast)
         assert (hf.pad_token_id, hf.bos_token_id, hf.eos_token_id, hf.unk_token_id) == \
             (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.unk_id)
-        assert len(hf) == tokenizer.vocab_size
+        assert len(hf) == tokenizer.vocab_size and hf.padding_side == "left"  # for generate, as a causal LM's
         for text in TEXTS:
             ids = tokenizer.encode(text)
             assert hf(text).input_ids == [tokenizer.bos_id, *ids], (kind, text)
