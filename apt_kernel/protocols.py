@@ -1,16 +1,18 @@
 """What each component kind must look like: the typed half of the contract (the hooks are the other).
 
-A factory registered through a ``register_*`` hook returns an object of the matching protocol. These
-are ``typing.Protocol`` classes: a plugin never has to inherit from them, only to have the methods and
-attributes listed. What is marked *optional* a trainer checks for with ``getattr`` and does without.
+A factory registered through a ``register_*`` hook returns an object of the matching protocol. These are
+``typing.Protocol`` classes: a plugin never has to inherit from them, only to have the members listed. A kind's
+optional members are a protocol of their own, ``<Kind>Optional``: a consumer looks each up (``getattr``,
+``hasattr``) and does without it; the kernel checks a built component for the required ones only.
 
-The builtin trainer (``apt-trainer``) calls exactly what is listed here and nothing else; so does the multimodal
-model (``multimodal-apt``) of an ``Encoder``.
+They list what the builtin consumers use, and nothing else: the trainer, the kernel's runner and profiler, and the
+multimodal model and data (of an ``Encoder`` and its ``Preprocessor``). ``tests/test_contract_coverage.py``
+records what these read of each component in runs and compares it with what is declared here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -20,22 +22,7 @@ Batch = dict[str, Any]
 
 @runtime_checkable
 class DataModule(Protocol):
-    """Batches for training and validation.
-
-    Required:
-
-    - ``steps_per_epoch(epoch)``: how many batches ``train_batches(epoch)`` yields on this process.
-    - ``train_batches(epoch, start=0)``: this epoch's batches from position ``start`` on, in an order
-      fixed by the pipeline seed and ``epoch`` (exact resume restarts mid-epoch with ``start``).
-    - ``val_batches()``: the validation batches, the same every time.
-
-    Optional:
-
-    - ``configure_distributed(rank, world_size)``: called once before training under DDP/FSDP; shard
-      so each process sees its own part.
-    - ``tokenizer``: a ``Tokenizer``; checkpoints and the exported model save it beside the weights.
-    - ``block_size``: tokens per sequence; used for MFU when batches do not say.
-    - ``summary``: ``(label, text)`` pairs the run's summary shows (records skipped, say).
+    """Batches for training and validation; its optional members are ``DataModuleOptional``'s.
 
     A data module that loads with worker processes (a ``DataLoader`` with ``num_workers``) starts them
     with ``apt_sdk.start_loader(loader)`` (its workers leave the process group, through
@@ -43,53 +30,119 @@ class DataModule(Protocol):
     the step and save rather than lose it to a killed worker.
     """
 
-    def steps_per_epoch(self, epoch: int) -> int: ...
+    def steps_per_epoch(self, epoch: int) -> int:
+        """How many batches ``train_batches(epoch)`` yields on this process (the trainer's schedule spans them)."""
 
-    def train_batches(self, epoch: int, start: int = 0) -> Iterable[Batch]: ...
+    def train_batches(self, epoch: int, start: int = 0) -> Iterable[Batch]:
+        """This epoch's batches from position ``start`` on, in an order fixed by the pipeline seed and ``epoch``
+        (exact resume restarts mid-epoch with ``start``)."""
 
-    def val_batches(self) -> Iterable[Batch]: ...
+    def val_batches(self) -> Iterable[Batch]:
+        """The validation batches, the same every time."""
+
+
+class DataModuleOptional(Protocol):
+    """What a trainer uses of a data module where it has it; a data module may have any of these, or none."""
+
+    tokenizer: Tokenizer
+    """The data's tokenizer: checkpoints and the exported model save it beside the weights, and a model factory may
+    read ``vocab_size`` and the special ids from it (``context.data.tokenizer``)."""
+    block_size: int
+    """Tokens per sequence; used for MFU when the batches do not say."""
+    summary: list[tuple[str, str]]
+    """``(label, text)`` pairs the run's summary shows (records skipped, say)."""
+
+    def configure_distributed(self, rank: int, world_size: int) -> None:
+        """Called once before training under DDP/FSDP; shard so each process sees its own part."""
 
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """Optional: a data module's ``tokenizer``. A model factory may read ``vocab_size`` and the special
-    ids from it (``context.data.tokenizer``); ``save(directory)`` writes it next to checkpoints."""
+    """Text to ids and back: a data module's ``tokenizer``; its optional members are ``TokenizerOptional``'s."""
 
     vocab_size: int
+    """The number of ids; a model factory sizes its embedding by it."""
     pad_id: int
+    """The id of padding (a loss ignores its targets)."""
     bos_id: int
+    """The id that starts a sequence (a prompt to generate from begins with it)."""
     eos_id: int
+    """The id that ends a sequence (generation stops at it)."""
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str) -> list[int]:
+        """The ids of ``text``, without ``bos_id`` or ``eos_id``."""
 
-    def decode(self, ids: list[int]) -> str: ...
+    def decode(self, ids: list[int]) -> str:
+        """The text of ``ids``."""
 
-    def save(self, directory: str | Path) -> None: ...
+    def save(self, directory: str | Path) -> None:
+        """Write it into ``directory``: the trainer saves it beside checkpoints and in ``model/tokenizer/``."""
+
+
+class TokenizerOptional(Protocol):
+    """What a trainer uses of a tokenizer where it has it."""
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write it into the exported ``model/`` the Hugging Face way (``AutoTokenizer.from_pretrained`` reads it)."""
 
 
 @runtime_checkable
 class Model(Protocol):
-    """A ``torch.nn.Module`` called as ``model(**batch_without_labels)``; returns what the loss takes.
+    """A ``torch.nn.Module`` called as ``model(**batch_without_labels)``; returns what the loss takes. Its optional
+    members are ``ModelOptional``'s. The members below are ``torch.nn.Module``'s, listed for what a trainer does
+    with them: any module has them."""
 
-    Optional:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The forward pass of a batch: ``model(**batch_without_labels)``; what it returns goes to the loss."""
 
-    - ``flops_per_token(seq_len) -> float``: training FLOPs per token (forward and backward); a trainer
-      reports MFU only where the model says this.
-    - ``save_pretrained(directory)``: the exported model's format (else the weights as safetensors).
-    - ``config`` with ``to_dict()``, and the classmethod ``from_config(config)``: how the model is rebuilt, a
-      model of the same shape with fresh weights from ``config`` or its ``to_dict()``. Checkpoints store
-      ``config.to_dict()``; a trainer rebuilds the model through ``type(model).from_config(model.config)`` and
-      nothing else (the builtin trainer does for the export of an FSDP run, which it refuses before training
-      for a model without them).
-    """
+    def parameters(self) -> Iterator[Any]:
+        """What the optimizer updates (those that require a gradient)."""
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+    def state_dict(self) -> dict:
+        """The weights, for checkpoints and the export."""
 
-    def parameters(self) -> Iterable[Any]: ...
+    def load_state_dict(self, state: dict) -> Any:
+        """Weights back from ``state_dict``: on resume, and the best validation's into the exported model."""
 
-    def state_dict(self) -> dict: ...
+    def to(self, device: Any) -> Any:
+        """Move it to the training device; returns it."""
 
-    def load_state_dict(self, state: dict) -> Any: ...
+    def train(self, mode: bool = True) -> Any:
+        """Training mode (dropout on), for the training steps."""
+
+    def eval(self) -> Any:
+        """Evaluation mode, for validation."""
+
+    def named_parameters(self) -> Iterator[tuple[str, Any]]:
+        """``(name, parameter)`` pairs: the gradient monitor reports each layer's gradient norm by its name."""
+
+    def modules(self) -> Iterator[Any]:
+        """Every submodule: under FSDP each block of its layer lists (``torch.nn.ModuleList``) is sharded."""
+
+
+class ModelOptional(Protocol):
+    """What a trainer, and the kernel's profiler, use of a model where it has it."""
+
+    config: Any
+    """With ``from_config``, how the model is rebuilt: an object with ``to_dict() -> dict``, which checkpoints store."""
+
+    @classmethod
+    def from_config(cls, config: Any) -> Model:
+        """A model of the same shape with fresh weights, from ``config`` or its ``to_dict()``. A trainer rebuilds
+        the model through ``type(model).from_config(model.config)`` and nothing else (the builtin trainer does for
+        the export of an FSDP run, which it refuses before training for a model without ``config`` and this)."""
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward and backward); a trainer reports MFU only where the model says this."""
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the exported model in its own format (else the trainer writes its weights as safetensors)."""
+
+    def register_forward_pre_hook(self, hook: Any) -> Any:
+        """``torch.nn.Module``'s: with ``--profile`` the kernel times the forward pass from this hook on."""
+
+    def register_forward_hook(self, hook: Any) -> Any:
+        """``torch.nn.Module``'s: where ``--profile`` stops timing the forward pass."""
 
 
 @runtime_checkable
@@ -98,7 +151,8 @@ class Loss(Protocol):
     covers, a tensor or an ``int``, so a trainer can normalise by the real token count over a whole
     accumulation window."""
 
-    def __call__(self, outputs: Any, batch: Batch) -> tuple[Any, Any]: ...
+    def __call__(self, outputs: Any, batch: Batch) -> tuple[Any, Any]:
+        """``(loss_sum, count)`` of a batch, from the model's ``outputs`` and the batch (``labels`` included)."""
 
 
 @runtime_checkable
@@ -120,7 +174,6 @@ class Preprocessor(Protocol):
         :param where: for each item, where it came from (``"line 17 of train.jsonl"``) or None: a file it cannot
             read is a ``UserError`` naming the file and that place.
         """
-        ...
 
 
 @runtime_checkable
@@ -144,8 +197,7 @@ class Encoder(Protocol):
     preprocessor: Preprocessor
     """Raw media (paths, PIL images, waveforms) to the inputs of ``encode``; picklable, for DataLoader workers."""
     frozen: bool
-    """Whether it is frozen now (see ``freeze``); saved with the model, and given back to ``freeze`` when the model
-    is rebuilt."""
+    """Whether it is frozen now (``freeze``); saved with the model, and frozen again as it was when rebuilt."""
     config: Any
     """What rebuilds it: an object with ``to_dict() -> dict`` of JSON values (numbers, strings, lists, dicts)."""
 
@@ -160,7 +212,6 @@ class Encoder(Protocol):
             ``torch.no_grad()``. An input it cannot take (a wrong shape or size) is a ``ValueError`` or
             ``UserError`` saying what it expected.
         """
-        ...
 
     def freeze(self, frozen: bool = True) -> Any:
         """Freeze or, with False, unfreeze it; return it.
@@ -170,7 +221,6 @@ class Encoder(Protocol):
         the parameters that require gradients holds nothing of it. Unfrozen, it trains with the model and
         follows ``train()``/``eval()``; parameters it never trains (fixed positions) stay fixed.
         """
-        ...
 
     @classmethod
     def from_config(cls, config: dict) -> Encoder:
@@ -178,7 +228,6 @@ class Encoder(Protocol):
         weights are then loaded from the model's. It must not need the network or the folder the encoder was
         first loaded from. A model records the class by its import path, so it is a module-level class of an
         installed distribution."""
-        ...
 
 
 @runtime_checkable
@@ -201,8 +250,11 @@ class TrainerState(Protocol):
     is_main: bool
     """True on the process that writes files and logs (rank 0)."""
     rank: int
+    """This process's rank (0 without torchrun)."""
     world_size: int
+    """How many processes train (1 without torchrun)."""
     run_dir: Path
+    """The run folder (the pipeline's ``output_dir``)."""
     model: Any
     """The model being trained (in-process only)."""
     optimizer: Any
@@ -216,33 +268,33 @@ class TrainerState(Protocol):
 
     def log(self, message: str) -> None:
         """Print a line the way the run prints (rank 0 only)."""
-        ...
 
     def report_error(self, error: dict) -> None:
         """Report a non-fatal problem (``type``, ``message``, ``severity``...) to ``error_reported``."""
-        ...
 
 
 @runtime_checkable
 class Trainer(Protocol):
-    """``fit(context) -> result``: trains ``context.model`` on ``context.data`` with ``context.loss``.
+    """``fit(context) -> result``: trains ``context.model`` on ``context.data`` with ``context.loss``; its optional
+    member is ``TrainerOptional``'s.
 
-    The kernel hands over in ``context``: ``resume`` (a checkpoint path, a glob or ``"latest"``, or
-    None), ``resume_command`` (the words that resume this run, for messages), and ``callbacks`` (a
-    ``CallbackDispatcher``: run events with ``context.callbacks.call(event, state, *args)``, where
-    ``state`` is a ``TrainerState``).
+    The kernel hands over in ``context``: ``resume`` (a checkpoint path, a glob or ``"latest"``, or None),
+    ``resume_command`` (the words that resume this run, for messages), and ``callbacks`` (a ``CallbackDispatcher``:
+    run events with ``context.callbacks.call(event, state, *args)``, where ``state`` is a ``TrainerState``).
 
-    ``result`` is plain data. The kernel reads only ``summary`` (optional): a list of
-    ``(label, value)`` pairs it prints when the run finishes.
-
-    Optional: ``resume``, the trainer's hand-back of a resume its own options ask for (the builtin trainer's
-    ``resume_from``): a checkpoint path, a glob, ``"latest"`` or ``"best"``, or None. The kernel reads it once
-    the trainer is built; when the run was given no ``--resume``, the run folder is claimed as a continued run
-    and ``resume`` comes back to ``fit`` as ``context.resume``. A trainer never sets ``context.resume`` itself.
+    ``result`` is plain data. The kernel reads only ``summary`` (optional): a list of ``(label, value)`` pairs it
+    prints when the run finishes.
     """
 
-    def fit(self, context: Any) -> dict: ...
+    def fit(self, context: Any) -> dict:
+        """Train, and return the result."""
 
 
-Factory = Callable[[dict, Any], Any]
-"""``factory(options, context)``: builds a component from its validated options and the BuildContext."""
+class TrainerOptional(Protocol):
+    """What the kernel uses of a trainer where it has it."""
+
+    resume: str | None
+    """The trainer's hand-back of a resume its own options ask for (the builtin trainer's ``resume_from``): a
+    checkpoint path, a glob, ``"latest"`` or ``"best"``, or None. The kernel reads it once the trainer is built; when
+    the run was given no ``--resume``, the run folder is claimed as a continued run and ``resume`` comes back to
+    ``fit`` as ``context.resume``. A trainer never sets ``context.resume`` itself."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import html.parser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,8 +20,9 @@ from urllib.parse import urldefrag, urljoin
 
 import pytest
 
-from apt_kernel import hookspecs
+from apt_kernel import hookspecs, protocols
 from apt_kernel.callbacks import EVENTS
+from apt_kernel.conformance import declared_members
 from apt_sdk.testing import CHROMIUM, headless_chromium, screenshot
 from conftest import REPO
 
@@ -49,10 +51,16 @@ def test_the_site_builds_strictly_with_every_page_in_the_nav(site):
     # the reference is complete: every hook, every callback event and every protocol has its entry
     hooks = [name for name, f in vars(hookspecs).items() if hasattr(f, "apt_kernel_spec")]
     expected = [f"hookspecs.{h}" for h in hooks] + [f"callbacks.Callback.{e}" for e in EVENTS]
-    expected += [f"protocols.{p}" for p in ("DataModule", "Tokenizer", "Model", "Loss", "Encoder", "Trainer",
-                                              "TrainerState")]
+    # every protocol with each member it declares, and nothing else of protocols.py; what a trainer calls of the
+    # callback dispatcher (what the builtin consumers use of each: tests/test_contract_coverage.py)
+    kinds = [v for v in vars(protocols).values() if isinstance(v, type) and getattr(v, "_is_protocol", False)
+             and v.__module__ == protocols.__name__]
+    documented = ["protocols.Batch"] + [f"protocols.{p.__name__}{member}" for p in kinds
+                                        for member in ("", *(f".{m}" for m in declared_members(p)))]
+    expected += documented + [f"callbacks.CallbackDispatcher.{m}" for m in ("call", "state_dicts", "load_state_dicts")]
     missing = [name for name in expected if f'id="apt_kernel.{name}"' not in contract]
-    assert len(hooks) >= 11 and missing == []
+    assert len(hooks) >= 11 and len(kinds) >= 8 and missing == []
+    assert set(re.findall(r'id="apt_kernel\.(protocols\.[\w.]+)"', contract)) == set(documented)
 
 
 def test_a_broken_link_fails_the_strict_build(tmp_path):

@@ -43,11 +43,24 @@ class _Data:
 
 
 class _Model:
+    """What the ``Model`` protocol declares (a ``torch.nn.Module``'s members), doing nothing: it never trains."""
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return None
 
     def parameters(self) -> Any:
         return iter(())
+
+    named_parameters = modules = parameters
+
+    def to(self, *args: Any, **kwargs: Any) -> _Model:
+        return self
+
+    def train(self, mode: bool = True) -> _Model:
+        return self
+
+    def eval(self) -> _Model:
+        return self
 
     def state_dict(self) -> dict:
         return {}
