@@ -10,7 +10,7 @@ the contract's optional members: ``flops_per_token`` (MFU), ``generate`` (the ``
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,8 @@ class HFConfig:
     """The data's tokenizer, saved beside the exported model (not part of ``to_dict``: it is no config)."""
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "tokenizer"}
+        # not dataclasses.asdict: it would deep-copy the tokenizer at every checkpoint
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "tokenizer"}
 
     @classmethod
     def from_dict(cls, values: dict) -> HFConfig:
@@ -110,8 +111,8 @@ class HFCausalLM(nn.Module):
                 continue
             weights += param.numel()
             trainable += param.numel() if param.requires_grad else 0
-        shape = self.base_model.config
-        attention = 12 * shape.num_hidden_layers * shape.hidden_size * seq_len
+        shape = self.base_model.config  # an architecture that names its depth or width otherwise: weights only
+        attention = 12 * getattr(shape, "num_hidden_layers", 0) * getattr(shape, "hidden_size", 0) * seq_len
         return 4.0 * weights + 2.0 * trainable + attention
 
     @torch.no_grad()
