@@ -19,6 +19,7 @@ import torch
 from apt_sdk import BuildContext
 
 from .checkpointing import Checkpointing
+from .export import ModelExport
 from .optimization import Optimization
 from .options import TrainerOptions
 from .position import Position
@@ -40,8 +41,9 @@ def rebuildable(model: Any) -> bool:
 class EndOfRun:
     def __init__(self, options: TrainerOptions, context: BuildContext, runtime: Runtime, position: Position,
                  optimization: Optimization, validation: Validation, checkpointing: Checkpointing,
-                 events: Events) -> None:
+                 events: Events, export: ModelExport) -> None:
         self.options, self.context, self.runtime, self.position = options, context, runtime, position
+        self.export = export
         self.optimization, self.validation, self.checkpointing, self.events = \
             optimization, validation, checkpointing, events
 
@@ -101,40 +103,11 @@ class EndOfRun:
             step = validation.best_step if weights is not None else step
         which = (f"the best validation: step {step}, val loss {validation.best_val:.4f}"
                  if step == validation.best_step else f"the last step, {step}")
-        exported = self._write_model(self.context.run_dir / "model", weights)
+        exported = self.export.write(self.context.run_dir / "model", weights)
         if exported is not None:
             result["export_dir"] = str(exported)
             result["exported_step"] = step
             result["summary"].append(("model", f"{exported} ({which})"))
-
-    def _write_model(self, directory: Path, weights: dict | None) -> Path | None:
-        """The trained model for inference, with ``weights`` when given, else as it is now: ``save_pretrained``
-        where the model has it, else safetensors; the data's tokenizer beside it, in tokenizer/ and, where it has
-        ``save_pretrained``, in the folder itself, as a Hub repository has it. Rank 0 writes (under FSDP every
-        rank helps gather first, and rank 0 writes a whole model rebuilt from its config)."""
-        model = self.runtime.model
-        if self.runtime.fsdp:
-            weights = self.runtime.model_state() if weights is None else weights  # {} off rank 0: no second gather
-            if not self.context.is_main:
-                return None
-            model = self.runtime.model_class.from_config(model.config)  # its own class, not FSDP's subclass of it
-        elif not self.context.is_main:
-            return None
-        if weights is not None:
-            model.load_state_dict(weights)  # like load_best_model_at_end: the model in memory is the one exported
-        if hasattr(model, "save_pretrained"):
-            model.save_pretrained(directory)
-        else:
-            directory.mkdir(parents=True, exist_ok=True)
-            from safetensors.torch import save_model
-
-            save_model(model, str(directory / "model.safetensors"))
-        tokenizer: Any = getattr(self.context.data, "tokenizer", None)
-        if tokenizer is not None and hasattr(tokenizer, "save"):
-            tokenizer.save(directory / "tokenizer")
-        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):  # the Hub's place for it, where
-            tokenizer.save_pretrained(directory)  # AutoTokenizer.from_pretrained(model/) reads it
-        return directory
 
     def _record(self, result: dict) -> None:
         """metadata.json's ``end_of_run``: the step, and the result's numbers (the callbacks' too: a test accuracy)."""

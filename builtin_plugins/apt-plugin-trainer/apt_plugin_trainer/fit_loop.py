@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from apt_sdk import BuildContext, RunInterrupted
 
 from .checkpointing import Checkpointing
+from .export import ModelExport
 from .failures import DistributedError
 from .optimization import Optimization
 from .options import TrainerOptions
@@ -30,12 +31,13 @@ from .validation import Validation
 class FitLoop:
     def __init__(self, options: TrainerOptions, context: BuildContext, runtime: Runtime, position: Position,
                  optimization: Optimization, validation: Validation, checkpointing: Checkpointing, state: RunState,
-                 events: Events, total_steps: int) -> None:
+                 events: Events, total_steps: int, export: ModelExport) -> None:
         self.options, self.context, self.runtime, self.position = options, context, runtime, position
         self.optimization, self.validation, self.checkpointing = optimization, validation, checkpointing
-        self.state, self.events, self.total_steps = state, events, total_steps
+        self.state, self.events, self.total_steps, self.export = state, events, total_steps, export
         self.signal: int | None = None  # a SIGTERM/SIGINT received: the step finishes, then the run stops
         self.bar: ProgressBar | None = None
+        self.exported_step: int | None = None  # of the last export_on_improvement
 
     def finished(self, start_epoch: int) -> bool:
         """Nothing left to train: every epoch done, or max_steps reached and its final checkpoint written (a temp
@@ -154,6 +156,8 @@ class FitLoop:
             self.validation.run(self.bar.note)
             if not options.checkpoint_every:
                 self.checkpointing.checkpoint(epoch_complete=False)
+            if not options.reached_max_steps(step):  # the end of the run exports anyway
+                self._export_improvement()
         if options.checkpoint_every and step % options.checkpoint_every == 0:
             self.checkpointing.checkpoint(epoch_complete=False)
         self.validation.keep_best(self.checkpointing.saved_step)
@@ -166,10 +170,21 @@ class FitLoop:
             self.validation.run(self.bar.note)
         if end or not (options.eval_every or options.checkpoint_every):  # early stopping may have stopped it now
             self.checkpointing.checkpoint(epoch_complete=not self.state.should_stop)
+        if not (end or self.state.should_stop):  # the end of the run exports anyway
+            self._export_improvement()
         self.validation.keep_best(self.checkpointing.saved_step)
         self.optimization.flush()
         self.position.metrics.update(train_loss=self.position.recent_loss())
         self.events("on_epoch_end", epoch, dict(self.position.metrics))
+
+    def _export_improvement(self) -> None:
+        """model/ now, when this step's validation is a new best and ``export_on_improvement`` asks for it (so
+        ``apt-kernel serve --watch`` serves a run while it trains)."""
+        step = self.position.global_step
+        if self.options.export_on_improvement and self.validation.best_step == step \
+                and self.validation.validated_at == step and self.exported_step != step:
+            self.export.write(self.context.run_dir / "model")
+            self.exported_step = step
 
     def _install_signal_handlers(self) -> dict:
         if threading.current_thread() is not threading.main_thread():

@@ -33,6 +33,7 @@ class TrainerOptions:
     checkpoint_every: int = 0  # 0: after each validation
     keep_last: int = 0  # 0: all
     export: str | bool = "best"
+    export_on_improvement: bool = False
 
     @classmethod
     def from_options(cls, options: dict) -> TrainerOptions:

@@ -23,6 +23,9 @@ def build_trainer(options: dict, context: BuildContext):
         raise OptionError("strategy", f"\"fsdp\" writes model/ from a model rebuilt from its config, and "
                           f"{type(context.model).__name__} has no config and from_config(config) (the Model "
                           "protocol's rebuild): set export = false, or strategy = \"ddp\"")
+    if options.get("export_on_improvement") and options["export"] is False:
+        raise OptionError("export_on_improvement", "writes model/ at every new best, but export = false asks for "
+                                                   "no model/: set export = \"best\", or leave this out")
     return Trainer(TrainerOptions.from_options(options))  # its resume_from comes back to the kernel as .resume
 
 

@@ -11,7 +11,8 @@ under torchrun. Model, data and loss come from the pipeline's other components, 
 - ``Validation`` (validation.py): the validation loss, and the best one;
 - ``Checkpointing`` (checkpointing.py): the whole state into a checkpoint and back (files: ``checkpoint.py``);
 - ``FitLoop`` (fit_loop.py): epochs and steps, the cadence of validation and checkpoints, the stops;
-- ``EndOfRun`` (end_of_run.py): the result, model/, ``on_fit_end``, the run's ``end_of_run`` record.
+- ``EndOfRun`` (end_of_run.py): the result, model/, ``on_fit_end``, the run's ``end_of_run`` record;
+- ``ModelExport`` (export.py): model/, at the end and, with ``export_on_improvement``, at every new best.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from apt_sdk import BuildContext
 
 from .checkpointing import Checkpointing
 from .end_of_run import EndOfRun
+from .export import ModelExport
 from .fit_loop import FitLoop
 from .optimization import Optimization
 from .options import TrainerOptions
@@ -56,9 +58,10 @@ class Trainer:
         optimization = Optimization(options, runtime, position, state, events, total_steps)
         validation = Validation(options, runtime, position, context.data, events)
         checkpointing = Checkpointing(options, context, runtime, position, optimization, validation, events)
-        end = EndOfRun(options, context, runtime, position, optimization, validation, checkpointing, events)
+        export = ModelExport(context, runtime)
+        end = EndOfRun(options, context, runtime, position, optimization, validation, checkpointing, events, export)
         loop = FitLoop(options, context, runtime, position, optimization, validation, checkpointing, state, events,
-                       total_steps)
+                       total_steps, export)
 
         start_epoch, start_batch = checkpointing.resume(context.resume) if context.resume else (0, 0)
         started = time.perf_counter()

@@ -3,12 +3,13 @@ and export = "best" | "last"."""
 
 import json
 
+import pytest
 import torch
 
 from apt_plugin_lm.model import APTLargeModel
 from apt_plugin_lm.testing import TINY_PIPELINE
 from apt_plugin_trainer.validation import sampled
-from apt_sdk import hookimpl, run_pipeline
+from apt_sdk import UserError, hookimpl, run_pipeline
 from apt_sdk.testing import IsolatedKernel
 
 
@@ -131,3 +132,44 @@ def test_a_best_that_no_checkpoint_holds_is_kept_in_memory_for_the_export(tmp_pa
     result = run(tmp_path, recorder, ["trainer.max_steps=16", "trainer.eval_every=4", "trainer.checkpoint_every=5"])
     assert 8 not in steps_of(recorder.checkpoints) and min(recorder.validations, key=lambda v: v[1])[0] == 8
     assert result["exported_step"] == 8 and same(exported(tmp_path), recorder.weights[8])
+
+
+class ExportWatcher(Recorder):
+    """A Recorder that, after every step, notes the step of the validation whose weights model/ holds (None: no
+    model/), as a reader of the run folder (`apt-kernel serve --watch`) would find it then."""
+
+    def __init__(self, corrupt_after: int | None = None) -> None:
+        super().__init__(corrupt_after)
+        self.seen: dict[int, int | None] = {}
+
+    def on_train_batch_end(self, trainer, step, metrics):
+        folder = trainer.run_dir / "model"
+        now = exported(folder.parent.parent, folder.parent.name) if folder.exists() else None
+        self.seen[step] = None if now is None else next(s for s, w in self.weights.items() if same(now, w))
+        super().on_train_batch_end(trainer, step, metrics)
+
+
+def test_export_on_improvement_writes_model_at_every_new_best_while_the_run_trains(tmp_path):
+    watcher = ExportWatcher(corrupt_after=8)  # validations at 4 and 8 improve, 12 and 16 do not
+    run(tmp_path, watcher, ["trainer.max_steps=16", "trainer.eval_every=4", "trainer.export_on_improvement=true"])
+    assert [watcher.seen[s] for s in (3, 5, 9, 13, 15)] == [None, 4, 8, 8, 8]
+    assert same(exported(tmp_path), watcher.weights[8])  # and the end exports the best, as without the option
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".model")) == []
+
+    without = ExportWatcher()
+    run(tmp_path, without, ["trainer.max_steps=8", "trainer.eval_every=4"], "without")
+    assert set(without.seen.values()) == {None}  # model/ only at the end
+
+
+def test_an_export_keeps_the_files_a_user_added_to_model(tmp_path):
+    run(tmp_path, Recorder(), ["trainer.max_steps=4"])
+    (tmp_path / "run" / "model" / "README.md").write_text("my model card")
+    run(tmp_path, Recorder(), ["trainer.max_steps=8", "trainer.resume_from='latest'"])
+    assert (tmp_path / "run" / "model" / "README.md").read_text() == "my model card"
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".model")]
+
+
+def test_export_on_improvement_without_an_export_is_refused_before_training(tmp_path):
+    with pytest.raises(UserError, match="export_on_improvement.*export = false"):
+        run(tmp_path, Recorder(), ["trainer.export=false", "trainer.export_on_improvement=true"])
+    assert not (tmp_path / "run" / "checkpoints").exists()
