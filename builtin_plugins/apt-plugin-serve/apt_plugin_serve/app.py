@@ -1,8 +1,8 @@
 """``create_app(engine, settings)``: the server as one FastAPI application.
 
-The engine's thread (and ``--watch``'s) start with the application and stop after it: uvicorn, on
-SIGTERM, stops accepting connections and waits for the open ones (their requests finish in the engine)
-before the application's shutdown closes the engine.
+The engine's messages are read by the application's event loop from its start, and the engine's process
+is closed after it: uvicorn, on SIGTERM, stops accepting connections and waits for the open ones (their
+requests finish in the engine) before the application's shutdown closes the engine.
 """
 
 from __future__ import annotations
@@ -10,16 +10,14 @@ from __future__ import annotations
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import errors, routes
-from .answers import Mailbox
 from .chat import ChatTemplate
-from .engine import Engine
 from .metrics import Metrics
+from .process import EngineProcess
 
 
 @dataclass
@@ -31,17 +29,14 @@ class Settings:
     allow_image_urls: bool = False
     chat_template: ChatTemplate = field(default_factory=ChatTemplate)
     transcription_prompt: str = ""
-    watch: Path | None = None  # the model folder to watch for new exports
-    watch_interval: float = 0.5
 
 
 @dataclass
 class State:
-    engine: Engine
+    engine: EngineProcess
     settings: Settings
     metrics: Metrics
     created: int = field(default_factory=lambda: int(time.time()))
-    mailbox: Mailbox | None = None  # made with the event loop, when the application starts
 
 
 class BodyLimit:
@@ -104,25 +99,16 @@ class Counted:
             self.metrics.requests.labels(getattr(scope.get("route"), "path", "other"), str(status)).inc()
 
 
-def create_app(engine: Engine, settings: Settings, metrics: Metrics | None = None) -> FastAPI:
+def create_app(engine: EngineProcess, settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     metrics = metrics or engine.metrics or Metrics()
     engine.metrics = metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from .watch import Watcher
-
-        watcher = None
-        app.state.serve.mailbox = Mailbox()
-        if not engine.started:
-            engine.start()
-        if settings.watch is not None:
-            watcher = Watcher(engine, settings.watch, settings.watch_interval).start()
+        engine.attach()
         try:
             yield
         finally:
-            if watcher is not None:
-                watcher.close()
             engine.close(30)
 
     app = FastAPI(title="APT Kernel: an OpenAI-compatible server", lifespan=lifespan, docs_url="/docs",

@@ -50,29 +50,35 @@ def serve(path, host, port, api_key, model_name, max_batch, max_queue, watch, ch
     import torch
 
     from .app import Settings, create_app
-    from .engine import Engine
     from .models import load
+    from .process import EngineProcess
 
-    # one core answers HTTP while the others compute: with every core in torch's thread pool, each small
-    # operation of a decode step waits for a thread the HTTP side holds (10x slower steps on 2 cores)
+    # the engine decodes in a process of its own (EngineProcess) with the cores less one, and this one answers
+    # HTTP: with every core in torch's thread pool, each small operation of a decode step waits for a thread
+    # that the HTTP side holds (10x slower steps on 2 cores). One thread here, for tokenizing and media: the
+    # engine's process is forked from this one, which must not have started torch's thread pool by then
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
-    torch.set_num_threads(threads or max(1, cores - 1))
+    torch.set_num_threads(1)
     served = load(path)
     tool = _tool_settings(path, served.folder)
     template = _template(chat_template, tool)
     _check_address(host, port)
     settings = Settings(model_name or _default_name(path, served.folder), api_key, int(max_body_mb * 2**20),
                         int(max_media_mb * 2**20), allow_image_urls, template,
-                        tool.get("transcription_prompt", "") if transcription_prompt is None else transcription_prompt,
-                        served.folder if watch else None)
-    engine = Engine(served, max_batch=max_batch, max_queue=max_queue)
+                        tool.get("transcription_prompt", "") if transcription_prompt is None else transcription_prompt)
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)  # before the fork: the engine's logs too
+    engine = EngineProcess(served, max_batch=max_batch, max_queue=max_queue, threads=threads or max(1, cores - 1),
+                           watch=served.folder if watch else None)
     app = create_app(engine, settings)
-    logging.basicConfig(format="%(message)s", level=logging.WARNING)
     click.echo(f"serving {settings.model_name!r}: {served.describe()}")
-    click.echo(f"  http://{host}:{port}/v1 (OpenAI API; batches of up to {max_batch}, {torch.get_num_threads()} "
+    click.echo(f"  http://{host}:{port}/v1 (OpenAI API; batches of up to {max_batch}, {engine.threads} "
                f"compute thread(s)), http://{host}:{port}/ "
                f"(chat page){'; API key required' if api_key else ''}{'; watching for new exports' if watch else ''}")
-    _run(app, host, port, drain_timeout)
+    engine.start()
+    try:
+        _run(app, host, port, drain_timeout)
+    finally:
+        engine.close(drain_timeout)
 
 
 def _default_name(path: Path, folder: Path) -> str:

@@ -1,6 +1,6 @@
 """Continuous batching: requests join the running batch at the next decode step and leave it when they end.
 
-One thread runs ``step()`` in a loop; each step
+``run()`` steps in a loop (in the engine's process, ``apt_plugin_serve.worker``); each step
 
 1. switches to a model that ``replace()`` handed in (``--watch``): every running request's tokens so far
    are read again by the new model, and it goes on from there;
@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import torch
 
@@ -44,13 +45,17 @@ class Engine:
     :param served: the model, as ``apt_plugin_serve.models.load`` returns it.
     :param max_batch: requests decoded together at most; the others wait for a slot.
     :param max_queue: requests that may wait for a slot; ``submit`` refuses more with ``QueueFull``.
-    :param metrics: told of each token and of each step (``apt_plugin_serve.metrics.Metrics``), or None.
+    :param metrics: told of each token and of each step (``apt_plugin_serve.metrics.Figures``), or None.
+    :param on_step: called by the loop (``run``) after each step, and once more when it ends (the engine
+        process sends the events of a step together from there).
     """
 
-    def __init__(self, served: Served, max_batch: int = 32, max_queue: int = 256, metrics=None) -> None:
+    def __init__(self, served: Served, max_batch: int = 32, max_queue: int = 256, metrics=None,
+                 on_step: Callable[[], None] | None = None) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.served, self.max_batch, self.max_queue, self.metrics = served, max_batch, max_queue, metrics
+        self.on_step = on_step
         self._lock = threading.Condition()
         self._waiting: deque[Request] = deque()
         self._rows: list[Request] = []  # the batch's rows, in order
@@ -92,7 +97,8 @@ class Engine:
             self._lock.notify()
 
     def start(self) -> Engine:
-        self._thread = threading.Thread(target=self._loop, name="apt-serve-engine", daemon=True)
+        """Run the loop (``run``) in a thread of its own."""
+        self._thread = threading.Thread(target=self.run, name="apt-serve-engine", daemon=True)
         self._thread.start()
         return self
 
@@ -104,7 +110,8 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _loop(self) -> None:
+    def run(self) -> None:
+        """Step while there is work, wait when there is none, until ``close``."""
         while True:
             with self._lock:
                 while not (self._waiting or self._rows or self._pending or self._closed):
@@ -117,11 +124,15 @@ class Engine:
                 log.exception("the engine's step failed")
                 rows, self._rows, self._batch, self._logits = self._rows, [], None, None
                 self._fail(rows, f"generation failed: {type(exc).__name__}: {exc}")
+            if self.on_step is not None:
+                self.on_step()
         with self._lock:
             left, self._waiting = [*self._waiting, *self._rows], deque()
             self._busy += len(left) - len(self._rows)  # the waiting ones were never counted
             self._rows, self._batch, self._logits = [], None, None
         self._fail(left, "the server is shutting down")
+        if self.on_step is not None:
+            self.on_step()
 
     def step(self) -> None:
         """One step of the loop (called by its thread; a test may call it by hand instead of ``start``)."""
@@ -144,7 +155,7 @@ class Engine:
             self.metrics.observe_engine(self)
 
     def _admit(self, requests: list[Request]) -> None:
-        served, ready, memories = self.served, [], []
+        served, ready = self.served, []
         for request in requests:
             context_left = served.context - len(request.prompt)
             if context_left < 1:
@@ -159,12 +170,8 @@ class Engine:
                 else:
                     request.generator.manual_seed(request.sampling.seed)
                 request.text = TextStream(served.decode, request.stop)
-            try:
-                memories.append(served.memory(request.media))
-            except Exception as exc:  # an input the encoders refuse fails its request only
-                self._fail([request], f"the model could not read the request's media: {exc}")
-                continue
             ready.append(request)
+        ready, memories = self._memories(ready)
         if not ready:
             return
         try:
@@ -181,6 +188,23 @@ class Engine:
             self._logits = torch.cat([self._logits, logits])
         self._rows.extend(ready)
 
+    def _memories(self, requests: list[Request]) -> tuple[list[Request], list[tuple]]:
+        """The requests whose images and clips the encoders read, and what each cross-attends to: encoded
+        together (one encoder call for the admitted requests alike in what they bring), else one by one, so
+        that an input the encoders refuse fails its own request only."""
+        try:
+            return requests, self.served.memories([r.media for r in requests])
+        except Exception as exc:  # an input the encoders refuse: find whose, if there are several
+            if len(requests) == 1:
+                self._fail(requests, f"the model could not read the request's media: {exc}")
+                return [], []
+        ready, memories = [], []
+        for request in requests:
+            alone, memory = self._memories([request])
+            ready.extend(alone)
+            memories.extend(memory)
+        return ready, memories
+
     def _decode(self) -> None:
         rows, logits = self._rows, self._logits
         chosen = logits.argmax(-1).tolist()
@@ -188,9 +212,9 @@ class Engine:
             s = request.sampling
             if s.temperature > 0:
                 chosen[i] = int(choose(logits[i:i + 1], True, s.temperature, s.top_k, s.top_p, request.generator))
-        keep, feed, done = [], [], []
+        keep, feed, done, now, accept = [], [], [], time.monotonic(), self._accept
         for i, (request, token) in enumerate(zip(rows, chosen, strict=True)):
-            if self._accept(request, token):
+            if accept(request, token, now):
                 done.append(request)
             else:
                 keep.append(i)
@@ -200,9 +224,8 @@ class Engine:
         if self._rows:
             self._logits = self._batch.step(torch.tensor(feed, device=self._logits.device))
 
-    def _accept(self, request: Request, token: int) -> bool:
+    def _accept(self, request: Request, token: int, now: float) -> bool:
         """Add ``token`` to ``request``, send its new text; True when the request has ended."""
-        now = time.monotonic()
         if self.metrics is not None:
             self.metrics.observe_token(now - (request.last_token or request.arrived), first=request.last_token is None)
         request.last_token = now

@@ -6,9 +6,10 @@
 - ``apt_serve_time_to_first_token_seconds``: from a request's arrival to its first token;
 - ``apt_serve_inter_token_latency_seconds``: between two tokens of one request.
 
-The per-token figures are counted by the engine's thread in plain lists and read when scraped: a
-``prometheus_client.Histogram`` takes a lock for every observation, a tenth of a decode step's time at 32
-requests.
+The per-token figures (``Figures``) are counted by the engine in plain lists, without a lock (a
+``prometheus_client.Histogram`` takes one for every observation, a tenth of a decode step's time at 32
+requests), in the engine's process; each message of the engine brings them to the server, which renders
+them when scraped.
 """
 
 from __future__ import annotations
@@ -41,6 +42,21 @@ class Latencies:
         return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=self.total)
 
 
+class Figures:
+    """What the engine counts for every token: time to first token, time between tokens, tokens generated."""
+
+    def __init__(self) -> None:
+        self.first_token, self.inter_token, self.generated = Latencies(), Latencies(), 0
+
+    def observe_token(self, seconds: float, first: bool) -> None:
+        """Called by the engine for every token it generates."""
+        (self.first_token if first else self.inter_token).observe(seconds)
+        self.generated += 1
+
+    def observe_engine(self, engine) -> None:
+        """Called by the engine after each step: nothing to count here (``Metrics`` reads the queue)."""
+
+
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
@@ -51,23 +67,20 @@ class Metrics:
         self.prompt_tokens = Counter("apt_serve_prompt_tokens", "Prompt tokens read", registry=registry)
         self.queue = Gauge("apt_serve_queue_depth", "Requests waiting for a slot in the batch", registry=registry)
         self.running = Gauge("apt_serve_running_requests", "Requests in the running batch", registry=registry)
-        self.first_token, self.inter_token, self.generated = Latencies(), Latencies(), 0
+        self.figures = Figures()  # the engine's latest, as its process sent them
         registry.register(self)
 
     def collect(self) -> Iterator:
         """The engine's figures, for the registry (a custom collector)."""
-        yield CounterMetricFamily("apt_serve_generated_tokens", "Tokens generated", value=self.generated)
-        yield self.first_token.family("apt_serve_time_to_first_token_seconds", "From a request's arrival to its "
-                                                                               "first token")
-        yield self.inter_token.family("apt_serve_inter_token_latency_seconds", "Between two tokens of a request")
-
-    def observe_token(self, seconds: float, first: bool) -> None:
-        """Called by the engine for every token it generates."""
-        (self.first_token if first else self.inter_token).observe(seconds)
-        self.generated += 1
+        figures = self.figures
+        yield CounterMetricFamily("apt_serve_generated_tokens", "Tokens generated", value=figures.generated)
+        yield figures.first_token.family("apt_serve_time_to_first_token_seconds", "From a request's arrival to "
+                                                                                  "its first token")
+        yield figures.inter_token.family("apt_serve_inter_token_latency_seconds", "Between two tokens of a "
+                                                                                  "request")
 
     def observe_engine(self, engine) -> None:
-        """Called by the engine after each step."""
+        """The queue's depth and the running batch, as the engine last said."""
         self.queue.set(engine.waiting)
         self.running.set(engine.running)
 

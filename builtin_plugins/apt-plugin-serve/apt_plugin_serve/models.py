@@ -5,7 +5,7 @@ APT model (``apt-lm``: an ``APTConfig``) from a multimodal one (``multimodal-apt
 and returns a ``Served``: the model in eval mode, its tokenizer, its decoder's parts for ``KVBatch``, what
 inputs it takes, and a fingerprint of its files (``system_fingerprint`` in every answer, so a client can
 tell which export wrote it). ``Served.prepare`` decodes and preprocesses an image or a clip with the model's
-own preprocessors, ``Served.memory`` encodes them: the pixels, features and memory that
+own preprocessors, ``Served.memories`` encodes them: the pixels, features and memory that
 ``generate_from_multimodal`` uses for the same file.
 """
 
@@ -86,13 +86,33 @@ class Served:
                 media.features, media.audio_mask = prepared if isinstance(prepared, tuple) else (prepared, None)
         return media
 
-    def memory(self, media: Media | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """What the decoder cross-attends to, ``[1, M, d_model]`` and its mask; ``(None, None)`` for a text model."""
+    def memories(self, medias: list[Media | None]) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+        """What each request's decoder rows cross-attend to, ``[1, M, d_model]``, and its mask; ``(None, None)``
+        for a text model. The requests that bring the same inputs, of the same shapes, are encoded in one call
+        (32 images read one by one took as long as 10 decode steps of the 32 requests)."""
         if self.kind != "multimodal-apt":
-            return None, None
-        media = media or Media()
-        return self.model.memory(1, image=media.pixels, audio=media.features, audio_mask=media.audio_mask,
-                                 image_mask=media.image_mask)
+            return [(None, None)] * len(medias)
+        parts = ("pixels", "features", "audio_mask", "image_mask")
+        groups: dict[tuple, list[int]] = {}
+        medias = [media or Media() for media in medias]
+        for i, media in enumerate(medias):
+            groups.setdefault(tuple(_shape(getattr(media, part)) for part in parts), []).append(i)
+        found: list = [None] * len(medias)
+        for rows in groups.values():
+            inputs = {part: _cat([getattr(medias[i], part) for i in rows]) for part in parts}
+            memory, mask = self.model.memory(len(rows), image=inputs["pixels"], audio=inputs["features"],
+                                             audio_mask=inputs["audio_mask"], image_mask=inputs["image_mask"])
+            for j, i in enumerate(rows):
+                found[i] = memory[j:j + 1], mask[j:j + 1]
+        return found
+
+
+def _shape(tensor: torch.Tensor | None) -> tuple | None:
+    return None if tensor is None else tuple(tensor.shape)
+
+
+def _cat(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+    return None if tensors[0] is None else torch.cat(tensors)
 
 
 def model_folder(path: Path) -> Path:

@@ -50,8 +50,8 @@ class Request:
     """One answer to generate.
 
     :param prompt: its tokens; ``max_tokens`` new ones at most (fewer if the context ends first).
-    :param on_event: called from the engine's thread with each ``Event`` (new text; the last has
-        ``finish_reason`` or ``error``).
+    :param on_event: called with each ``Event`` (new text; the last has ``finish_reason`` or ``error``): by
+        the engine's loop, or for a request sent to an ``EngineProcess``, by the server's event loop.
     :param sampling: temperature (0: greedy), top-p, top-k and seed.
     :param stop: strings that end the answer (not sent); ``ignore_eos`` goes on past the end-of-text token.
     :param media: the image and clip, preprocessed (``Served.prepare``), for a multimodal model.
@@ -72,7 +72,10 @@ class Request:
         self.last_token: float | None = None
         self.generator: torch.Generator | None = None
         self.text: TextStream | None = None
+        self.on_cancel: Callable[[], None] | None = None  # an EngineProcess's: tell the engine's process
 
     def cancel(self) -> None:
         """The client is gone: the engine frees the request's slot at its next step."""
         self.cancelled = True
+        if self.on_cancel is not None:
+            self.on_cancel()

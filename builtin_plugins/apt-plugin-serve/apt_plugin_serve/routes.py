@@ -10,13 +10,13 @@ from importlib import resources
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from . import media, prepare
 from .answers import Chunks, Submission, stream
-from .engine import Event, Sampling
 from .errors import APIError, size
+from .request import Event, Sampling
 from .schemas import (
     AssistantMessage,
     ChatChoice,
@@ -55,13 +55,14 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(check_key)])
 
 
 @open_router.get("/health")
-async def health(request: Request) -> dict:
+async def health(request: Request) -> Response:
     state = _state(request)
-    served = state.engine.served
-    return {"status": "ok", "model": state.settings.model_name, "kind": served.kind, "context": served.context,
-            "fingerprint": served.fingerprint, "takes_image": served.takes_image, "takes_audio": served.takes_audio,
-            "running": state.engine.running, "waiting": state.engine.waiting,
-            "api_key": state.settings.api_key is not None}
+    served, alive = state.engine.served, state.engine.alive
+    return JSONResponse({
+        "status": "ok" if alive else "the engine has stopped", "model": state.settings.model_name,
+        "kind": served.kind, "context": served.context, "fingerprint": served.fingerprint,
+        "takes_image": served.takes_image, "takes_audio": served.takes_audio, "running": state.engine.running,
+        "waiting": state.engine.waiting, "api_key": state.settings.api_key is not None}, 200 if alive else 503)
 
 
 @open_router.get("/metrics")
@@ -101,7 +102,7 @@ async def completions(body: CompletionRequest, request: Request):
     prepare.refuse_unsupported(body)
     served = state.engine.served
     prompts = prepare.completion_prompts(body, served)
-    submission = Submission(state.engine, state.mailbox)
+    submission = Submission(state.engine)
     for ids in prompts:
         prepare.check_length(ids, served, "prompt")
         for choice in range(body.n):
@@ -146,7 +147,7 @@ async def chat_completions(body: ChatRequest, request: Request):
     prompt = served.encode(state.settings.chat_template.render(messages))
     prepare.check_length(prompt, served, "messages")
     limit = prepare.max_new(body.max_completion_tokens or body.max_tokens, prompt, served)
-    submission = Submission(state.engine, state.mailbox)
+    submission = Submission(state.engine)
     for choice in range(body.n):
         submission.add(prompt=prompt, max_tokens=limit, sampling=prepare.sampling(body, choice), stop=tuple(body.stop),
                        ignore_eos=body.ignore_eos, media=prepared)
@@ -193,7 +194,7 @@ async def transcriptions(request: Request, file: UploadFile = File(), model: str
     prepared = await run_in_threadpool(served.prepare, None, audio, suffix)
     ids = served.encode(state.settings.transcription_prompt if prompt is None else prompt)
     prepare.check_length(ids, served, "prompt")
-    submission = Submission(state.engine, state.mailbox)
+    submission = Submission(state.engine)
     submission.add(prompt=ids, max_tokens=prepare.max_new(None, ids, served), media=prepared,
                    sampling=Sampling(temperature=temperature))
     state.metrics.prompt_tokens.inc(len(ids))

@@ -28,6 +28,8 @@ class TextStream:
         if len(after) > len(before) and not after.endswith(INCOMPLETE):
             self.text += after[len(before):]
             self._prefix, self._read = self._read, len(tokens)
+        if not self.stop:
+            return self._send(len(self.text)), False
         found = [i for i in (self.text.find(s, max(0, self.sent - len(s) + 1)) for s in self.stop) if i >= 0]
         if found:
             self.text = self.text[:min(found)]
