@@ -36,6 +36,8 @@ test helpers only.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import KERNEL_API_VERSION
 from .discovery import ENTRY_POINT_GROUP, PluginInfo, StatusStore, discover, kernel_home
 from .doctor import run_doctor
@@ -44,6 +46,9 @@ from .kernel import Kernel
 from .manifest import MANIFEST_FILE, Manifest, ManifestError, parse_manifest, read_manifest_file
 from .solver import KERNEL_API, Catalog, solve
 from .versions import InvalidRange, parse_range, parse_version, satisfies
+
+if TYPE_CHECKING:  # imported on first use, by __getattr__ below
+    from .runner import check_pipeline, run_pipeline
 
 __all__ = [
     "ENTRY_POINT_GROUP", "KERNEL_API", "KERNEL_API_VERSION", "MANIFEST_FILE", "Catalog", "InvalidRange", "Kernel",

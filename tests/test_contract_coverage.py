@@ -50,7 +50,7 @@ UNREACHED = [
     ("DataModule", "block_size", f"{TRAINER}/fit_loop.py", 'getattr(self.context.data, "block_size", None)'),
     # FSDP: the blocks of each layer list are sharded, and model/ is written from a model rebuilt on rank 0
     ("Model", "modules", f"{TRAINER}/distributed.py", "for child in model.modules():"),
-    ("Model", "from_config", f"{TRAINER}/end_of_run.py", "self.runtime.model_class.from_config(model.config)"),
+    ("Model", "from_config", f"{TRAINER}/export.py", "self.runtime.model_class.from_config(model.config)"),
     ("Model", "from_config", f"{TRAINER}/end_of_run.py", 'callable(getattr(type(model), "from_config", None))'),
     # --profile times the forward pass with torch's module hooks
     ("Model", "register_forward_pre_hook", "apt_kernel/profiler.py", "model.register_forward_pre_hook("),

@@ -278,7 +278,14 @@ def apply_seccomp(network: bool = False) -> Layer:
 def python_read_paths() -> list[str]:
     """What the interpreter needs to read: its prefix, its import path, shared libraries, a few files."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-    paths.update(p for p in sys.path if p and os.path.exists(p))
+    folders = [p for p in sys.path if p and os.path.isdir(p)]
+    paths.update(folders)
+    # Landlock checks the path a file resolves to: a package linked into site-packages from elsewhere (a
+    # symlinked environment, as Nix or a shared venv makes) is readable only where it really lives
+    for folder in folders:
+        with os.scandir(folder) as entries:
+            paths.update(os.path.realpath(entry.path) for entry in entries if entry.is_symlink())
+    paths.update(p for p in sys.path if p and os.path.isfile(p))  # zip archives on the import path
     paths.update(("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/etc/ld.so.cache",
                   "/etc/localtime", "/dev/urandom", "/proc/self/maps"))
     return sorted(paths)
