@@ -20,6 +20,7 @@ Test helpers for plugin authors are in ``apt_sdk.testing`` (pytest fixtures ``ap
 An encoder's helpers, not imported here (they need torch or transformers): ``apt_sdk.encoders``
 (``EncoderModule``, ``EncoderConfig``, ``encoder_record``/``rebuild_encoder``) and ``apt_sdk.pretrained`` (a
 ``transformers`` model from a folder, a hub id or a preset config).
+For a command that runs an HTTP server: ``apt_sdk.http`` (``check_address``, the ``BodyLimit`` ASGI middleware).
 """
 
 from apt_kernel import KERNEL_API_VERSION

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from apt_sdk import UserError
+from apt_sdk.http import check_address
 
 
 def _home() -> Path:
@@ -80,7 +81,7 @@ def serve(db, storage, host, port, max_upload_mb, workers):
         raise UserError(f"--max-upload-mb must be positive, got {max_upload_mb}")
     url = _db(db, folder)
     _sessions(url, str(folder))  # a wrong URL is reported here, as one line, before the server starts
-    _check_address(host, port)
+    check_address(host, port)
     click.echo(f"marketplace: http://{host}:{port}/  (database {url.split('@')[-1]}, files in {folder})")
     if workers > 1:
         os.environ.update(APT_MARKETPLACE_DB=url, APT_MARKETPLACE_STORAGE=str(folder),
@@ -89,23 +90,6 @@ def serve(db, storage, host, port, max_upload_mb, workers):
                     workers=workers, log_level="warning")
     else:
         uvicorn.run(create_app(url, folder, max_upload_mb=max_upload_mb), host=host, port=port, log_level="warning")
-
-
-def _check_address(host: str, port: int) -> None:
-    """uvicorn reports an address it cannot bind as a log line and exit code 3: say it as one error (exit 2)
-    before it starts. (A server that takes the port in between still gets uvicorn's own message.)"""
-    import errno
-    import socket
-
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-            probe.bind(address)
-    except OSError as exc:
-        busy = exc.errno == errno.EADDRINUSE
-        busy = " (a server is already listening there: stop it or choose another --port)" if busy else ""
-        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{busy}") from None
 
 
 @marketplace.group()

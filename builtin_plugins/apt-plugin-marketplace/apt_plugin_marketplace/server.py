@@ -11,50 +11,26 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from apt_sdk.http import BodyLimit
+
 from . import api, index, status_phrase
 from .server_state import State, make_templates
 from .status_phrase import Status
 from .store import connect
 
 
-class _BodyLimit:
-    """Refuse a request body over ``limit`` bytes with 413 while it arrives, stated length or not, so an
-    oversized upload never reaches the disk."""
+def _too_large(limit: int) -> ASGIApp:
+    """The refusal of an upload over ``limit`` bytes, before it reaches the disk: 413 with the reason as the
+    JSON ``detail`` and the status phrase (twine shows only that)."""
+    reason = f"request body over the upload limit of {limit:,} bytes"
+    body = f'{{"detail": "{reason}"}}'.encode()
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        stated = dict(scope["headers"]).get(b"content-length")
-        if stated and stated.isdigit() and int(stated) > self.limit:
-            return await self._refuse(send)
-        seen = 0
-
-        async def counted() -> dict:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._refuse(send)
-
-    async def _refuse(self, send: Send) -> None:
-        reason = f"request body over the upload limit of {self.limit:,} bytes"
-        body = f'{{"detail": "{reason}"}}'.encode()
+    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": Status(413, reason),
                     "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
 
-
-class _TooLarge(Exception):
-    pass
+    return refuse
 
 
 async def _refusal(request: Request, exc: HTTPException) -> Response:
@@ -80,7 +56,8 @@ def create_app(database_url: str, storage: Path, max_upload_mb: float = 100, max
     app.include_router(api.router)
     app.include_router(api.page)
     app.add_exception_handler(HTTPException, _refusal)
-    app.add_middleware(_BodyLimit, limit=max_upload + 2**20)  # room for the form's other fields
+    limit = max_upload + 2**20  # room for the form's other fields
+    app.add_middleware(BodyLimit, limit=limit, refuse=_too_large(limit))
     return app
 
 

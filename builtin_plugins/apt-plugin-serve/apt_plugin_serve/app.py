@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from apt_sdk.http import BodyLimit
+
 from . import errors, routes
 from .chat import ChatTemplate
 from .metrics import Metrics
@@ -39,41 +41,15 @@ class State:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-class BodyLimit:
-    """Refuse a request body over ``limit`` bytes with 413 as it arrives, stated length or not."""
+def _too_large(limit: int) -> ASGIApp:
+    """The refusal of a request body over ``limit`` bytes: 413 in the OpenAI API's format."""
+    message = f"the request body is over the limit of {errors.size(limit)} (--max-body-mb)"
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        stated = dict(scope["headers"]).get(b"content-length")
-        if stated and stated.isdigit() and int(stated) > self.limit:
-            return await self._refuse(scope, receive, send)
-        seen = 0
-
-        async def counted() -> dict:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = f"the request body is over the limit of {errors.size(self.limit)} (--max-body-mb)"
+    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
         await errors.response(413, message, code="request_too_large", headers={"Connection": "close"})(
             scope, receive, send)
 
-
-class _TooLarge(Exception):
-    pass
+    return refuse
 
 
 class Counted:
@@ -119,5 +95,5 @@ def create_app(engine: EngineProcess, settings: Settings, metrics: Metrics | Non
     app.include_router(routes.router)
 
     app.add_middleware(Counted, metrics=metrics)
-    app.add_middleware(BodyLimit, limit=settings.max_body)
+    app.add_middleware(BodyLimit, limit=settings.max_body, refuse=_too_large(settings.max_body))
     return app

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from apt_sdk import UserError, check_known_keys
+from apt_sdk.http import check_address
 
 TOOL_KEYS = ("chat_template", "transcription_prompt")
 
@@ -62,7 +63,7 @@ def serve(path, host, port, api_key, model_name, max_batch, max_queue, watch, ch
     served = load(path)
     tool = _tool_settings(path, served.folder)
     template = _template(chat_template, tool)
-    _check_address(host, port)
+    check_address(host, port)
     settings = Settings(model_name or _default_name(path, served.folder), api_key, int(max_body_mb * 2**20),
                         int(max_media_mb * 2**20), allow_image_urls, template,
                         tool.get("transcription_prompt", "") if transcription_prompt is None else transcription_prompt)
@@ -119,22 +120,6 @@ def _template(option: str | None, tool: dict):
         except OSError as exc:
             raise UserError(f"--chat-template {option}: cannot read {file} ({exc.strerror or exc})") from None
     return ChatTemplate(option, "--chat-template")
-
-
-def _check_address(host: str, port: int) -> None:
-    """An address the server cannot listen on is one error line (exit 2) before the model serves anything."""
-    import errno
-    import socket
-
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-            probe.bind(address)
-    except OSError as exc:
-        busy = exc.errno == errno.EADDRINUSE
-        busy = " (a server is already listening there: stop it or choose another --port)" if busy else ""
-        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{busy}") from None
 
 
 def _run(app, host: str, port: int, drain_timeout: float) -> None:
