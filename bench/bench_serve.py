@@ -18,8 +18,9 @@ request), random weights, 32 prompts of equal length, 64 new tokens each, greedy
     .venv/bin/python -m pip install --target .venv/bench-anchor --no-deps accelerate==1.15.0  # the anchor's
     .venv/bin/python bench/bench_serve.py --rounds 3
 
-Each server runs alone in its own process; the clients are one asyncio loop in this process (they share
-the cores with the server, the same for both servers). Medians over the rounds.
+Each server runs alone in its own process (ours: two, its engine's and its HTTP side); the clients are one
+asyncio loop in this process (``serve_clients.py``, light, as they share the cores with the server; the same
+for every server). Medians over the rounds.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import argparse
 import asyncio
 import base64
 import io
-import json
 import os
 import shutil
 import signal
@@ -42,6 +42,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from serve_clients import load
 
 NEW, CLIENTS, REQUESTS, CONTEXT = 64, (1, 8, 32), 32, 128
 PROMPTS = [f"{word:<15.15}|" for word in (
@@ -156,58 +157,6 @@ class Server:
             self.process.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
-
-
-async def one(client: httpx.AsyncClient, url: str, body: dict) -> dict:
-    """One streamed request: its time to first token, the gaps between chunks, its new tokens."""
-    start = time.perf_counter()
-    stamps, tokens, usage = [], 0, None
-    if not body.get("stream"):  # a whole answer: its time and its tokens only
-        answer = (await client.post(url, json=body)).json()
-        return {"ttft": time.perf_counter() - start, "gaps": [], "tokens": answer["usage"]["completion_tokens"]}
-    async with client.stream("POST", url, json=body) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"{response.status_code}: {(await response.aread())[:500]}")
-        rest = b""  # the events as they arrive, split by hand: the clients share the cores with the server
-        async for data in response.aiter_raw():
-            now = time.perf_counter()
-            *events, rest = (rest + data).split(b"\n\n")
-            for event in events:
-                if not event.startswith(b"data: {"):
-                    continue
-                chunk = json.loads(event[6:])
-                usage = chunk.get("usage") or usage
-                for choice in chunk.get("choices", []):
-                    text = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
-                    if text:
-                        stamps.append(now)
-                        tokens += 1
-    tokens = usage["completion_tokens"] if usage else tokens
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    return {"ttft": stamps[0] - start, "gaps": gaps, "tokens": tokens}
-
-
-async def load(url: str, bodies: list[dict], clients: int) -> dict:
-    queue = list(bodies)
-    results: list[dict] = []
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        async def worker() -> None:
-            while queue:
-                results.append(await one(client, url, queue.pop(0)))
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        wall = time.perf_counter() - start
-    tokens = sum(r["tokens"] for r in results)
-    ttft = sorted(r["ttft"] for r in results)
-    gaps = sorted(g for r in results for g in r["gaps"])
-    return {"tps": tokens / wall, "tokens": tokens, "ttft50": _pct(ttft, 50), "ttft99": _pct(ttft, 99),
-            "itl50": _pct(gaps, 50), "itl99": _pct(gaps, 99)}
-
-
-def _pct(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else float("nan")
 
 
 def cpu_seconds(pid: int) -> float:

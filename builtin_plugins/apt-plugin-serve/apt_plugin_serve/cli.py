@@ -123,6 +123,7 @@ def _template(option: str | None, tool: dict):
 
 
 def _run(app, host: str, port: int, drain_timeout: float) -> None:
+    import contextlib
     import signal
 
     import uvicorn
@@ -135,10 +136,11 @@ def _run(app, host: str, port: int, drain_timeout: float) -> None:
             if self.should_exit:
                 self.force_exit = self.force_exit or sig == signal.SIGINT  # a second Ctrl-C: stop now
                 return
-            engine = app.state.serve.engine
-            click.echo(f"stopping: no new connections; {engine.running} running and {engine.waiting} waiting "
-                       f"request(s) finish first (up to {drain_timeout:g} s)", err=True)
             self.should_exit = True
+            engine = app.state.serve.engine
+            with contextlib.suppress(OSError):  # its output gone (a closed pipe) must not keep it from stopping
+                click.echo(f"stopping: no new connections; {engine.running} running and {engine.waiting} waiting "
+                           f"request(s) finish first (up to {drain_timeout:g} s)", err=True)
 
     Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                           timeout_graceful_shutdown=drain_timeout)).run()

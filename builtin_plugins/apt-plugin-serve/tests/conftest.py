@@ -18,6 +18,7 @@ its command line and runs the command (``Server.start``). Those imports are most
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -28,7 +29,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import wave
 from dataclasses import dataclass, field
@@ -84,7 +84,7 @@ class Server:
     args: tuple[str, ...] = ()
     process: subprocess.Popen | None = None
     port: int = 0
-    output: list[str] = field(default_factory=list)
+    output: list[bytes] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -95,20 +95,20 @@ class Server:
         self.process = self.process or launch()
         self.process.stdin.write(json.dumps(["serve", str(self.path), "--port", str(self.port), *self.args]) + "\n")
         self.process.stdin.close()
-        self._reader = threading.Thread(target=lambda: self.output.extend(iter(self.process.stdout.readline, "")),
-                                        daemon=True)  # what it prints, as it prints it
-        self._reader.start()
+        os.set_blocking(self.process.stdout.fileno(), False)
         return self
 
     def read_output(self) -> str:
-        """What it has printed so far."""
-        return "".join(self.output)
+        """What it has printed so far (read now, without waiting for more)."""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self.process.stdout.fileno(), 1 << 16):
+                self.output.append(chunk)
+        return b"".join(self.output).decode(errors="replace")
 
     def ready(self, timeout: float = 120) -> Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                self._reader.join(10)
                 raise RuntimeError(f"the server exited ({self.process.returncode}): {self.read_output()}")
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
@@ -135,9 +135,11 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if getattr(self, "_reader", None) is not None:
-            self._reader.join(10)  # the pipe has ended with the process
-        return "".join(self.output)
+        if self.process and not self.process.stdout.closed:
+            text = self.read_output()  # all of it: the pipe has ended with the process
+            self.process.stdout.close()
+            return text
+        return b"".join(self.output).decode(errors="replace")
 
 
 def wait_for(condition, timeout: float = 60, what: str = "a condition"):
