@@ -44,7 +44,20 @@ LONGEST_FIRST = ("test_docs_tutorials.py", "test_plugins_alone.py", "test_plugin
                  "test_pipeline_errors.py")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow-tier", action="store_true",
+                     help="run the slow tier (the tests marked slow_tier) instead of the quick one: the README's "
+                          "test command runs the quick tier within 15 minutes on 2 cores, .ci/run this one after it")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Two tiers, each test in one: the README's command must stay well under 15 minutes on 2 busy cores, and
+    # nothing is skipped for it; what does not fit runs in the slow tier, which CI runs after it
+    slow = config.getoption("--slow-tier")
+    other_tier = [item for item in items if (item.get_closest_marker("slow_tier") is not None) != slow]
+    if other_tier:
+        config.hook.pytest_deselected(items=other_tier)
+        items[:] = [item for item in items if (item.get_closest_marker("slow_tier") is not None) == slow]
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 

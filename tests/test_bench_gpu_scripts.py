@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.slow_tier]
 
 
 def test_the_gpu_throughput_benchmark_runs_every_line_at_tiny_shapes(tmp_path):

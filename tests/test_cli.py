@@ -81,6 +81,7 @@ def run_shakespeare(pipeline: str, out, *overrides: str):
 
 
 @pytest.mark.slow
+@pytest.mark.slow_tier  # the slow tier (pytest --slow-tier): the quickstart's test covers the same path
 @pytest.mark.skipif(not (SHARED_DATA / "tinyshakespeare" / "input.txt").exists(), reason="shared data absent")
 def test_shakespeare_char_pipeline_runs(tmp_path):
     result = run_shakespeare("shakespeare-char.toml", tmp_path / "sh", "trainer.max_steps=60",

@@ -16,6 +16,8 @@ from test_docs_tutorials import FENCE
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow_tier  # in the slow tier (pytest --slow-tier; CI runs it after the README's command)
+
 PAGE = REPO / "docs" / "huggingface.md"
 TITLE = re.compile(r'title="([^"]+)"')
 

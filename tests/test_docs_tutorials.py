@@ -27,6 +27,10 @@ FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```$", re.S | re.M)
 ILLUSTRATION = 'title="Illustration: '
 
 PAGES = sorted(p.name for p in TUTORIALS.glob("*.md") if p.name != "index.md")
+# the pages that train for 20 s to 2 min run in the slow tier (pytest --slow-tier; CI, after the README's command);
+# test_cli's test of the quickstart trains what first-run.md does
+SLOW_TIER = {"first-run.md", "multimodal.md", "observe.md", "plugins.md", "resume-distributed.md", "search.md",
+             "serve.md"}
 # what a page's runs must reach, beyond printing what it says: (pattern with a number, the least it may be)
 LEARNED = {"multimodal.md": [  # chance: 10% for the digits
     (r"test accuracy ([\d.]+)% of 360 \(exact match\)", 60.0),   # handwritten digits
@@ -71,7 +75,8 @@ def python(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("page", [pytest.param(page, marks=pytest.mark.slow_tier) if page in SLOW_TIER else page
+                                  for page in PAGES])
 def test_a_tutorial_runs_as_written(page, tmp_path, python):
     work = tmp_path / "work"
     shutil.copytree(REPO / "pipelines", work / "pipelines")

@@ -57,6 +57,20 @@ def test_a_plugins_own_tests_pass_with_only_what_it_declares(plugin, tmp_path, r
     run_plugin_tests(plugin, tmp_path, request, skip=SPLIT.get(plugin, ()))
 
 
+def has_slow_tier(plugin: str, skip: tuple[str, ...] = ()) -> bool:
+    """Whether any of ``plugin``'s test files (but ``skip``) marks tests ``slow_tier``."""
+    files = (PLUGINS[plugin] / "tests").rglob("test_*.py")
+    return any("mark.slow_tier" in f.read_text() for f in files if f.name not in skip)
+
+
+# A plugin's tests marked slow_tier run in the slow tier (pytest --slow-tier, after the README's command in
+# CI): the outer test of a tier passes its half of the marker expression to the plugin's own pytest.
+@pytest.mark.slow_tier
+@pytest.mark.parametrize("plugin", sorted(p for p in PLUGINS if has_slow_tier(p, SPLIT.get(p, ()))))
+def test_a_plugins_slow_tier_tests_pass_with_only_what_it_declares(plugin, tmp_path, request):
+    run_plugin_tests(plugin, tmp_path, request, skip=SPLIT.get(plugin, ()))
+
+
 def run_plugin_tests(plugin: str, tmp_path, request, only: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> None:
     """``only``: these files of its tests; ``skip``: all but these."""
     present = {plugin} | declared(plugin)
@@ -78,7 +92,8 @@ def test_the_sdks_own_tests_pass_with_only_the_kernel(tmp_path, request):
 
 def run_tests(python, paths: list, request, ignore: list = ()) -> None:
     markers = request.config.getoption("markexpr")
-    selection = ["-m", markers] if markers else []
+    tier = "slow_tier" if request.node.get_closest_marker("slow_tier") else "not slow_tier"
+    selection = ["-m", f"({markers}) and {tier}" if markers else tier]
     tests = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection,
                             *map(str, paths), *(f"--ignore={path}" for path in ignore)],
                            capture_output=True, text=True, cwd=REPO, timeout=600)

@@ -18,6 +18,8 @@ import pytest
 
 from conftest import REPO, SHARED_DATA, make_env
 
+pytestmark = pytest.mark.slow_tier  # in the slow tier (pytest --slow-tier; CI runs it after the README's command)
+
 # the tutorial's tiny model (docs/tutorials/multimodal.md, tiny.sh)
 TINY = ["--no-progress", "--set", "data.num_workers=0", "--set", "trainer.log_every=0", "--set",
         "trainer.learning_rate=3e-3", "--set", "model.d_model=32", "--set", "model.d_ff=64", "--set",

@@ -16,7 +16,7 @@ import torch
 
 from conftest import pipeline
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.slow_tier]
 LORA = 'lora = { r = 4, alpha = 8, dropout = 0.0, target_modules = ["q_proj", "v_proj"] }'
 SAMPLES = '[[callbacks]]\nuse = "text-samples"\nprompt = "ROMEO:"\nmax_new_tokens = 8\n'
 

@@ -18,7 +18,7 @@ import torch
 
 from conftest import pipeline
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.slow_tier]
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 STEPS = 12  # epochs of 7 steps (3,000 characters, batches of 4, 2 per step): the kill is inside the second
 # the adapter with dropout (random streams), under gradient checkpointing (the forward recomputed) and bf16 autocast

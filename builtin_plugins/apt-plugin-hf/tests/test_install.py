@@ -17,6 +17,8 @@ BUILD = """
 from apt_kernel.api import Kernel
 from apt_sdk import BuildContext
 
+pytestmark = pytest.mark.slow_tier  # in the slow tier (pytest --slow-tier; CI runs it after the README's command)
+
 kernel = Kernel()
 kernel.load(["apt-plugin-hf"])
 factory = kernel.registry.get("model", "hf-causal-lm").factory

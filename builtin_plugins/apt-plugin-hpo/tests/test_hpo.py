@@ -105,6 +105,7 @@ def test_trials_train_for_real_and_a_pruned_trial_stops_early(search_pipeline, t
 
 
 @pytest.mark.slow
+@pytest.mark.slow_tier  # torchrun or two processes: the slow tier (pytest --slow-tier)
 def test_two_workers_share_a_journal_study_which_a_second_run_continues(search_pipeline, tmp_path):
     result = cli("hpo", str(search_pipeline), "--trials", "8", "--workers", "2", timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -130,6 +131,7 @@ def test_two_workers_share_a_journal_study_which_a_second_run_continues(search_p
     assert (tmp_path / "run" / "hpo" / "optimization_history.png").exists()
 
 
+@pytest.mark.slow_tier  # two processes: the slow tier (pytest --slow-tier)
 def test_two_workers_share_a_study_on_a_postgresql_server(search_pipeline, tmp_path):
     """The storage for parallel workers on several machines: an RDB server (.ci/run starts a PostgreSQL)."""
     server = os.environ.get("APT_TEST_POSTGRES_URL")
@@ -192,6 +194,7 @@ def torchrun_hpo(pipeline, *extra):
 
 
 @pytest.mark.slow
+@pytest.mark.slow_tier  # torchrun or two processes: the slow tier (pytest --slow-tier)
 def test_under_ddp_rank_0_samples_and_every_rank_trains_the_same_params(search_pipeline, tmp_path):
     result = torchrun_hpo(search_pipeline)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -203,6 +206,7 @@ def test_under_ddp_rank_0_samples_and_every_rank_trains_the_same_params(search_p
 
 
 @pytest.mark.slow
+@pytest.mark.slow_tier  # torchrun or two processes: the slow tier (pytest --slow-tier)
 def test_under_ddp_a_pruned_trial_stops_every_rank_at_the_same_step(search_pipeline, tmp_path):
     """prune_above = 0: rank 0's pruner stops the trial at its first validation (step 3 of 12); if rank 1
     went on alone, DDP would hang and torchrun time out."""

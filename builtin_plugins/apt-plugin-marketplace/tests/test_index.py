@@ -11,11 +11,14 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 import apt_kernel
 import apt_sdk
 from apt_sdk.testing import fresh_venv
 from conftest import kernel
+
+pytestmark = pytest.mark.slow_tier  # in the slow tier (pytest --slow-tier; CI runs it after the README's command)
 
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
 KERNEL_AND_SDK = (Path(apt_kernel.__file__).parents[1], Path(apt_sdk.__file__).parents[1])

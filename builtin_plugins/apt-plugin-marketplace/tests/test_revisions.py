@@ -29,6 +29,8 @@ from apt_plugin_marketplace.revisions import Revisions, TransactionError, pip_in
 from apt_sdk.testing import fresh_venv
 from conftest import build, raw_upload_wheel
 
+pytestmark = pytest.mark.slow_tier  # in the slow tier (pytest --slow-tier; CI runs it after the README's command)
+
 KERNEL_SOURCE = Path(apt_kernel.__file__).parents[1]
 PROJECT = (KERNEL_SOURCE, Path(apt_sdk.__file__).parents[1], Path(apt_plugin_marketplace.__file__).parents[1])
 

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 from test_multimodal_pipeline import PIPELINE, write_manifests
 
-pytestmark = pytest.mark.slow  # two runs of apt-kernel
+pytestmark = [pytest.mark.slow, pytest.mark.slow_tier]  # two runs of apt-kernel
 
 # a callback that kills its own process, as kill -9 would, in on_fit_end, once (the file it leaves says it did)
 KILLER = '''

@@ -14,7 +14,7 @@ from test_multimodal_pipeline import PIPELINE, write_manifests
 
 from apt_plugin_multimodal import MultimodalAPTModel
 
-pytestmark = pytest.mark.slow  # torchrun, two processes
+pytestmark = [pytest.mark.slow, pytest.mark.slow_tier]  # torchrun, two processes
 
 
 def test_a_multimodal_model_trained_under_fsdp_is_exported_whole(tmp_path):

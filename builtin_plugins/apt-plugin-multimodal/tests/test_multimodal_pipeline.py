@@ -24,7 +24,8 @@ from apt_plugin_multimodal import MultimodalAPTModel
 from apt_sdk import PipelineError, hookimpl
 from apt_sdk.testing import IsolatedKernel
 
-pytestmark = pytest.mark.slow  # trains; the plugin's quick tests are the model's and the tasks'
+# trains; the plugin's quick tests are the model's and the tasks'. In the slow tier (pytest --slow-tier)
+pytestmark = [pytest.mark.slow, pytest.mark.slow_tier]
 REPO = Path(__file__).resolve().parents[3]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 

@@ -11,6 +11,8 @@ import pytest
 from apt_sdk.testing import fresh_venv
 from conftest import REPO
 
+pytestmark = pytest.mark.slow_tier  # in the slow tier (pytest --slow-tier; CI runs it after the README's command)
+
 
 def run(python, *args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([str(python), *args], capture_output=True, text=True, cwd=cwd, timeout=300)

@@ -14,6 +14,8 @@ import pytest
 
 from conftest import COLOURS, DIGIT_PROMPT, FSDD, SPOKEN_PROMPT, TONES, png, tone
 
+pytestmark = pytest.mark.slow_tier  # in the slow tier (pytest --slow-tier; CI runs it after the README's command)
+
 
 def image_message(text: str, data: bytes, kind: str = "png") -> list[dict]:
     url = f"data:image/{kind};base64,{base64.b64encode(data).decode()}"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.slow_tier]
 PLUGINS = str(Path(__file__).resolve().parent / "plugins")
 PIPELINE = """
 [pipeline]

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow_tier  # in the slow tier (pytest --slow-tier; CI runs it after the README's command)
+
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 PIPELINE = """
 [pipeline]
