@@ -12,12 +12,12 @@ import pytest
 
 from apt_sdk.testing import fresh_venv
 
+pytestmark = pytest.mark.slow_tier  # in the slow tier (pytest --slow-tier; CI runs it after the README's command)
+
 REPO = Path(__file__).resolve().parents[3]
 BUILD = """
 from apt_kernel.api import Kernel
 from apt_sdk import BuildContext
-
-pytestmark = pytest.mark.slow_tier  # in the slow tier (pytest --slow-tier; CI runs it after the README's command)
 
 kernel = Kernel()
 kernel.load(["apt-plugin-hf"])
