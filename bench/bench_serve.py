@@ -31,10 +31,7 @@ import base64
 import io
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,18 +40,13 @@ from pathlib import Path
 import httpx
 import torch
 from serve_clients import load
+from serve_servers import Server, cpu_seconds, free_port
 
 NEW, CLIENTS, REQUESTS, CONTEXT = 64, (1, 8, 32), 32, 128
 PROMPTS = [f"{word:<15.15}|" for word in (
     "Return the", "If the object", "The default is", "Create a new", "This module", "Raise an error", "List of all",
     "Open the file", "x = value", "Set the name", "Read data from", "The value of", "Call the", "A string", "When",
     "Add the item")] * 2  # 32 prompts of 16 characters
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def quickstart_model(folder: Path):
@@ -121,48 +113,6 @@ def digit_images() -> list[bytes]:
         Image.fromarray((pixels * 16).clip(0, 255).astype("uint8")).save(buffer, format="PNG")
         images.append(buffer.getvalue())
     return images
-
-
-class Server:
-    def __init__(self, command: list[str], port: int, health: str, env: dict | None = None) -> None:
-        self.port, self.health = port, health
-        # a process group of its own (stopped as one, the engine's process with it), in this session: Linux
-        # schedules the processes of a session as one group (autogroup), and on a shared machine a session of
-        # its own would give a server a share of the cores beside this one's (clients, direct calls)
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                        process_group=0, env={**os.environ, **(env or {})})
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def __enter__(self) -> Server:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.process.stderr.read()[-3000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}{self.health}", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("the server did not start within 300 s")
-
-    def __exit__(self, *exc) -> None:
-        if self.process.poll() is not None:
-            print(f"  (a server had exited: {self.process.stderr.read()[-1500:]})", flush=True)
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process and its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(targets: dict[str, tuple], rounds: int) -> dict[str, dict[int, dict]]:
