@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import wave
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,15 +275,20 @@ def text_model(text_run):
     return APTLargeModel.from_pretrained(text_run / "model").eval(), load_tokenizer(text_run / "model" / "tokenizer")
 
 
-@pytest.fixture(scope="session")
-def text_server(request) -> Server:
-    server = Server(Path(), process=launch())  # its imports while the model trains
+def serving(request, run: str, args: tuple[str, ...] = (), imports: tuple[str, ...] = ()) -> Iterator[Server]:
+    """A server of the run that fixture ``run`` trains, launched first so its imports overlap the training."""
+    server = Server(Path(), args, launch(*imports))
     try:
-        server.path = request.getfixturevalue("text_run")
+        server.path = request.getfixturevalue(run)
         server.start().ready()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def text_server(request) -> Iterator[Server]:
+    yield from serving(request, "text_run")
 
 
 @pytest.fixture(scope="session")
@@ -299,16 +305,10 @@ def multimodal_model(multimodal_run):
 
 
 @pytest.fixture(scope="session")
-def multimodal_server(request) -> Server:
+def multimodal_server(request) -> Iterator[Server]:
     pytest.importorskip("apt_plugin_multimodal", reason="needs apt-plugin-multimodal (the [multimodal] extra)")
-    server = Server(Path(), ("--allow-image-urls", "--max-media-mb", "0.05", "--max-body-mb", "0.5"),
-                    launch(*MULTIMODAL_IMPORTS))  # its imports while the model trains
-    try:
-        server.path = request.getfixturevalue("multimodal_run")
-        server.start().ready()
-        yield server
-    finally:
-        server.stop()
+    limits = ("--allow-image-urls", "--max-media-mb", "0.05", "--max-body-mb", "0.5")
+    yield from serving(request, "multimodal_run", limits, MULTIMODAL_IMPORTS)
 
 
 def greedy(model, tokenizer, prompt: str, max_new: int) -> str:
