@@ -256,16 +256,15 @@ def multimodal(root: Path, apt: list[str], rounds: int) -> None:
     with Server([*apt, str(root / "digits"), "--port", str(port)], port, "/health") as server:
         ours = measure({"apt-kernel serve, image": (f"http://127.0.0.1:{port}/v1/chat/completions", bodies,
                                                     server.pid, CLIENTS)}, rounds)["apt-kernel serve, image"]
-    # generate_batch stops at <eos> and cannot ignore it: the decoder loop it runs, fed 64 tokens, is
-    # KVBatch with the memory of each image, as the server runs it
+    # the model's batched generate, generate_batch(prompts, image=the 32 PNG files), stops at <eos> and cannot
+    # ignore it: this is what it runs, fed 64 tokens: the files preprocessed, encoded, and KVBatch decoding
     from apt_plugin_lm.generation import Decoder, KVBatch
 
-    pixels = model.vision.preprocess(images)
     decoder, ids = Decoder.of(model), [[model.tokenizer.bos_id, *model.tokenizer.encode(prompt)]] * REQUESTS
 
     def direct() -> None:
         with torch.no_grad():
-            memory, mask = model.memory(REQUESTS, image=pixels)
+            memory, mask = model.memory(REQUESTS, image=model.vision.preprocess(images))
             batch, logits = KVBatch.prefill(decoder, ids, memory, mask)
             for _ in range(NEW - 1):
                 logits = batch.step(logits.argmax(-1))

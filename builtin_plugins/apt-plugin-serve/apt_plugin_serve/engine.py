@@ -6,7 +6,10 @@
    are read again by the new model, and it goes on from there;
 2. drops the requests whose client went away (``Request.cancel``);
 3. admits waiting requests into the free slots: their prompts (and images or clips) are read in one padded
-   forward, and their rows join the batch (``KVBatch.extend``);
+   forward (``apt_plugin_serve.admission``), and their rows join the batch (``KVBatch.extend``); then, as
+   often as more have arrived meanwhile, those too, before the batch decodes (prefill first, as vLLM's
+   scheduler does: when 32 requests arrive over a few admissions, the decode steps between them would only
+   delay the last ones);
 4. picks each running request's next token from its own logits, with its own temperature, top-k, top-p and
    random generator (temperature 0: the most likely token, as ``generate(do_sample=False)``);
 5. hands each its new text and retires those that ended: the end-of-text token, a stop string, their
@@ -30,9 +33,9 @@ import torch
 
 from apt_plugin_lm.generation import KVBatch, choose
 
+from .admission import Admission, prepare
 from .models import Served
 from .request import Closed, Event, QueueFull, Request, Sampling
-from .text import TextStream
 
 __all__ = ["Closed", "Engine", "Event", "QueueFull", "Request", "Sampling"]
 
@@ -48,14 +51,16 @@ class Engine:
     :param metrics: told of each token and of each step (``apt_plugin_serve.metrics.Figures``), or None.
     :param on_step: called by the loop (``run``) after each step, and once more when it ends (the engine
         process sends the events of a step together from there).
+    :param poll: called after an admission to ``submit`` the requests that have arrived meanwhile, if they
+        do not reach ``submit`` by themselves (the engine's process reads its pipe there).
     """
 
     def __init__(self, served: Served, max_batch: int = 32, max_queue: int = 256, metrics=None,
-                 on_step: Callable[[], None] | None = None) -> None:
+                 on_step: Callable[[], None] | None = None, poll: Callable[[], None] | None = None) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.served, self.max_batch, self.max_queue, self.metrics = served, max_batch, max_queue, metrics
-        self.on_step = on_step
+        self.on_step, self.poll = on_step, poll
         self._lock = threading.Condition()
         self._waiting: deque[Request] = deque()
         self._rows: list[Request] = []  # the batch's rows, in order
@@ -110,29 +115,54 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def has_work(self) -> bool:
+        """Requests wait or run, or a model waits to be switched to."""
+        return bool(self._waiting or self._rows or self._pending)
+
     def run(self) -> None:
         """Step while there is work, wait when there is none, until ``close``."""
         while True:
             with self._lock:
-                while not (self._waiting or self._rows or self._pending or self._closed):
+                while not (self.has_work or self._closed):
                     self._lock.wait()
                 if self._closed:
                     break
-            try:
-                self.step()
-            except Exception as exc:  # a bug must not take the server down: fail what ran, keep serving
-                log.exception("the engine's step failed")
-                rows, self._rows, self._batch, self._logits = self._rows, [], None, None
-                self._fail(rows, f"generation failed: {type(exc).__name__}: {exc}")
-            if self.on_step is not None:
-                self.on_step()
+            self.turn()
+        self.finish()
+
+    def turn(self) -> None:
+        """One step, then ``on_step``; a step that fails fails the requests it ran, not the loop."""
+        try:
+            self.step()
+        except Exception as exc:  # a bug must not take the server down: fail what ran, keep serving
+            log.exception("the engine's step failed")
+            rows, self._rows, self._batch, self._logits = self._rows, [], None, None
+            self._fail(rows, f"generation failed: {type(exc).__name__}: {exc}")
+        if self.on_step is not None:
+            self.on_step()
+
+    def finish(self) -> None:
+        """End the requests still waiting or running with an error event (the loop has stopped)."""
         with self._lock:
-            left, self._waiting = [*self._waiting, *self._rows], deque()
-            self._busy += len(left) - len(self._rows)  # the waiting ones were never counted
-            self._rows, self._batch, self._logits = [], None, None
+            self._closed = True
+            left = [*self._waiting, *self._rows]
+            self._busy += len(self._waiting)  # the waiting ones were never counted
+            self._waiting, self._rows, self._batch, self._logits = deque(), [], None, None
         self._fail(left, "the server is shutting down")
         if self.on_step is not None:
             self.on_step()
+
+    def _take(self) -> list[Request]:
+        """The waiting requests that fit the free slots (called with the lock held)."""
+        self._waiting = deque(r for r in self._waiting if not r.cancelled)
+        taken = [self._waiting.popleft() for _ in range(min(self.max_batch - self._busy, len(self._waiting)))]
+        self._busy += len(taken)
+        return taken
 
     def step(self) -> None:
         """One step of the loop (called by its thread; a test may call it by hand instead of ``start``)."""
@@ -144,66 +174,30 @@ class Engine:
         if gone:
             self._retire(gone)
         with self._lock:
-            self._waiting = deque(r for r in self._waiting if not r.cancelled)
-            admitted = [self._waiting.popleft() for _ in range(min(self.max_batch - self._busy, len(self._waiting)))]
-            self._busy += len(admitted)
-        if admitted:
-            self._admit(admitted)
+            taken = self._take()
+        while taken:
+            self._join(prepare(self.served, taken))
+            if self.poll is not None:
+                self.poll()
+            with self._lock:
+                taken = self._take()
         if self._rows:
             self._decode()
         if self.metrics is not None:
             self.metrics.observe_engine(self)
 
-    def _admit(self, requests: list[Request]) -> None:
-        served, ready = self.served, []
-        for request in requests:
-            context_left = served.context - len(request.prompt)
-            if context_left < 1:
-                self._fail([request], f"the prompt is {len(request.prompt)} tokens; the model's context is "
-                                      f"{served.context}")
-                continue
-            request.max_tokens = min(request.max_tokens, context_left)
-            if request.generator is None:
-                request.generator = torch.Generator(device=served.decoder.tok.weight.device)
-                if request.sampling.seed is None:
-                    request.generator.seed()
-                else:
-                    request.generator.manual_seed(request.sampling.seed)
-                request.text = TextStream(served.decode, request.stop)
-            ready.append(request)
-        ready, memories = self._memories(ready)
-        if not ready:
-            return
-        try:
-            memory, mask = _stack(memories)
-            batch, logits = KVBatch.prefill(served.decoder, [r.prompt + r.tokens for r in ready], memory, mask)
-        except Exception as exc:
-            log.exception("reading the prompts failed")
-            self._fail(ready, f"generation failed: {type(exc).__name__}: {exc}")
+    def _join(self, admission: Admission) -> None:
+        """The admission's rows join the batch; those that failed are told."""
+        for request, message in admission.failed:
+            self._fail([request], message)
+        if not admission.requests:
             return
         if self._batch is None:
-            self._batch, self._logits = batch, logits
+            self._batch, self._logits = admission.batch, admission.logits
         else:
-            self._batch.extend(batch)
-            self._logits = torch.cat([self._logits, logits])
-        self._rows.extend(ready)
-
-    def _memories(self, requests: list[Request]) -> tuple[list[Request], list[tuple]]:
-        """The requests whose images and clips the encoders read, and what each cross-attends to: encoded
-        together (one encoder call for the admitted requests alike in what they bring), else one by one, so
-        that an input the encoders refuse fails its own request only."""
-        try:
-            return requests, self.served.memories([r.media for r in requests])
-        except Exception as exc:  # an input the encoders refuse: find whose, if there are several
-            if len(requests) == 1:
-                self._fail(requests, f"the model could not read the request's media: {exc}")
-                return [], []
-        ready, memories = [], []
-        for request in requests:
-            alone, memory = self._memories([request])
-            ready.extend(alone)
-            memories.extend(memory)
-        return ready, memories
+            self._batch.extend(admission.batch)
+            self._logits = torch.cat([self._logits, admission.logits])
+        self._rows.extend(admission.requests)
 
     def _decode(self) -> None:
         rows, logits = self._rows, self._logits
@@ -267,20 +261,10 @@ class Engine:
         self._release(len(ended))
         survivors = [r for r in rows if r not in ended]
         if survivors:
-            self._admit(survivors)
+            self._join(prepare(served, survivors))
 
     def _fail(self, requests: list[Request], message: str) -> None:
         """End admitted requests that are not (or no longer) rows of the batch with an error event."""
         for request in requests:
             request.on_event(Event("", len(request.tokens), self.served.fingerprint, error=message))
         self._release(len(requests))
-
-
-def _stack(memories: list[tuple]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Each request's memory ``[1, M_i, d]`` and mask, right-padded to the longest into one batch."""
-    if memories[0][0] is None:
-        return None, None
-    span = max(m.shape[1] for m, _ in memories)
-    tensors = [torch.nn.functional.pad(m, (0, 0, 0, span - m.shape[1])) for m, _ in memories]
-    masks = [torch.nn.functional.pad(k, (0, span - k.shape[1]), value=False) for _, k in memories]
-    return torch.cat(tensors), torch.cat(masks)

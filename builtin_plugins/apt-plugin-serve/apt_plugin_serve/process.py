@@ -6,8 +6,8 @@ model is loaded, it shares the weights' memory pages with the server rather than
 server keeps the tokenizer and the image and audio preprocessors, which run on its side.
 
 - To the engine, one pipe: a request (its tokens, limits, sampling, stop strings and preprocessed media), a
-  cancel when its client went away, and ``close``. A thread of the engine's process reads them into the
-  ``Engine``, whose loop runs in that process's main thread; ``--watch``'s watcher runs there too.
+  cancel when its client went away, and ``close``. The engine's loop reads them between its steps (and
+  between admissions); ``--watch``'s watcher runs in that process too.
 - From the engine, another pipe: after each decode step, one message with the events of all its requests,
   the queue's depth, the running batch, the per-token figures, and the fingerprint and context of the model
   (which ``--watch`` may have switched). The server's event loop reads it when the pipe is readable (no

@@ -1,22 +1,25 @@
 """The engine's side of ``EngineProcess``: the forked process's main (``engine_main``), and ``Channel``, the
 messages through a pipe that both sides use.
 
-In the engine's process a thread reads the server's commands (a request, a cancel, ``close``) into the
-``Engine``, whose loop runs in the main thread; after each step, one message goes back with the events of all
-its requests, the queue's depth, the running batch, the per-token figures, and the fingerprint and context
-of the model (``--watch``'s watcher runs here, and switches it).
+The engine's process has one thread on its hot path: before each step it reads the server's commands that
+have arrived (a request, a cancel, ``close``) into the ``Engine``, and with nothing to do it waits on the
+pipe; after each step, one message goes back with the events of all its requests, the queue's depth, the
+running batch, the per-token figures, and the fingerprint and context of the model (``--watch``'s watcher
+runs here, in a thread, and switches it). A thread that read the pipe would take the GIL from the decode loop
+for every request that arrives, at the moment many arrive at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
 import pickle
+import select
 import signal
 import struct
 import sys
-import threading
 from pathlib import Path
 
 import torch
@@ -85,59 +88,87 @@ def engine_main(served: Served, commands: Channel, events: Channel, server_ends:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(threads)
+    _keep_freed_memory()
     EngineSide(served, commands, events, max_batch).run(watch, watch_interval)
 
 
+def _keep_freed_memory(threshold: int = 32 << 20, keep: int = 256 << 20) -> None:
+    """Ask glibc's malloc to serve blocks up to ``threshold`` bytes from its heap and to keep up to ``keep``
+    bytes freed at its top. By default a block over 128 KiB (a row of the KV cache grown by one step, the
+    step's activations) is mapped fresh and unmapped when freed, so every decode step page-faulted its
+    memory in again: about 100 faults a step at 32 requests, 5% of its time (``bench/bench_serve.py``).
+    Elsewhere than glibc, nothing changes."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # this process's C library
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, threshold)  # M_MMAP_THRESHOLD
+    mallopt(-1, keep)  # M_TRIM_THRESHOLD
+
+
 class EngineSide:
-    """The engine's process: the commands read in a thread, the engine's loop in the main thread, and after
-    each step one message with its events (``flush``)."""
+    """The engine's process: the commands read before each step, the step, and one message with its events
+    (``flush``)."""
 
     def __init__(self, served: Served, commands: Channel, events: Channel, max_batch: int) -> None:
         self.commands, self.events = commands, events
         self.figures = Figures()
         # the server keeps the queue's limit: it answers 429 before sending anything here
         self.engine = Engine(served, max_batch=max_batch, max_queue=sys.maxsize, metrics=self.figures,
-                             on_step=self.flush)
+                             on_step=self.flush, poll=self.read)
         self.requests: dict[int, Request] = {}
         self.outbox: list[tuple[int, Event]] = []
         self.said: tuple | None = None
+        self.open = True  # until the server says ``close`` or goes
 
     def run(self, watch: Path | None, watch_interval: float) -> None:
         from .watch import Watcher
 
-        threading.Thread(target=self.read, name="apt-serve-commands", daemon=True).start()
         watcher = Watcher(self.engine, watch, watch_interval).start() if watch is not None else None
-        self.engine.run()
-        if watcher is not None:
-            watcher.close()
+        os.set_blocking(self.commands.fd, False)
+        try:
+            while True:
+                self.read()
+                if not self.open or self.engine.closed:
+                    break
+                if self.engine.has_work:
+                    self.engine.turn()
+                else:  # a new export is switched to by the next step, or after a poll of the watcher's
+                    select.select([self.commands.fd], [], [], watch_interval if watcher is not None else None)
+        finally:
+            self.engine.finish()
+            if watcher is not None:
+                watcher.close()
 
     def read(self) -> None:
-        while True:
-            try:
-                message = self.commands.receive()
-            except (EOFError, OSError):  # the server has gone
-                self.engine.close()
-                return
+        """Hand the commands that have arrived to the engine; ``open`` turns False once the server said
+        ``close`` or has gone."""
+        try:
+            messages = self.commands.ready()
+        except OSError:
+            messages, self.open = [], False
+        for message in messages:
             if message[0] == "submit":
                 _, key, prompt, max_tokens, sampling, stop, ignore_eos, media, arrived = message
                 request = Request(prompt, max_tokens, functools.partial(self.post, key), sampling, stop, ignore_eos,
                                   media)
                 request.arrived = arrived  # the server's: one monotonic clock for both processes
                 self.requests[key] = request
-                with contextlib.suppress(Closed):  # only once the server has stopped sending
+                with contextlib.suppress(Closed):
                     self.engine.submit(request)
             elif message[0] == "cancel":
                 request = self.requests.pop(message[1], None)
                 if request is not None:
                     request.cancel()
             else:  # close
-                self.engine.close()
-                return
+                self.open = False
+        if self.commands.ended:
+            self.open = False
 
-    def post(self, key: int, event: Event) -> None:  # the engine's thread
+    def post(self, key: int, event: Event) -> None:
         self.outbox.append((key, event))
 
-    def flush(self) -> None:  # the engine's thread, after each step
+    def flush(self) -> None:  # after each step
         engine, served = self.engine, self.engine.served
         said = (engine.waiting, engine.running, served.fingerprint)
         if not self.outbox and said == self.said:

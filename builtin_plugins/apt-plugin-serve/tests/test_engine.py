@@ -1,9 +1,11 @@
 """The continuous-batching engine without a server, stepped by hand: requests joining and leaving a running
 batch get the answers they get alone (and from ``generate``), in both attention modes; sampling with a seed,
-stop strings, the context, the queue's limit, a cancelled request, a model switched mid-answer."""
+stop strings, the context, the queue's limit, a cancelled request, requests that arrive while others are read,
+a model switched mid-answer."""
 
 from __future__ import annotations
 
+import pickle
 from unittest.mock import patch
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 
 from apt_plugin_lm.generation import KVBatch
 from apt_plugin_serve.engine import Engine, QueueFull, Request, Sampling
-from apt_plugin_serve.models import Served, load
+from apt_plugin_serve.models import Media, Served, load
 from apt_plugin_serve.text import TextStream
 from conftest import greedy, save_run
 
@@ -133,6 +135,42 @@ def test_a_full_queue_refuses_and_a_cancelled_request_frees_its_slot(text_run):
     assert (engine.running, engine.waiting) == (1, 0)
     run(engine, answers, [1])
     assert not answers.done(0) and answers.events[1][-1].finish_reason in ("stop", "length")
+
+
+def test_requests_that_arrive_while_others_are_read_join_before_the_batch_decodes(text_run):
+    """Prefill first: the requests ``poll`` hands in while the first is being read are admitted in the same
+    step, and all of them take their first token together; their answers are those they get alone."""
+    served = load(text_run)
+    answers = Answers()
+    late = [answers.request(k, served, p, limit(k), sampling=Sampling(0)) for k, p in enumerate(PROMPTS[1:4], 1)]
+    arriving = [late[:2], late[2:]]  # two at the first poll, one at the second, none after
+
+    def poll() -> None:
+        for request in arriving.pop(0) if arriving else []:
+            engine.submit(request)
+
+    engine = Engine(served, poll=poll)
+    engine.submit(answers.request(0, served, PROMPTS[0], limit(0), sampling=Sampling(0)))
+    engine.step()
+    assert engine.running == 4 and not arriving
+    assert all(len(answers.events.get(k, [])) <= 1 for k in range(4))
+    assert [len(r.tokens) for r in engine._rows] == [1, 1, 1, 1]  # one decode step, for all four
+    run(engine, answers, range(4))
+    assert [answers.text(k) for k in range(4)] == [greedy(served.model, served.tokenizer, p, limit(k))
+                                                  for k, p in enumerate(PROMPTS[:4])]
+
+
+def test_media_cross_to_the_engine_process_as_arrays():
+    """Pickled as numpy arrays (a tensor pickles through torch.save, several times slower), and back as the same
+    tensors; a bfloat16 tensor, which numpy lacks, crosses as a tensor."""
+    media = Media(pixels=torch.rand(1, 3, 16, 16), audio_mask=torch.ones(1, 30, dtype=torch.bool))
+    data = pickle.dumps(media, pickle.HIGHEST_PROTOCOL)
+    assert b"torch" not in data
+    bf16 = Media(features=torch.rand(1, 8, 30).to(torch.bfloat16))
+    for sent, back in ((media, pickle.loads(data)), (bf16, pickle.loads(pickle.dumps(bf16)))):
+        for field in ("pixels", "features", "audio_mask", "image_mask"):
+            mine, theirs = getattr(sent, field), getattr(back, field)
+            assert (mine is None and theirs is None) or (torch.equal(mine, theirs) and mine.dtype == theirs.dtype)
 
 
 def test_a_model_switched_mid_answer_continues_the_running_requests(text_run, tmp_path):
