@@ -163,24 +163,26 @@ async def stream(submission: Submission, chunk: Callable[[int, Event | None], di
             opening = chunk(index, None)
             if opening:
                 yield sse(opening)
-        failed = False
+        open_ = len(submission.requests)
         # the events that arrived together are sent together: one write, not one per event, when the event
-        # loop falls behind the engine (otherwise each write costs the loop a system call holding the GIL)
+        # loop falls behind the engine (otherwise each write costs the loop a system call holding the GIL); the
+        # last text, the usage chunk and [DONE] are one write too
         async for batch in submission.batches():
             text = []
             for index, event in batch:
                 if event.error:
                     text.append(sse(body(503 if "shutting down" in event.error else 500, event.error)))
-                    failed = True
+                    open_ = -1
                     break
                 text.append(sse(chunk(index, event)))
+                open_ -= event.finish_reason is not None
+            if open_ == 0:
+                final = last()
+                text.append(sse(final) if final else "")
+            if open_ <= 0:
+                yield "".join(text) + sse("[DONE]")
+                return
             yield "".join(text)
-            if failed:
-                break
-        else:
-            final = last()
-            if final:
-                yield sse(final)
         yield sse("[DONE]")
     finally:  # also when the client disconnects and Starlette cancels the stream
         submission.cancel()

@@ -56,6 +56,20 @@ class Figures:
     def observe_engine(self, engine) -> None:
         """Called by the engine after each step: nothing to count here (``Metrics`` reads the queue)."""
 
+    def __reduce__(self) -> tuple:
+        # sent with every decode step's message: as plain lists and numbers, a sixth of the generic pickle's time
+        first, inter = self.first_token, self.inter_token
+        return _figures, (first.counts, first.total, inter.counts, inter.total, self.generated)
+
+
+def _figures(first_counts: list[int], first_total: float, inter_counts: list[int], inter_total: float,
+             generated: int) -> Figures:
+    figures = Figures()
+    figures.first_token.counts, figures.first_token.total = first_counts, first_total
+    figures.inter_token.counts, figures.inter_token.total = inter_counts, inter_total
+    figures.generated = generated
+    return figures
+
 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
