@@ -18,6 +18,7 @@ from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from starlette.requests import Request as HTTPRequest
+from starlette.responses import StreamingResponse
 
 from .errors import APIError, body
 from .process import EngineProcess
@@ -122,6 +123,26 @@ def sse(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, separators=(',', ':'))}\n\n"
 
 
+DONE = sse("[DONE]")
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events (``stream``): the piece that ends with ``[DONE]`` also ends the response, in one
+    write rather than two (when 32 answers end at one decode step, each second write held the others up)."""
+
+    media_type = "text/event-stream"
+
+    async def stream_response(self, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        ended = False
+        async for piece in self.body_iterator:
+            if not ended:
+                ended = piece.endswith(DONE)
+                await send({"type": "http.response.body", "body": piece.encode(), "more_body": not ended})
+        if not ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 class Chunks:
     """A streamed answer's chunks as JSON text, in the shape of ``schemas.ChatCompletionChunk`` (``chat``) or
     ``schemas.Completion`` (``completion``), written without a model object or a ``json.dumps`` for each: what
@@ -180,9 +201,9 @@ async def stream(submission: Submission, chunk: Callable[[int, Event | None], di
                 final = last()
                 text.append(sse(final) if final else "")
             if open_ <= 0:
-                yield "".join(text) + sse("[DONE]")
+                yield "".join(text) + DONE
                 return
             yield "".join(text)
-        yield sse("[DONE]")
+        yield DONE
     finally:  # also when the client disconnects and Starlette cancels the stream
         submission.cancel()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -34,9 +35,9 @@ class Sampling:
     seed: int | None = None
 
 
-@dataclass
-class Event:
-    """New text of one request; the last event has ``finish_reason`` ("stop", "length") or ``error``."""
+class Event(NamedTuple):
+    """New text of one request; the last event has ``finish_reason`` ("stop", "length") or ``error``. A
+    tuple: the engine makes one for every token of every request."""
 
     text: str
     completion_tokens: int

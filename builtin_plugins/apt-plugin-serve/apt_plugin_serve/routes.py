@@ -10,11 +10,11 @@ from importlib import resources
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from . import media, prepare
-from .answers import Chunks, Submission, stream
+from .answers import Chunks, EventStream, Submission, stream
 from .errors import APIError, size
 from .request import Event, Sampling
 from .schemas import (
@@ -212,6 +212,5 @@ def _usage_chunk(body, make):
     return make if body.stream_options is not None and body.stream_options.include_usage else (lambda: None)
 
 
-def _sse(events) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+def _sse(events) -> EventStream:
+    return EventStream(events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

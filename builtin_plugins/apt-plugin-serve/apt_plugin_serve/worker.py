@@ -176,7 +176,7 @@ class EngineSide:
         outbox, self.outbox, self.said = self.outbox, [], said
         events = []
         for key, e in outbox:
-            events.append((key, e.text, e.completion_tokens, e.fingerprint, e.finish_reason, e.error))
+            events.append((key, *e))
             if e.finish_reason is not None or e.error is not None:
                 self.requests.pop(key, None)
         message = (events, engine.waiting, engine.running, self.figures, served.fingerprint, served.context)
