@@ -63,7 +63,10 @@ def test_the_hub_model_gives_the_apt_models_logits(mode, tmp_path):
         first = hf(ids[:, :12], use_cache=True)
         assert first.past_key_values.get_seq_length() == 12
         step = hf(ids[:, 12:13], past_key_values=first.past_key_values, use_cache=True).logits[:, -1]
-        torch.testing.assert_close(step, apt(ids[:, :13])[:, -1], rtol=1e-5, atol=1e-6)
+        # one token against the cache is another order of float32 sums than the whole sequence: logits near 0
+        # are differences of terms near 1, so their last digits differ by the CPU's kernels (1.6e-6 on a
+        # machine whose kernels differ from the one this was written on)
+        torch.testing.assert_close(step, apt(ids[:, :13])[:, -1], rtol=1e-5, atol=1e-5)
         # the labels' loss is transformers' causal LM loss: the next token's cross-entropy
         loss = hf(ids, labels=ids).loss
         expected = torch.nn.functional.cross_entropy(apt(ids)[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
