@@ -22,10 +22,9 @@ log = logging.getLogger("apt_plugin_serve")
 
 @dataclass
 class Admission:
-    """Requests read by ``served``: ``requests`` are the rows of ``batch``, whose next-token logits are
+    """Requests read by a model: ``requests`` are the rows of ``batch``, whose next-token logits are
     ``logits``; ``failed`` are those that cannot run, each with its error message."""
 
-    served: Served
     requests: list[Request] = field(default_factory=list)
     batch: KVBatch | None = None
     logits: torch.Tensor | None = None
@@ -34,7 +33,7 @@ class Admission:
 
 def prepare(served: Served, requests: list[Request]) -> Admission:
     """Read ``requests`` (new ones, or running ones that go on with another model) with ``served``."""
-    admission, ready = Admission(served), []
+    admission, ready = Admission(), []
     for request in requests:
         context_left = served.context - len(request.prompt)
         if context_left < 1:

@@ -19,6 +19,7 @@ from typing import Any
 
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import StreamingResponse
+from starlette.types import Send
 
 from .errors import APIError, body
 from .process import EngineProcess
@@ -124,6 +125,7 @@ def sse(data: dict[str, Any] | str) -> str:
 
 
 DONE = sse("[DONE]")
+DONE_BYTES = DONE.encode()
 
 
 class EventStream(StreamingResponse):
@@ -132,13 +134,14 @@ class EventStream(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    async def stream_response(self, send) -> None:
+    async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         ended = False
         async for piece in self.body_iterator:
             if not ended:
-                ended = piece.endswith(DONE)
-                await send({"type": "http.response.body", "body": piece.encode(), "more_body": not ended})
+                body = piece.encode() if isinstance(piece, str) else bytes(piece)
+                ended = body.endswith(DONE_BYTES)
+                await send({"type": "http.response.body", "body": body, "more_body": not ended})
         if not ended:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -196,7 +199,8 @@ async def stream(submission: Submission, chunk: Callable[[int, Event | None], di
                     open_ = -1
                     break
                 text.append(sse(chunk(index, event)))
-                open_ -= event.finish_reason is not None
+                if event.finish_reason is not None:
+                    open_ -= 1
             if open_ == 0:
                 final = last()
                 text.append(sse(final) if final else "")

@@ -1,6 +1,7 @@
 """Continuous batching: requests join the running batch at the next decode step and leave it when they end.
 
-``run()`` steps in a loop (in the engine's process, ``apt_plugin_serve.worker``); each step
+The engine's process (``apt_plugin_serve.worker``) calls ``turn()`` in its loop; ``run()`` is the same loop
+in a thread of its own (``start``), for a program that keeps the engine in its process. Each step
 
 1. switches to a model that ``replace()`` handed in (``--watch``): every running request's tokens so far
    are read again by the new model, and it goes on from there;
@@ -49,8 +50,8 @@ class Engine:
     :param max_batch: requests decoded together at most; the others wait for a slot.
     :param max_queue: requests that may wait for a slot; ``submit`` refuses more with ``QueueFull``.
     :param metrics: told of each token and of each step (``apt_plugin_serve.metrics.Figures``), or None.
-    :param on_step: called by the loop (``run``) after each step, and once more when it ends (the engine
-        process sends the events of a step together from there).
+    :param on_step: called after each step (``turn``), and once more when the engine ends (``finish``): the
+        engine's process sends the events of a step together from there.
     :param poll: called after an admission to ``submit`` the requests that have arrived meanwhile, if they
         do not reach ``submit`` by themselves (the engine's process reads its pipe there).
     """
@@ -117,6 +118,7 @@ class Engine:
 
     @property
     def closed(self) -> bool:
+        """``close`` or ``finish`` was called: no request is taken any more."""
         return self._closed
 
     @property
@@ -166,7 +168,7 @@ class Engine:
 
     @torch.inference_mode()  # as vLLM's workers run: no autograd bookkeeping at all (4% of a digits step)
     def step(self) -> None:
-        """One step of the loop (called by its thread; a test may call it by hand instead of ``start``)."""
+        """One step (``turn`` calls it; a test may call it by hand)."""
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is not None:
@@ -174,31 +176,40 @@ class Engine:
         gone = [r for r in self._rows if r.cancelled]
         if gone:
             self._retire(gone)
-        with self._lock:
-            taken = self._take()
-        while taken:
-            self._join(prepare(self.served, taken))
-            if self.poll is not None:
-                self.poll()
+        for _ in range(self.max_batch):  # each round admits or fails one request at least
             with self._lock:
                 taken = self._take()
+            if not taken:
+                break
+            self._admit(taken)
+            if self.poll is not None:
+                self.poll()
         if self._rows:
             self._decode()
         if self.metrics is not None:
             self.metrics.observe_engine(self)
 
-    def _join(self, admission: Admission) -> None:
-        """The admission's rows join the batch; those that failed are told."""
-        for request, message in admission.failed:
-            self._fail([request], message)
-        if not admission.requests:
-            return
-        if self._batch is None:
-            self._batch, self._logits = admission.batch, admission.logits
-        else:
-            self._batch.extend(admission.batch)
-            self._logits = torch.cat([self._logits, admission.logits])
-        self._rows.extend(admission.requests)
+    def _admit(self, requests: list[Request]) -> None:
+        """Read ``requests`` and add their rows to the batch; those that cannot run are told, and so are all of
+        them if their rows cannot join (their slots are given back either way)."""
+        admission = Admission()
+        try:
+            admission = prepare(self.served, requests)
+            for request, message in admission.failed:
+                self._fail([request], message)
+            if not admission.requests:
+                return
+            if self._batch is None:
+                self._batch, self._logits = admission.batch, admission.logits
+            else:
+                self._batch.extend(admission.batch)
+                self._logits = torch.cat([self._logits, admission.logits])
+            self._rows.extend(admission.requests)
+        except Exception as exc:
+            log.exception("admitting requests failed")
+            told = {id(r) for r, _ in admission.failed}
+            self._fail([r for r in requests if id(r) not in told and r not in self._rows],
+                       f"generation failed: {type(exc).__name__}: {exc}")
 
     def _decode(self) -> None:
         rows, logits = self._rows, self._logits
@@ -263,7 +274,7 @@ class Engine:
         self._release(len(ended))
         survivors = [r for r in rows if r not in ended]
         if survivors:
-            self._join(prepare(served, survivors))
+            self._admit(survivors)
 
     def _fail(self, requests: list[Request], message: str) -> None:
         """End admitted requests that are not (or no longer) rows of the batch with an error event."""

@@ -12,15 +12,20 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import warnings
 from dataclasses import dataclass
 from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from apt_sdk import UserError
 
 from .errors import APIError, size
 from .schemas import AudioPart, ImagePart, Message
 
-# an image of at most this many pixels is preprocessed in the event loop: a third of a millisecond, less than
-# handing it to a thread and back (anyio's thread pool took half of the server's time per image request)
-INLINE_PIXELS = 128 * 128
+# an image of at most this many pixels (and bytes) is preprocessed in the event loop: a third of a millisecond,
+# less than handing it to a thread and back (anyio's hand-off took half of the server's time per image request)
+INLINE_PIXELS, INLINE_BYTES = 128 * 128, 64 * 1024
 
 
 @dataclass
@@ -32,18 +37,44 @@ class Attached:
     audio_where: str = ""
 
     def small(self) -> bool:
-        """Only a small image (its size read from the file's header): cheaper to preprocess than to hand to a
-        thread. Not an image at all: the preprocessor says so, as quickly."""
-        if self.audio is not None or self.image is None:
+        """Only a small image: few pixels (from the file's header) in a small file (a file may hold megabytes
+        of other chunks before its pixels). Not an image at all: the preprocessor says so as quickly."""
+        if self.audio is not None or self.image is None or len(self.image) > INLINE_BYTES:
             return False
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         try:
-            with Image.open(io.BytesIO(self.image)) as image:
-                width, height = image.size
-        except (UnidentifiedImageError, OSError, ValueError):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(self.image)) as image:
+                    width, height = image.size
+        except Image.DecompressionBombError:  # refused in a thread, as any large image
+            return False
+        except (OSError, ValueError):
             return True
         return width * height <= INLINE_PIXELS
+
+
+async def preprocess(served, attached: Attached):
+    """The image and the clip preprocessed by the model's own preprocessors (``Served.prepare``), each refusal
+    a 400 naming its part; a small image in the event loop, the rest in a thread."""
+    media = None
+    for image, audio, where in ((attached.image, None, attached.image_where),
+                                (None, attached.audio, attached.audio_where)):
+        if image is None and audio is None:
+            continue
+        try:
+            if image is not None and attached.small():
+                part = served.prepare(image)
+            else:
+                part = await run_in_threadpool(served.prepare, image, audio, attached.audio_format)
+        except UserError as exc:
+            raise APIError(400, f"{where}: {exc}", where) from None
+        if media is None:
+            media = part
+        else:
+            media.features, media.audio_mask = part.features, part.audio_mask
+    return media
 
 
 def _decoded(data: str, where: str, limit: int) -> bytes:

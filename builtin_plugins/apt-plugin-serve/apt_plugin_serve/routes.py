@@ -141,11 +141,7 @@ async def chat_completions(body: ChatRequest, request: Request):
     served = state.engine.served
     messages, attached = await media.collect(body.messages, state.settings.max_media, state.settings.allow_image_urls)
     media.check_takes(attached, served.takes_image, served.takes_audio, body.model)
-    prepared = None
-    if attached.image is not None or attached.audio is not None:
-        arguments = (attached.image, attached.audio, attached.audio_format)
-        prepared = served.prepare(*arguments) if attached.small() else await run_in_threadpool(served.prepare,
-                                                                                               *arguments)
+    prepared = await media.preprocess(served, attached)
     prompt = served.encode(state.settings.chat_template.render(messages))
     prepare.check_length(prompt, served, "messages")
     limit = prepare.max_new(body.max_completion_tokens or body.max_tokens, prompt, served)

@@ -1,12 +1,13 @@
 """The engine's side of ``EngineProcess``: the forked process's main (``engine_main``), and ``Channel``, the
 messages through a pipe that both sides use.
 
-The engine's process has one thread on its hot path: before each step it reads the server's commands that
-have arrived (a request, a cancel, ``close``) into the ``Engine``, and with nothing to do it waits on the
-pipe; after each step, one message goes back with the events of all its requests, the queue's depth, the
-running batch, the per-token figures, and the fingerprint and context of the model (``--watch``'s watcher
-runs here, in a thread, and switches it). A thread that read the pipe would take the GIL from the decode loop
-for every request that arrives, at the moment many arrive at once.
+The engine's process runs the ``Engine``'s steps in its main thread: before each step (and between
+admissions) it takes the server's commands that have arrived (a request, a cancel, ``close``), and with
+nothing to do it waits for one; after each step, one message goes back with the events of all its requests,
+the queue's depth, the running batch, the per-token figures, and the fingerprint and context of the model
+(``--watch``'s watcher runs here, in a thread, and switches it). A thread reads the pipe (``Inbox``), bytes
+only: when it unpickled each request too, it took the GIL from the decode loop for every request that
+arrived, just when many arrive at once.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import ctypes
 import functools
 import os
 import pickle
-import select
 import signal
 import struct
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -58,6 +59,11 @@ class Channel:
             self.ended = True
         except BlockingIOError:
             pass
+        return self.feed(b"")
+
+    def feed(self, data: bytes) -> list[tuple]:
+        """The messages completed by ``data`` (bytes read from the pipe elsewhere), in order."""
+        self._buffer += data
         messages, buffer, start = [], self._buffer, 0
         while len(buffer) - start >= 4:
             end = start + 4 + self.header.unpack_from(buffer, start)[0]
@@ -97,7 +103,8 @@ def _keep_freed_memory(threshold: int = 32 << 20, keep: int = 256 << 20) -> None
     bytes freed at its top. By default a block over 128 KiB (a row of the KV cache grown by one step, the
     step's activations) is mapped fresh and unmapped when freed, so every decode step page-faulted its
     memory in again: about 100 faults a step at 32 requests, 5% of its time (``bench/bench_serve.py``).
-    Elsewhere than glibc, nothing changes."""
+    The price: up to ``keep`` bytes freed stay the process's, and the weights of a model ``--watch`` loads
+    come from the heap too. Elsewhere than glibc, nothing changes."""
     try:
         mallopt = ctypes.CDLL(None).mallopt  # this process's C library
     except (OSError, AttributeError):
@@ -106,8 +113,47 @@ def _keep_freed_memory(threshold: int = 32 << 20, keep: int = 256 << 20) -> None
     mallopt(-1, keep)  # M_TRIM_THRESHOLD
 
 
+class Inbox:
+    """The server's commands, read off the pipe by a thread as they arrive and handed to the engine's loop,
+    which parses them between its steps (``take``). The thread only reads bytes, so it takes the GIL for a
+    moment per command; and the pipe never fills while the loop is in a step: a command may be megabytes (an
+    image's pixels, ``n`` times), and a server left waiting to write one would stop reading the engine's
+    messages, whose pipe would then fill and leave both processes waiting on each other."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel, self.arrived = channel, threading.Event()
+        self.ended = False  # the server has closed its end
+        self._lock, self._chunks = threading.Lock(), []
+        threading.Thread(target=self._drain, name="apt-serve-commands", daemon=True).start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.channel.fd, 1 << 20)
+            except OSError:
+                chunk = b""
+            with self._lock:
+                if chunk:
+                    self._chunks.append(chunk)
+                else:
+                    self.ended = True
+            self.arrived.set()
+            if not chunk:
+                return
+
+    def take(self) -> list[tuple]:
+        """The commands that have arrived whole since the last call."""
+        self.arrived.clear()  # before taking: what arrives after this wakes the next ``wait``
+        with self._lock:
+            chunks, self._chunks = self._chunks, []
+        return self.channel.feed(b"".join(chunks))
+
+    def wait(self, timeout: float | None) -> None:
+        self.arrived.wait(timeout)
+
+
 class EngineSide:
-    """The engine's process: the commands read before each step, the step, and one message with its events
+    """The engine's process: the commands taken before each step, the step, and one message with its events
     (``flush``)."""
 
     def __init__(self, served: Served, commands: Channel, events: Channel, max_batch: int) -> None:
@@ -125,7 +171,7 @@ class EngineSide:
         from .watch import Watcher
 
         watcher = Watcher(self.engine, watch, watch_interval).start() if watch is not None else None
-        os.set_blocking(self.commands.fd, False)
+        self.inbox = Inbox(self.commands)
         try:
             while True:
                 self.read()
@@ -134,7 +180,7 @@ class EngineSide:
                 if self.engine.has_work:
                     self.engine.turn()
                 else:  # a new export is switched to by the next step, or after a poll of the watcher's
-                    select.select([self.commands.fd], [], [], watch_interval if watcher is not None else None)
+                    self.inbox.wait(watch_interval if watcher is not None else None)
         finally:
             self.engine.finish()
             if watcher is not None:
@@ -143,11 +189,7 @@ class EngineSide:
     def read(self) -> None:
         """Hand the commands that have arrived to the engine; ``open`` turns False once the server said
         ``close`` or has gone."""
-        try:
-            messages = self.commands.ready()
-        except OSError:
-            messages, self.open = [], False
-        for message in messages:
+        for message in self.inbox.take():
             if message[0] == "submit":
                 _, key, prompt, max_tokens, sampling, stop, ignore_eos, media, arrived = message
                 request = Request(prompt, max_tokens, functools.partial(self.post, key), sampling, stop, ignore_eos,
@@ -162,7 +204,7 @@ class EngineSide:
                     request.cancel()
             else:  # close
                 self.open = False
-        if self.commands.ended:
+        if self.inbox.ended and not self.inbox.arrived.is_set():  # and all it sent has been read
             self.open = False
 
     def post(self, key: int, event: Event) -> None:

@@ -6,6 +6,7 @@ a model switched mid-answer."""
 from __future__ import annotations
 
 import pickle
+import threading
 from unittest.mock import patch
 
 import pytest
@@ -158,6 +159,24 @@ def test_requests_that_arrive_while_others_are_read_join_before_the_batch_decode
     run(engine, answers, range(4))
     assert [answers.text(k) for k in range(4)] == [greedy(served.model, served.tokenizer, p, limit(k))
                                                   for k, p in enumerate(PROMPTS[:4])]
+
+
+def test_the_engine_in_a_thread_of_its_own(text_run):
+    """``start``: requests submitted from another thread while it runs get the answers they get alone; those
+    still running when it closes end with an error."""
+    served = load(text_run)
+    engine, answers = Engine(served).start(), Answers()
+    for key, prompt in enumerate(PROMPTS[:3]):
+        engine.submit(answers.request(key, served, prompt, limit(key), sampling=Sampling(0)))
+    engine.submit(answers.request(3, served, "Return the", 10_000, sampling=Sampling(0), ignore_eos=True))
+    wait = 0
+    while not all(answers.done(k) for k in range(3)) and wait < 6000:
+        threading.Event().wait(0.01)
+        wait += 1
+    engine.close(timeout=60)
+    assert [answers.text(k) for k in range(3)] == [greedy(served.model, served.tokenizer, p, limit(k))
+                                                  for k, p in enumerate(PROMPTS[:3])]
+    assert answers.events[3][-1].error == "the server is shutting down" and engine.running == 0
 
 
 def test_media_cross_to_the_engine_process_as_arrays():

@@ -88,7 +88,10 @@ def test_images_and_clips_the_server_refuses(multimodal_server):
         with pytest.raises(kind, match=match):
             client.chat.completions.create(model="digits", messages=messages, max_tokens=5)
 
-    refused(image_message("x", b"not an image at all"), "cannot be read as an image")
+    with pytest.raises(openai.BadRequestError, match="cannot be read as an image") as caught:  # naming the part
+        client.chat.completions.create(model="digits", messages=image_message("x", b"not an image"), max_tokens=5)
+    assert caught.value.body["param"] == "messages[0].content[1]"
+    assert str(caught.value.body["message"]).startswith("messages[0].content[1]: ")
     refused(audio_message("x", b"RIFF not really a wave file"), "audio")
     refused([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}],
             r"messages\[0\].content\[0\].image_url.url is not valid base64")
