@@ -52,11 +52,10 @@ def prepare(served: Served, requests: list[Request]) -> Admission:
     ready, memories = _memories(served, ready, admission.failed)
     if not ready:
         return admission
-    try:
-        with torch.no_grad():
-            memory, mask = _stack(memories)
-            admission.batch, admission.logits = KVBatch.prefill(served.decoder, [r.prompt + r.tokens for r in ready],
-                                                                memory, mask)
+    try:  # KVBatch.prefill runs without autograd itself
+        memory, mask = _stack(memories)
+        admission.batch, admission.logits = KVBatch.prefill(served.decoder, [r.prompt + r.tokens for r in ready],
+                                                            memory, mask)
     except Exception as exc:
         log.exception("reading the prompts failed")
         admission.failed.extend((r, f"generation failed: {type(exc).__name__}: {exc}") for r in ready)
@@ -70,7 +69,7 @@ def _memories(served: Served, requests: list[Request], failed: list) -> tuple[li
     together (one encoder call for the requests alike in what they bring), else one by one, so that an input
     the encoders refuse fails its own request only."""
     try:
-        with torch.no_grad():
+        with torch.no_grad():  # the encoders would otherwise record a graph (outside the engine's inference mode)
             return requests, served.memories([r.media for r in requests])
     except Exception as exc:  # an input the encoders refuse: find whose, if there are several
         if len(requests) == 1:

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from apt_sdk import UserError
 
 from .errors import APIError, size
+from .models import Media, Served
 from .schemas import AudioPart, ImagePart, Message
 
 # an image of at most this many pixels (and bytes) is preprocessed in the event loop: a third of a millisecond,
@@ -55,7 +56,7 @@ class Attached:
         return width * height <= INLINE_PIXELS
 
 
-async def preprocess(served, attached: Attached):
+async def preprocess(served: Served, attached: Attached) -> Media | None:
     """The image and the clip preprocessed by the model's own preprocessors (``Served.prepare``), each refusal
     a 400 naming its part; a small image in the event loop, the rest in a thread."""
     media = None
