@@ -161,6 +161,22 @@ def test_requests_that_arrive_while_others_are_read_join_before_the_batch_decode
                                                   for k, p in enumerate(PROMPTS[:4])]
 
 
+def test_requests_whose_rows_cannot_join_are_told_and_give_their_slots_back(text_run):
+    """An admission that fails after its requests took their slots (here the cache cannot be extended) ends
+    those requests with an error and frees their slots; the running request goes on."""
+    served = load(text_run)
+    engine, answers = Engine(served), Answers()
+    engine.submit(answers.request(0, served, "Return the", 20, sampling=Sampling(0)))
+    engine.turn()
+    engine.submit(answers.request(1, served, "If", 20, sampling=Sampling(0)))
+    with patch.object(KVBatch, "extend", side_effect=RuntimeError("out of memory")):
+        engine.turn()
+    assert answers.events[1][-1].error == "generation failed: RuntimeError: out of memory"
+    assert engine.running == 1 and not answers.done(0)
+    run(engine, answers, [0])
+    assert answers.text(0) == greedy(served.model, served.tokenizer, "Return the", 20) and engine.running == 0
+
+
 def test_the_engine_in_a_thread_of_its_own(text_run):
     """``start``: requests submitted from another thread while it runs get the answers they get alone; those
     still running when it closes end with an error."""
